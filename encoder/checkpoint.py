@@ -1,0 +1,109 @@
+"""Checkpoints: safetensors weights plus a JSON config. Loading never unpickles.
+
+A model directory holds:
+- ``model.safetensors``: the weights (and BatchNorm running statistics);
+- ``config.json``: ``{"model": ModelConfig fields, "meta": {...}}``.
+Everything needed to rebuild the model is in those two files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .model import Autoencoder, ModelConfig, create_model
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class CheckpointError(Exception):
+    """A model directory is missing, incomplete or inconsistent."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _state_for_saving(model: Autoencoder) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (tied weights): save each tensor's own copy.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(model: Autoencoder, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Save weights then config, each atomically. Returns the directory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".weights.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(_state_for_saving(model), tmp, metadata={"format": "lookalike"})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out / WEIGHTS)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    atomic_write_json(out / CONFIG, {"model": model.config.to_dict(), "meta": meta or {}})
+    return out
+
+
+def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    path = Path(directory) / CONFIG
+    try:
+        data = json.loads(path.read_text())
+        return ModelConfig.from_dict(data["model"]), dict(data.get("meta", {}))
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: no {CONFIG}; is this a lookalike model directory?") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable model config ({exc})") from None
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Autoencoder:
+    """Rebuild a model from its directory, in eval mode, on `device`."""
+    cfg, _ = read_config(directory)
+    weights = Path(directory) / WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{directory}: no {WEIGHTS}")
+    model = create_model(cfg)
+    try:
+        state = load_file(str(weights), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # safetensors raises its own types; any failure is a bad checkpoint
+        raise CheckpointError(f"{weights}: weights do not match the config ({exc})") from None
+    return model.to(device).eval()
+
+
+def model_id(directory: str | os.PathLike) -> str:
+    """A short stable identity for a saved model: hash of its weights and config."""
+    h = hashlib.sha256()
+    d = Path(directory)
+    cfg, _ = read_config(d)
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    with open(d / WEIGHTS, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

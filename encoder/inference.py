@@ -1,0 +1,78 @@
+"""Embedding images with a trained model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model, model_id, read_config
+from .device import pick_device
+from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+
+
+class Encoder:
+    """A trained model, ready to turn images into L2-normalised float32 search vectors.
+
+    Thread-safe for concurrent calls (inference only, no mutable state beyond torch's).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        device: str | None = None,
+        *,
+        batch_size: int = 128,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.device = pick_device(device)
+        self.model = load_model(self.model_dir, self.device)
+        self.config, self.meta = read_config(self.model_dir)
+        self.model_id = model_id(self.model_dir)
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def dim(self) -> int:
+        return self.model.embedding_dim
+
+    def _batches(self, pixels: np.ndarray):
+        for s in range(0, len(pixels), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[s : s + self.batch_size]))
+            yield x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 letterboxed images -> (N, D) float32, unit length."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = [self.model.encode(x).float() for x in self._batches(pixels)]
+        z = torch.cat(out)
+        z = torch.nn.functional.normalize(z, dim=1)
+        return z.cpu().numpy().astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def reconstruction_error(self, pixels: np.ndarray) -> np.ndarray:
+        """Per-image mean squared reconstruction error, (N,) float32 (the outlier score)."""
+        errs = []
+        for x in self._batches(pixels):
+            recon = self.model.reconstruct(x, None)
+            errs.append(((recon.float() - x) ** 2).mean(dim=(1, 2, 3)))
+        return torch.cat(errs).cpu().numpy().astype(np.float32) if errs else np.zeros(0, np.float32)
+
+    def load(self, source: ImageSource) -> np.ndarray:
+        """Decode one image exactly as indexing does: (S, S, 3) uint8."""
+        return load_image(source, self.image_size, max_pixels=self.max_pixels)
+
+    def embed(self, sources: Sequence[ImageSource]) -> np.ndarray:
+        """Decode and embed images given as paths, bytes or streams. Raises ImageLoadError on a bad one."""
+        pixels = np.stack([self.load(s) for s in sources]) if sources else np.zeros((0, 1, 1, 3), np.uint8)
+        return self.embed_pixels(pixels)

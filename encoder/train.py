@@ -1,0 +1,408 @@
+"""Training: a folder of images in, a model directory out.
+
+Read top to bottom: find images -> decode each once into a uint8 cache ->
+split train/validation -> epochs of AdamW with warm-up + cosine schedule,
+validation, a checkpoint each epoch and early stopping -> pictures and a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import atomic_write_json, save_model
+from .decoding import decode_to_array
+from .device import pick_device
+from .images import DEFAULT_MAX_PIXELS, find_images
+from .model import Autoencoder, ModelConfig, create_model
+from .plots import image_grid, save_loss_curve, to_uint8_images
+
+log = logging.getLogger(__name__)
+
+RESUME_DIR = "checkpoint"  # last epoch's model + optimizer, for --resume
+
+
+class TrainError(Exception):
+    """Training cannot start or go on (too few images, bad resume state...)."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the model's own hyperparameters live in ModelConfig)."""
+
+    #: None: enough epochs for `min_steps` optimiser steps (at least 10, at most 300), so a
+    #: small folder still trains long enough and a large one is not over-trained.
+    epochs: int | None = None
+    min_steps: int = 500
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    val_fraction: float = 0.1
+    patience: int = 10  # epochs without validation improvement before stopping
+    seed: int = 0
+    device: str | None = None
+    #: "none"; "flip" (random horizontal flips); "invariant": flips, and the encoder
+    #: also sees a jittered view (crop/shift, brightness, contrast) while the decoder
+    #: must still produce the un-jittered image, which teaches the latent to ignore them.
+    augment: str = "invariant"
+    workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_images: int | None = None
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    images: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    images_per_second: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def folder_labels(paths: list[Path], root: Path) -> tuple[list[str], np.ndarray]:
+    """Label = the image's folder relative to the root ('' for the root itself)."""
+    names = [str(p.parent.relative_to(root)).replace(os.sep, "/") if p.parent != root else "" for p in paths]
+    classes = sorted(set(names))
+    lookup = {c: i for i, c in enumerate(classes)}
+    return classes, np.array([lookup[n] for n in names], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def _random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float, min_scale: float) -> torch.Tensor:
+    """Random zoom-in (crop) and shift per image, filling with white like the letterbox."""
+    b = x.shape[0]
+    scale = torch.empty(b, device=x.device).uniform_(min_scale, 1.0, generator=gen)
+    shift = torch.empty(b, 2, device=x.device).uniform_(-max_shift, max_shift, generator=gen)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Sample 1 - x so that out-of-range samples (zeros) come back as white.
+    return 1.0 - F.grid_sample(1.0 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (encoder input, decoder target) for a clean batch in [0, 1]."""
+    if mode == "none":
+        return x, x
+    flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if mode == "flip":
+        return x, x
+    if mode != "invariant":
+        raise ValueError(f"unknown augment mode {mode!r}")
+    view = _random_affine(x, gen, max_shift=0.08, min_scale=0.85)
+    b = x.shape[0]
+    gain = torch.empty(b, 1, 1, 1, device=x.device).uniform_(0.75, 1.25, generator=gen)
+    bias = torch.empty(b, 1, 1, 1, device=x.device).uniform_(-0.12, 0.12, generator=gen)
+    mean = view.mean(dim=(1, 2, 3), keepdim=True)
+    view = ((view - mean) * gain + mean + bias).clamp(0, 1)
+    return view, x
+
+
+# ---------------------------------------------------------------- optimizer state as safetensors
+
+
+def _save_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(model, path)
+    opt_state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, st in opt_state["state"].items():
+        for key, val in st.items():
+            t = val if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"{idx}.{key}"] = t.detach().cpu().contiguous()
+    tmp = path / "optimizer.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path / "optimizer.safetensors")
+    atomic_write_json(path / "state.json", {**state, "param_groups": opt_state["param_groups"]})
+
+
+def _load_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file as load_weights
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+        model.load_state_dict(load_weights(str(path / "model.safetensors")))
+        flat = load_file(str(path / "optimizer.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"cannot resume from {path}: {exc}") from None
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, val in flat.items():
+        idx, name = key.split(".", 1)
+        per_param.setdefault(int(idx), {})[name] = val
+    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    return state
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    model_config: ModelConfig | None = None,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    skip_dirs: tuple[str, ...] = (),
+) -> TrainResult:
+    """Train an autoencoder on every image under `folder`; write the model and pictures into `out`."""
+    cfg = config or TrainConfig()
+    mcfg = model_config or ModelConfig()
+    root = Path(folder)
+    out_dir = Path(out)
+    if not root.is_dir():
+        raise TrainError(f"{root}: not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+
+    paths = find_images(root, skip_dirs=(str(out_dir), *skip_dirs))
+    if cfg.max_images:
+        paths = paths[: cfg.max_images]
+    t0 = time.perf_counter()
+    pixels, ok_paths, failed = decode_to_array(paths, mcfg.image_size, workers=cfg.workers, max_pixels=cfg.max_pixels)
+    for p, why in failed:
+        log.warning("skipped %s: %s", p, why)
+    if len(ok_paths) < 2:
+        raise TrainError(f"{root}: found {len(ok_paths)} decodable images, need at least 2 to train")
+    decode_s = time.perf_counter() - t0
+    classes, label_ids = folder_labels(ok_paths, root)
+    if mcfg.kind == "cvae":
+        mcfg = dataclasses.replace(mcfg, labels=tuple(classes))
+
+    # The cache: decoded once, uint8 (a quarter of float32's size), on the GPU when it fits.
+    cache = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
+    labels = torch.from_numpy(label_ids)
+    if cuda and cache.numel() < 0.4 * torch.cuda.mem_get_info(device)[0]:
+        cache, labels = cache.to(device), labels.to(device)
+    elif cuda:
+        cache = cache.pin_memory()
+
+    n = len(ok_paths)
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    n_val = 0 if n < 10 else max(1, int(round(n * cfg.val_fraction)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+
+    model = create_model(mcfg).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
+    epochs = cfg.epochs or min(300, max(10, math.ceil(cfg.min_steps / steps_per_epoch)))
+    cfg = dataclasses.replace(cfg, epochs=epochs)
+    total_steps = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, cfg.warmup_epochs * steps_per_epoch, total_steps)
+    )
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_val, best_epoch, stale = 0, math.inf, 0, 0
+    resume_dir = out_dir / RESUME_DIR
+    if resume and (resume_dir / "state.json").exists():
+        st = _load_resume_state(resume_dir, model, opt)
+        start_epoch, best_val, best_epoch, stale = st["epoch"], st["best_val"], st["best_epoch"], st["stale"]
+        history = st["history"]
+        sched.last_epoch = start_epoch * steps_per_epoch - 1
+        with warnings.catch_warnings():  # "scheduler stepped before optimizer": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            sched.step()
+        if "gen_state" in st:
+            gen.set_state(torch.tensor(st["gen_state"], dtype=torch.uint8))
+        log.info("resumed at epoch %d", start_epoch)
+
+    def batch_of(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.from_numpy(idx).to(cache.device)
+        x = cache[i].to(device, non_blocking=True).float().div_(255.0)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels[i].to(device, non_blocking=True)
+
+    def evaluate(idx: np.ndarray) -> float:
+        model.eval()
+        total = 0.0
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            for s in range(0, len(idx), 256):
+                x, y = batch_of(idx[s : s + 256])
+                loss, _, _ = model.training_loss(x, x, y)
+                total += float(loss) * len(x)
+        return total / max(1, len(idx))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="batch", dynamic_ncols=True)
+    shuffle = np.random.default_rng(cfg.seed + 1)
+    for _ in range(start_epoch):
+        shuffle.permutation(train_idx)  # keep the shuffle stream aligned on resume
+    epochs_run = start_epoch
+    seen_total, train_time_total = 0, 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        perm = shuffle.permutation(train_idx)
+        t_epoch = time.perf_counter()
+        running, seen = 0.0, 0
+        for s in range(0, len(perm), cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            x, y = batch_of(idx)
+            inp, target = augment_batch(x, cfg.augment, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss, parts, _ = model.training_loss(inp, target, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            if bar is not None:
+                rate = seen / max(1e-9, time.perf_counter() - t_epoch)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.4f}", img_s=f"{rate:.0f}")
+                bar.update(1)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t_epoch
+        seen_total += seen
+        train_time_total += seconds
+        train_loss = running / max(1, seen)
+        val_loss = evaluate(val_idx) if n_val else None
+        score = val_loss if val_loss is not None else train_loss
+        improved = score < best_val - 1e-6
+        if improved:
+            best_val, best_epoch, stale = score, epoch + 1, 0
+            save_model(model, out_dir, meta=_meta(cfg, root, n, epoch + 1, score))
+        else:
+            stale += 1
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+                "images_per_second": round(seen / max(seconds, 1e-9), 1),
+                **{k: v for k, v in parts.items() if k != "mse"},
+            }
+        )
+        epochs_run = epoch + 1
+        _save_resume_state(
+            resume_dir,
+            model,
+            opt,
+            {
+                "epoch": epoch + 1,
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "stale": stale,
+                "history": history,
+                "gen_state": gen.get_state().tolist(),
+            },
+        )
+        if stale >= cfg.patience:
+            log.info("early stop at epoch %d (best %d)", epoch + 1, best_epoch)
+            break
+    if bar is not None:
+        bar.close()
+
+    result = TrainResult(
+        out=out_dir,
+        epochs_run=epochs_run,
+        best_epoch=best_epoch,
+        best_val_loss=best_val,
+        images=n,
+        skipped=[(str(p), why) for p, why in failed],
+        history=history,
+        images_per_second=seen_total / train_time_total if train_time_total else 0.0,
+    )
+    _write_outputs(result, cfg, mcfg, cache, val_idx if n_val else train_idx, device, decode_s)
+    return result
+
+
+def _meta(cfg: TrainConfig, root: Path, n: int, epoch: int, val: float) -> dict[str, Any]:
+    return {
+        "trained_on": str(root.resolve()),
+        "images": n,
+        "epoch": epoch,
+        "val_loss": val,
+        "train": dataclasses.asdict(cfg),
+    }
+
+
+def _write_outputs(
+    result: TrainResult,
+    cfg: TrainConfig,
+    mcfg: ModelConfig,
+    cache: torch.Tensor,
+    show_idx: np.ndarray,
+    device: torch.device,
+    decode_s: float,
+) -> None:
+    from .checkpoint import load_model
+
+    out = result.out
+    save_loss_curve(result.history, out / "loss.png", title=f"{mcfg.kind} autoencoder")
+    best = load_model(out, device)
+    idx = torch.from_numpy(np.sort(show_idx)[:8]).to(cache.device)
+    x = cache[idx].to(device).float().div(255.0)
+    with torch.no_grad():
+        recon = best.reconstruct(x, None)
+    image_grid([to_uint8_images(x), to_uint8_images(recon)], labels=["input", "output"]).save(
+        out / "reconstructions.png"
+    )
+    atomic_write_json(
+        out / "train_log.json",
+        {
+            "device": str(device),
+            "images": result.images,
+            "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+            "decode_seconds": round(decode_s, 3),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "train_images_per_second": round(result.images_per_second, 1),
+            "train": dataclasses.asdict(cfg),
+            "model": mcfg.to_dict(),
+            "history": result.history,
+        },
+    )

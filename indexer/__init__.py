@@ -1,0 +1,1 @@
+"""lookalike.indexer: what is in the corpus (SQLite catalog) and where its vectors live (FAISS)."""

@@ -1,0 +1,1 @@
+"""lookalike.search: asking questions of an index: engine, reports, HTTP API, CLI and web page."""

@@ -1,0 +1,167 @@
+"""The `lookalike` command: a thin shell over the library.
+
+Each command parses options, calls one library function, and turns the
+library's own exceptions into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from encoder import CheckpointError, ImageLoadError, ModelConfig, TrainConfig, TrainError, list_models
+
+app = typer.Typer(
+    name="lookalike",
+    help="Self-hosted semantic image search: learn your images with an autoencoder, find look-alikes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Library errors a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    TrainError,
+    CheckpointError,
+    ImageLoadError,
+    FileNotFoundError,
+    NotADirectoryError,
+    ValueError,
+)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a library error into `error: message` on stderr and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(message)s" if verbose else "%(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail.")) -> None:
+    setup_logging(verbose)
+
+
+def default_index_dir(folder: Path) -> Path:
+    """An index lives, by default, in a hidden folder inside the folder it indexes."""
+    return folder / ".lookalike"
+
+
+def model_config_from_options(
+    kind: str, image_size: int, latent_dim: int, upsample: str, downsample: str, extra: dict[str, Any] | None = None
+) -> ModelConfig:
+    if kind not in list_models():
+        raise ValueError(f"unknown --kind {kind!r}; known: {', '.join(list_models())}")
+    cfg = ModelConfig(kind=kind, image_size=image_size, latent_dim=latent_dim, upsample=upsample, downsample=downsample)
+    for key, value in (extra or {}).items():
+        if value is not None:
+            setattr(cfg, key, value)
+    cfg.validate()
+    return cfg
+
+
+@app.command()
+@user_errors
+def train(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images (searched recursively)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Model directory [default: FOLDER/.lookalike/model]."),
+    kind: str = typer.Option("conv", help="Autoencoder variant (see `lookalike models`)."),
+    image_size: int = typer.Option(ModelConfig.image_size, help="Square input side in pixels."),
+    latent_dim: int = typer.Option(ModelConfig.latent_dim, help="Size of the search vector."),
+    upsample: str = typer.Option("transpose", help="Decoder upsampling: transpose or bilinear."),
+    downsample: str = typer.Option("stride", help="Encoder downsampling: stride or pool."),
+    epochs: int | None = typer.Option(None, help="Epochs [default: enough for ~500 steps]."),
+    batch_size: int = typer.Option(TrainConfig.batch_size),
+    lr: float = typer.Option(TrainConfig.lr, help="Peak learning rate (AdamW)."),
+    augment: str = typer.Option(TrainConfig.augment, help="none, flip or invariant."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch's checkpoint in OUT."),
+    tied: bool = typer.Option(False, "--tied", help="dense: tie decoder weights to the encoder's."),
+    beta: float | None = typer.Option(None, help="vae/cvae: weight of the KL term (beta-VAE)."),
+    noise_std: float | None = typer.Option(None, help="denoising: Gaussian noise std."),
+    noise: str | None = typer.Option(None, help="denoising: gaussian or mask."),
+    sparsity: str | None = typer.Option(None, help="sparse: l1 or kl."),
+    sparsity_weight: float | None = typer.Option(None, help="sparse: penalty weight."),
+) -> None:
+    """Train an autoencoder on a folder of images; write the model, loss.png and reconstructions.png."""
+    from encoder import train as train_model
+
+    mcfg = model_config_from_options(
+        kind,
+        image_size,
+        latent_dim,
+        upsample,
+        downsample,
+        {
+            "tied": tied or None,
+            "beta": beta,
+            "noise_std": noise_std,
+            "noise": noise,
+            "sparsity": sparsity,
+            "sparsity_weight": sparsity_weight,
+        },
+    )
+    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, device=device)
+    out = out or default_index_dir(folder) / "model"
+    result = train_model(folder, out, mcfg, tcfg, resume=resume)
+    for path, why in result.skipped:
+        typer.echo(f"skipped {path}: {why}", err=True)
+    typer.echo(
+        f"trained {mcfg.kind} on {result.images} images: {result.epochs_run} epochs, best epoch {result.best_epoch} "
+        f"(validation loss {result.best_val_loss:.4f}), {result.images_per_second:.0f} images/s"
+    )
+    typer.echo(f"model: {out}\nloss curve: {out / 'loss.png'}\nreconstructions: {out / 'reconstructions.png'}")
+
+
+@app.command()
+@user_errors
+def up(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images."),
+    seed: int = typer.Option(0, help="Random seed for training."),
+    device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
+) -> None:
+    """The main job: train a model on FOLDER (if it has none yet), index it and serve it."""
+    from encoder import train as train_model
+
+    model_dir = default_index_dir(folder) / "model"
+    if not (model_dir / "model.safetensors").exists():
+        typer.echo(f"training a model on {folder} (first run only) ...")
+        result = train_model(folder, model_dir, ModelConfig(), TrainConfig(seed=seed, device=device))
+        typer.echo(f"trained on {result.images} images; pictures in {model_dir}")
+    else:
+        typer.echo(f"using the model in {model_dir}")
+
+
+@app.command()
+def models() -> None:
+    """List the autoencoder variants `--kind` accepts."""
+    for name in list_models():
+        typer.echo(name)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

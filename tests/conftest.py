@@ -1,0 +1,64 @@
+"""Shared fixtures: small real image folders and bad files, made fresh in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+
+
+def sample_images(n_per_class: int = 4, classes: tuple[str, ...] = ("birds", "letters", "chess")) -> list[Path]:
+    """The first few images of some classes of the sample corpus."""
+    out: list[Path] = []
+    for c in classes:
+        out += sorted((DATA / c).glob("*.png"))[:n_per_class]
+    return out
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """12 real images from data/ in three class folders."""
+    root = tmp_path / "images"
+    for src in sample_images():
+        dst = root / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    return root
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, quality: int = 90) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    img = Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, "JPEG", quality=quality)
+    return path
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    """One file for every kind of bad input, each named for what is wrong with it."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    good = write_jpeg(d / "good.jpg", (320, 240))
+    data = good.read_bytes()
+    files = {
+        "empty": d / "empty.jpg",
+        "truncated_jpeg": d / "truncated.jpg",
+        "not_image": d / "notes.png",
+        "truncated_png": d / "truncated.png",
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated_jpeg"].write_bytes(data[: len(data) // 3])
+    files["not_image"].write_text("this is a text file with an image extension\n" * 20)
+    png = d / "full.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(png)
+    files["truncated_png"].write_bytes(png.read_bytes()[:3000])
+    png.unlink()
+    return files
