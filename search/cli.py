@@ -163,5 +163,6 @@ def models() -> None:
         typer.echo(name)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+
+# Commands that live in their own modules register themselves on `app` when imported.
+from search import cli_model_uses  # noqa: E402,F401
