@@ -28,6 +28,17 @@ class CheckpointError(Exception):
     """A model directory is missing, incomplete or inconsistent."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | os.PathLike) -> None:
+    """mkstemp creates 0600 files; give finished files the usual permissions."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +48,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -63,6 +75,7 @@ def save_model(model: Autoencoder, directory: str | os.PathLike, meta: dict[str,
         save_file(_state_for_saving(model), tmp, metadata={"format": "lookalike"})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        make_readable(tmp)
         os.replace(tmp, out / WEIGHTS)
     finally:
         if os.path.exists(tmp):

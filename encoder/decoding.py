@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ def decode_many(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     chunksize: int = 8,
+    prefetch: int = 1024,
 ) -> Iterator[Decoded]:
     """Yield a :class:`Decoded` per path, in input order, decoding in `workers` processes.
 
@@ -64,10 +66,20 @@ def decode_many(
         for job in jobs:
             yield _decode_one(job)
         return
+    # Pool.imap reads its task iterator eagerly in a feeder thread; a semaphore released
+    # as results are consumed bounds how many decoded images can pile up in memory.
+    in_flight = threading.BoundedSemaphore(max(prefetch, chunksize * workers * 2))
+
+    def throttled():
+        for job in jobs:
+            in_flight.acquire()
+            yield job
+
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:
-        # imap keeps order and bounds memory to what is in flight.
-        yield from pool.imap(_decode_one, jobs, chunksize=chunksize)
+        for result in pool.imap(_decode_one, throttled(), chunksize=chunksize):
+            in_flight.release()
+            yield result
 
 
 def decode_to_array(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -224,20 +225,22 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_images(folder: str | os.PathLike, *, skip_dirs: tuple[str, ...] = ()) -> list[Path]:
-    """Every image-named file under `folder`, recursively, sorted.
+def iter_image_files(
+    folder: str | os.PathLike, *, skip_dirs: tuple[str, ...] = ()
+) -> Iterator[tuple[Path, os.stat_result]]:
+    """Yield (path, stat) for every image-named file under `folder`, recursively.
 
-    Hidden files and folders are skipped, as are `skip_dirs` (absolute paths);
-    symlinked folders are not followed, so symlink loops cannot trap the walk.
+    Hidden files and folders are skipped, as are `skip_dirs`; symlinked folders
+    are not followed, so symlink loops cannot trap the walk. Unreadable folders
+    are skipped silently (their files cannot be indexed anyway).
     """
-    root = Path(folder)
     skip = {os.path.realpath(d) for d in skip_dirs}
-    found: list[Path] = []
-    stack = [root]
+    stack = [Path(folder)]
     while stack:
         current = stack.pop()
         try:
-            entries = list(os.scandir(current))
+            with os.scandir(current) as it:
+                entries = list(it)
         except OSError:
             continue
         for entry in entries:
@@ -247,8 +250,12 @@ def find_images(folder: str | os.PathLike, *, skip_dirs: tuple[str, ...] = ()) -
                 if entry.is_dir(follow_symlinks=False):
                     if os.path.realpath(entry.path) not in skip:
                         stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=True) and is_image_name(entry.name):
-                    found.append(Path(entry.path))
+                elif is_image_name(entry.name) and entry.is_file(follow_symlinks=True):
+                    yield Path(entry.path), entry.stat(follow_symlinks=True)
             except OSError:
                 continue
-    return sorted(found)
+
+
+def find_images(folder: str | os.PathLike, *, skip_dirs: tuple[str, ...] = ()) -> list[Path]:
+    """Every image-named file under `folder` (see :func:`iter_image_files`), sorted."""
+    return sorted(p for p, _ in iter_image_files(folder, skip_dirs=skip_dirs))

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from encoder import CheckpointError, ImageLoadError, ModelConfig, TrainConfig, TrainError, list_models
+from indexer import CatalogError, IndexBuildError, default_index_dir
 
 app = typer.Typer(
     name="lookalike",
@@ -27,6 +28,8 @@ app = typer.Typer(
 
 #: Library errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    IndexBuildError,
+    CatalogError,
     TrainError,
     CheckpointError,
     ImageLoadError,
@@ -63,11 +66,6 @@ def setup_logging(verbose: bool = False) -> None:
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail.")) -> None:
     setup_logging(verbose)
-
-
-def default_index_dir(folder: Path) -> Path:
-    """An index lives, by default, in a hidden folder inside the folder it indexes."""
-    return folder / ".lookalike"
 
 
 def model_config_from_options(
@@ -139,21 +137,82 @@ def train(
 
 @app.command()
 @user_errors
+def index(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images to index."),
+    index_dir: Path | None = typer.Option(None, "--index", help="Index directory [default: FOLDER/.lookalike]."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Model directory [default: the index's own; trains one if none]."
+    ),
+    index_type: str = typer.Option("auto", help="auto, flat, hnsw, ivf or ivfpq."),
+    reembed: bool = typer.Option(False, "--reembed", help="Re-embed every image (needed after changing the model)."),
+    catalog: str | None = typer.Option(None, help="SQLAlchemy URL of the catalog [default: SQLite in the index]."),
+    workers: int | None = typer.Option(None, help="Decoding processes [default: one per core]."),
+    device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Index a folder: add new images, re-embed changed ones, follow moves, drop deleted ones."""
+    from indexer import build_index
+
+    summary = build_index(
+        folder,
+        index_dir,
+        model,
+        index_type=index_type,
+        reembed=reembed,
+        catalog_url=catalog,
+        workers=workers,
+        device=device,
+    )
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+        return
+    print_index_summary(summary)
+
+
+def print_index_summary(summary: Any) -> None:
+    rows = [
+        ("added", summary.added),
+        ("updated", summary.updated),
+        ("moved", summary.moved),
+        ("removed", summary.removed),
+        ("unchanged", summary.unchanged),
+        ("exact duplicates", summary.duplicates),
+        ("failed", len(summary.failed)),
+        ("total indexed", summary.total),
+    ]
+    for name, value in rows:
+        typer.echo(f"  {name:<17}{value:>8}")
+    typer.echo(
+        f"  {summary.embedded} embedded in {summary.duration_s:.1f} s ({summary.images_per_second:.0f} images/s); "
+        f"index type {summary.index_type}: {summary.index_reason}"
+    )
+    if summary.failed:
+        typer.echo("failed files:")
+        for path, why in summary.failed[:50]:
+            typer.echo(f"  {path}: {why}")
+        if len(summary.failed) > 50:
+            typer.echo(f"  ... and {len(summary.failed) - 50} more (--json lists all)")
+    typer.echo(f"index: {summary.index_dir}")
+
+
+@app.command()
+@user_errors
 def up(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images."),
     seed: int = typer.Option(0, help="Random seed for training."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
 ) -> None:
     """The main job: train a model on FOLDER (if it has none yet), index it and serve it."""
-    from encoder import train as train_model
+    from indexer import build_index
 
-    model_dir = default_index_dir(folder) / "model"
-    if not (model_dir / "model.safetensors").exists():
-        typer.echo(f"training a model on {folder} (first run only) ...")
-        result = train_model(folder, model_dir, ModelConfig(), TrainConfig(seed=seed, device=device))
-        typer.echo(f"trained on {result.images} images; pictures in {model_dir}")
-    else:
-        typer.echo(f"using the model in {model_dir}")
+    typer.echo(f"indexing {folder} (the first run trains a model on it first) ...")
+    summary = build_index(folder, device=device, train_config=TrainConfig(seed=seed, device=device))
+    print_index_summary(summary)
+    if summary.trained:
+        model_dir = Path(summary.index_dir) / "model"
+        typer.echo(f"model pictures: {model_dir / 'loss.png'}, {model_dir / 'reconstructions.png'}")
 
 
 @app.command()
@@ -161,7 +220,6 @@ def models() -> None:
     """List the autoencoder variants `--kind` accepts."""
     for name in list_models():
         typer.echo(name)
-
 
 
 # Commands that live in their own modules register themselves on `app` when imported.

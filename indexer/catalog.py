@@ -1,0 +1,235 @@
+"""The catalog: one row per image file, in SQLite (or any SQLAlchemy URL) through the ORM.
+
+Schema changes go through numbered migrations (:data:`MIGRATIONS`); the
+version lives in the ``meta`` table, so an index written by an older release
+is upgraded in place when it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+SCHEMA_VERSION = 2
+
+STATUS_OK = "ok"  # decoded, embedded, has a vector
+STATUS_FAILED = "failed"  # could not be decoded; `error` says why
+STATUS_PENDING = "pending"  # known, but its vector is missing (e.g. after a crash): embed it
+
+
+class CatalogError(Exception):
+    """The catalog cannot be opened or is from an unknown schema."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class ModelRecord(Base):
+    """A model that made vectors: identified by a hash of its weights and config."""
+
+    __tablename__ = "models"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    config_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ImageRecord(Base):
+    """One image file under the indexed root. `id` is also its vector's id in FAISS."""
+
+    __tablename__ = "images"
+    # Never reuse the id of a deleted row: ids are also FAISS keys, and a reused id
+    # could pair a stale vector with a new file after a crash.
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(String(4096), unique=True, index=True)  # relative, '/'-separated
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
+    #: For a byte-identical copy: the id of the first file with this content.
+    duplicate_of: Mapped[int | None] = mapped_column(Integer, index=True)
+    #: Sequence number of the store save that holds this row's vector; rows newer than the
+    #: last completed save (meta `store_seq`) lost their vector in a crash and are re-embedded.
+    vector_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "path": self.path,
+            "size": self.size,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "status": self.status,
+            "error": self.error,
+            "content_hash": self.content_hash,
+            "duplicate_of": self.duplicate_of,
+            "embedded_at": self.embedded_at.isoformat() if self.embedded_at else None,
+            "model_id": self.model_id,
+        }
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """v2 records byte-identical copies and which store save holds each vector."""
+    conn.execute(text("ALTER TABLE images ADD COLUMN duplicate_of INTEGER"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_images_duplicate_of ON images (duplicate_of)"))
+    conn.execute(text("ALTER TABLE images ADD COLUMN vector_seq INTEGER NOT NULL DEFAULT 0"))
+
+
+#: MIGRATIONS[n] upgrades a version-n catalog to version n+1.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+
+
+def _enable_wal(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised by every sqlite test
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+
+class Catalog:
+    """Open (creating or migrating) a catalog. Use :meth:`session` for ORM work."""
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        self.url = url
+        self.engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            _enable_wal(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if read_only:
+            self._check_version()
+        else:
+            self._create_or_migrate()
+
+    @classmethod
+    def for_directory(cls, index_dir: str | os.PathLike, url: str | None = None, **kw) -> Catalog:
+        return cls(url or sqlite_url(Path(index_dir) / "catalog.sqlite"), **kw)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema
+
+    def schema_version(self) -> int | None:
+        if not inspect(self.engine).has_table("meta"):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).first()
+        return int(row[0]) if row else None
+
+    def _check_version(self) -> None:
+        version = self.schema_version()
+        if version is None:
+            raise CatalogError(f"{self.url}: not a lookalike catalog (no schema version)")
+        if version != SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.url}: catalog schema v{version}, this lookalike reads v{SCHEMA_VERSION}; "
+                "run `lookalike index` to upgrade it"
+                if version < SCHEMA_VERSION
+                else f"{self.url}: catalog schema v{version} is newer than this lookalike (v{SCHEMA_VERSION})"
+            )
+
+    def _create_or_migrate(self) -> None:
+        version = self.schema_version()
+        if version is None:
+            Base.metadata.create_all(self.engine)
+            with self.session() as s, s.begin():
+                s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                s.merge(Meta(key="created_at", value=utcnow().isoformat()))
+            return
+        if version > SCHEMA_VERSION:
+            raise CatalogError(f"{self.url}: catalog schema v{version} is newer than this lookalike")
+        with self.engine.begin() as conn:
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+                conn.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(version)})
+
+    # -- queries used by several layers
+
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return row.value if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.session() as s, s.begin():
+            s.merge(Meta(key=key, value=value))
+
+    def ensure_model(self, model_id: str, kind: str, config: dict) -> None:
+        with self.session() as s, s.begin():
+            if s.get(ModelRecord, model_id) is None:
+                s.add(ModelRecord(id=model_id, kind=kind, config_json=json.dumps(config), created_at=utcnow()))
+
+    def get_images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        ids = list(ids)
+        out: dict[int, ImageRecord] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+                chunk = ids[start : start + 500]
+                for rec in s.scalars(select(ImageRecord).where(ImageRecord.id.in_(chunk))):
+                    out[rec.id] = rec
+        return out
+
+    def get_by_path(self, path: str) -> ImageRecord | None:
+        with self.session() as s:
+            return s.scalars(select(ImageRecord).where(ImageRecord.path == path)).first()
+
+    def count(self, status: str | None = STATUS_OK) -> int:
+        from sqlalchemy import func
+
+        with self.session() as s:
+            q = select(func.count(ImageRecord.id))
+            if status:
+                q = q.where(ImageRecord.status == status)
+            return int(s.scalar(q) or 0)
+
+
+def sqlite_url(path: str | os.PathLike) -> str:
+    return f"sqlite:///{Path(path).resolve()}"

@@ -1,0 +1,267 @@
+"""The vectors: a FAISS store keyed by catalog id, and the search index built from it.
+
+Two files, one job each:
+- ``vectors.faiss``: the *store*, an exact ``IndexIDMap2(IndexFlatIP)``. It is
+  the source of truth (it supports add, remove and reconstruct by id), and
+  for small corpora it is also what queries search.
+- ``search.faiss``: for large corpora, an approximate index (HNSW, IVF or
+  IVF-PQ) rebuilt from the store after a run changes it. Approximate types
+  cannot remove vectors cheaply (HNSW not at all), so they are derived, never
+  edited.
+``manifest.json`` is written last and names the type, parameters, the reason
+for the choice, the model and a generation number that readers watch.
+
+Vectors are L2-normalised, so inner product is cosine similarity in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from encoder.checkpoint import atomic_write_json, make_readable
+
+STORE = "vectors.faiss"
+SEARCH = "search.faiss"
+MANIFEST = "manifest.json"
+
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+#: Up to this many vectors, exact search is fast enough (~N*d multiply-adds per query:
+#: 100k x 128 is a few ms on one core) and perfectly accurate.
+FLAT_MAX = 100_000
+
+
+@dataclass
+class IndexPlan:
+    """Which FAISS index type to build, with what parameters, and why."""
+
+    index_type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+def plan_index(n: int, dim: int, requested: str = "auto") -> IndexPlan:
+    """Choose the search index for `n` vectors of `dim` (see the module doc)."""
+    if requested not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {requested!r}; choose from {', '.join(INDEX_TYPES)}")
+    if requested == "auto":
+        if n <= FLAT_MAX:
+            return IndexPlan("flat", {}, f"{n} vectors <= {FLAT_MAX:,}: exact search is fast and exact")
+        requested = "hnsw"
+        why = f"{n:,} vectors > {FLAT_MAX:,}: exact search grows with N, HNSW stays ~log N"
+    else:
+        why = "asked for"
+    if requested == "flat":
+        return IndexPlan("flat", {}, why)
+    if requested == "hnsw":
+        return IndexPlan("hnsw", {"M": 32, "efConstruction": 80, "efSearch": 96}, why)
+    # IVF needs ~39 training points per list; with too few vectors it cannot train.
+    nlist = int(min(max(1, 4 * math.sqrt(n)), max(1, n // 39)))
+    if requested == "ivf":
+        if n < 39:
+            return IndexPlan("flat", {}, f"ivf asked for, but {n} vectors are too few to train it: flat")
+        return IndexPlan("ivf", {"nlist": nlist, "nprobe": max(1, min(nlist, 16))}, why)
+    # ivfpq: m sub-quantisers of 8 bits, each needs 256 training points.
+    m = next(mm for mm in (dim // 8, dim // 4, dim // 2, dim, 1) if mm >= 1 and dim % mm == 0)
+    if n < 256 * 4:
+        return IndexPlan("flat", {}, f"ivfpq asked for, but {n} vectors are too few to train it: flat")
+    return IndexPlan(
+        "ivfpq", {"nlist": nlist, "nprobe": max(1, min(nlist, 16)), "m": m, "nbits": 8}, why + f" ({m} bytes/code)"
+    )
+
+
+# ---------------------------------------------------------------- the store
+
+
+class VectorStore:
+    """Exact vectors keyed by int64 id; add, remove, fetch, save atomically."""
+
+    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> VectorStore:
+        index = faiss.read_index(os.fspath(path))
+        return cls(index.d, index)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, np.int64))
+
+    def remove(self, ids: np.ndarray | list[int]) -> int:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return 0
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of everything in the store, in storage order."""
+        flat = faiss.downcast_index(self.index.index)
+        vecs = faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.dim).reshape(len(self), self.dim).copy()
+        return self.ids(), vecs
+
+    def get(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Vectors for `ids` (KeyError for an unknown id)."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for i, id_ in enumerate(ids):
+            try:
+                out[i] = self.index.reconstruct(int(id_))
+            except RuntimeError:
+                raise KeyError(int(id_)) from None
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_index(self.index, Path(path))
+
+
+def atomic_write_index(index: faiss.Index, path: Path) -> None:
+    """Write to a temporary file, fsync, rename: a reader sees the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        make_readable(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- the search index
+
+
+def build_search_index(store: VectorStore, plan: IndexPlan, seed: int = 0) -> faiss.Index:
+    """Build the approximate index named by `plan` from the store's vectors."""
+    ids, vecs = store.all_vectors()
+    d = store.dim
+    p = plan.params
+    if plan.index_type == "hnsw":
+        inner = faiss.IndexHNSWFlat(d, p["M"], faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = p["efConstruction"]
+        inner.hnsw.efSearch = p["efSearch"]
+        index = faiss.IndexIDMap2(inner)
+        index.add_with_ids(vecs, ids)
+        return index
+    quantizer = faiss.IndexFlatIP(d)
+    if plan.index_type == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, d, p["nlist"], faiss.METRIC_INNER_PRODUCT)
+    elif plan.index_type == "ivfpq":
+        index = faiss.IndexIVFPQ(quantizer, d, p["nlist"], p["m"], p["nbits"], faiss.METRIC_INNER_PRODUCT)
+    else:
+        raise ValueError(f"no search index to build for type {plan.index_type!r}")
+    rng = np.random.default_rng(seed)
+    sample = vecs if len(vecs) <= 200_000 else vecs[rng.choice(len(vecs), 200_000, replace=False)]
+    index.train(sample)
+    index.add_with_ids(vecs, ids)
+    index.nprobe = p["nprobe"]
+    return index
+
+
+def read_search_index(path: str | os.PathLike, params: dict[str, Any] | None = None) -> faiss.Index:
+    """Open an index read-only, memory-mapped where FAISS supports it for the type."""
+    try:
+        index = faiss.read_index(os.fspath(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        index = faiss.read_index(os.fspath(path))
+    apply_search_params(index, params or {})
+    return index
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if "efSearch" in params and hasattr(inner, "hnsw"):
+        inner.hnsw.efSearch = int(params["efSearch"])
+    if "nprobe" in params and hasattr(inner, "nprobe"):
+        inner.nprobe = int(params["nprobe"])
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+@dataclass
+class Manifest:
+    generation: int = 0
+    count: int = 0
+    dim: int = 0
+    model_id: str | None = None
+    index_type: str = "flat"
+    params: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    search_file: str = STORE
+    bytes_per_vector: float = 0.0
+    updated_at: float = 0.0
+
+    @classmethod
+    def read(cls, index_dir: str | os.PathLike) -> Manifest | None:
+        try:
+            data = json.loads((Path(index_dir) / MANIFEST).read_text())
+        except FileNotFoundError:
+            return None
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def write(self, index_dir: str | os.PathLike) -> None:
+        self.updated_at = time.time()
+        atomic_write_json(Path(index_dir) / MANIFEST, asdict(self))
+
+
+def publish(
+    index_dir: Path, store: VectorStore, plan: IndexPlan, model_id: str | None, previous: Manifest | None
+) -> Manifest:
+    """Save the store, (re)build the search index if the plan needs one, write the manifest."""
+    store.save(index_dir / STORE)
+    if plan.index_type == "flat":
+        search_file = STORE
+        size = (index_dir / STORE).stat().st_size
+    else:
+        index = build_search_index(store, plan)
+        atomic_write_index(index, index_dir / SEARCH)
+        search_file = SEARCH
+        size = (index_dir / SEARCH).stat().st_size
+    if plan.index_type == "flat" and (index_dir / SEARCH).exists():
+        (index_dir / SEARCH).unlink()
+    manifest = Manifest(
+        generation=(previous.generation + 1) if previous else 1,
+        count=len(store),
+        dim=store.dim,
+        model_id=model_id,
+        index_type=plan.index_type,
+        params=plan.params,
+        reason=plan.reason,
+        search_file=search_file,
+        bytes_per_vector=round(size / max(1, len(store)), 1),
+    )
+    manifest.write(index_dir)
+    return manifest
