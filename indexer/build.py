@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 LOCK = "lock"
-SAVE_EVERY_S = 20.0  # save the store at least this often during a long run
+SAVE_EVERY_S = 20.0  # default: save the store at least this often during a long run
 
 
 class IndexBuildError(Exception):
@@ -141,6 +141,7 @@ def build_index(
     catalog_url: str | None = None,
     workers: int | None = None,
     batch_size: int = 256,
+    checkpoint_every_s: float = SAVE_EVERY_S,
     device: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     model_config: ModelConfig | None = None,
@@ -160,7 +161,20 @@ def build_index(
         encoder.max_pixels = max_pixels
         catalog = Catalog.for_directory(idx, catalog_url)
         try:
-            _run(root, idx, catalog, encoder, summary, index_type, reembed, workers, batch_size, max_pixels, progress)
+            _run(
+                root,
+                idx,
+                catalog,
+                encoder,
+                summary,
+                index_type,
+                reembed,
+                workers,
+                batch_size,
+                max_pixels,
+                progress,
+                checkpoint_every_s,
+            )
         finally:
             catalog.close()
     summary.duration_s = round(time.perf_counter() - t0, 3)
@@ -221,6 +235,7 @@ def _run(
     batch_size: int,
     max_pixels: int,
     progress: bool,
+    checkpoint_every_s: float,
 ) -> None:
     mid = encoder.model_id
     catalog.ensure_model(mid, encoder.config.kind, encoder.config.to_dict())
@@ -241,6 +256,7 @@ def _run(
             continue
         seen[rel] = (path, st)
 
+    seen = dict(sorted(seen.items()))  # path order: the first copy of a file is the alphabetically first
     to_hash: list[str] = []
     for rel, (_, st) in seen.items():
         row = rows.get(rel)
@@ -271,6 +287,7 @@ def _run(
         }
     to_decode: list[str] = []
     copies: list[tuple[str, str]] = []  # (rel, hash) to be copied from the first file with that hash
+    claimed: set[str] = set()
     now = utcnow()
     with catalog.session() as s, s.begin():
         for rel in to_hash:
@@ -302,6 +319,10 @@ def _run(
             if digest in present_ok and (row is None or row.id != present_ok[digest]):
                 copies.append((rel, digest))
                 continue
+            if digest in claimed:  # a byte-identical copy of a file decoded in this run
+                copies.append((rel, digest))
+                continue
+            claimed.add(digest)
             to_decode.append(rel)
         # ---- remove what is gone (rows now; vectors with the next store save)
         gone = [row.id for row in missing.values()]
@@ -341,7 +362,7 @@ def _run(
             if bar is not None:
                 bar.update(len(batch))
             batch = []
-            if time.monotonic() - last_save > SAVE_EVERY_S:
+            if time.monotonic() - last_save > checkpoint_every_s:
                 seq = _save_store(idx, store, catalog, seq)
                 last_save = time.monotonic()
     if batch:
@@ -483,7 +504,6 @@ def _embed_batch(run: _RunState, batch, to_decode: list[str], seq: int) -> None:
             digest = run.hashes.get(rel, (None, None))[0] or (row.content_hash if row else None)
             if row is None:
                 row = ImageRecord(path=rel)
-                s.add(row)
                 summary.added += 1
             elif rows.get(rel) is not None and rows[rel].status != STATUS_PENDING:
                 summary.updated += 1
@@ -492,6 +512,7 @@ def _embed_batch(run: _RunState, batch, to_decode: list[str], seq: int) -> None:
             row.width, row.height, row.format = d.info.width, d.info.height, d.info.format
             row.status, row.error, row.embedded_at = STATUS_OK, None, now
             row.model_id, row.vector_seq, row.duplicate_of = mid, seq, None
+            s.add(row)
             s.flush()
             ids.append(row.id)
     summary.embedded += len(good)
@@ -520,17 +541,17 @@ def _add_copies(run: _RunState, copies: list[tuple[str, str]], seq: int) -> None
             row = s.scalars(select(ImageRecord).where(ImageRecord.path == rel)).first()
             if src is None:  # its original failed meanwhile: nothing to copy
                 continue
+            src_row = s.get(ImageRecord, src)
             if row is None:
                 row = ImageRecord(path=rel)
-                s.add(row)
                 summary.added += 1
             else:
                 summary.updated += 1
-            src_row = s.get(ImageRecord, src)
             row.size, row.mtime_ns, row.content_hash = st.st_size, st.st_mtime_ns, digest
             row.width, row.height, row.format = src_row.width, src_row.height, src_row.format
             row.status, row.error, row.embedded_at = STATUS_OK, None, now
             row.model_id, row.vector_seq = mid, seq
+            s.add(row)
             s.flush()
             new_ids.append(row.id)
             src_ids.append(src)

@@ -147,6 +147,8 @@ def index(
     reembed: bool = typer.Option(False, "--reembed", help="Re-embed every image (needed after changing the model)."),
     catalog: str | None = typer.Option(None, help="SQLAlchemy URL of the catalog [default: SQLite in the index]."),
     workers: int | None = typer.Option(None, help="Decoding processes [default: one per core]."),
+    batch_size: int = typer.Option(256, help="Images embedded and committed together."),
+    checkpoint_every: float = typer.Option(20.0, help="Save vectors at least this often, in seconds (crash safety)."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -162,6 +164,8 @@ def index(
         catalog_url=catalog,
         workers=workers,
         device=device,
+        batch_size=batch_size,
+        checkpoint_every_s=checkpoint_every,
     )
     if as_json:
         import json

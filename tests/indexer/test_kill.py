@@ -1,0 +1,118 @@
+"""SIGKILL `lookalike index` at several moments: the next run completes, nothing durable is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, write_jpeg
+
+from indexer import Catalog, Manifest, VectorStore
+
+N = 400
+
+
+def durable(index_dir: Path) -> dict[int, np.ndarray]:
+    """Vectors that a finished save made durable: in the store, with an ok row, not newer than the save."""
+    if not (index_dir / "vectors.faiss").exists() or not (index_dir / "catalog.sqlite").exists():
+        return {}
+    cat = Catalog.for_directory(index_dir)
+    seq = int(cat.get_meta("store_seq") or 0)
+    with cat.engine.connect() as c:
+        ok = {i for (i,) in c.exec_driver_sql(f"SELECT id FROM images WHERE status='ok' AND vector_seq <= {seq}")}
+    cat.close()
+    store = VectorStore.load(index_dir / "vectors.faiss")
+    ids = [i for i in store.ids().tolist() if i in ok]
+    return dict(zip(ids, store.get(ids), strict=True))
+
+
+def run_index(folder: Path, model: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "search",
+        "index",
+        str(folder),
+        "--model",
+        str(model),
+        "--workers",
+        "1",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "0.1",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def saved_seq(index_dir: Path) -> int:
+    """The writer's last completed store save, read straight from SQLite (cheap to poll)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{index_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=1)
+        row = con.execute("SELECT value FROM meta WHERE key = 'store_seq'").fetchone()
+        con.close()
+        return int(row[0]) if row else 0
+    except sqlite3.Error:
+        return 0
+
+
+def kill_when(proc: subprocess.Popen, index_dir: Path, moment: str) -> bool:
+    """SIGKILL `proc` at `moment`: 'start' (during start-up) or 'saving' (right after a store save)."""
+    deadline = time.monotonic() + 60
+    if moment == "start":
+        time.sleep(0.3)
+    else:
+        before = saved_seq(index_dir)
+        while proc.poll() is None and saved_seq(index_dir) <= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return True
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "pics"
+    for i in range(N):
+        write_jpeg(folder / f"d{i % 4}" / f"img_{i:03d}.jpg", (96, 72), seed=i)
+    idx = folder / ".lookalike"
+    kept: dict[int, np.ndarray] = {}
+    kills, partial = 0, 0
+    for moment in ("start", "saving", "saving", "saving"):
+        proc = run_index(folder, tiny_model)
+        kills += kill_when(proc, idx, moment)
+        now = durable(idx)
+        # nothing made durable by an earlier run is lost or altered by a later killed one
+        for i, vec in kept.items():
+            assert i in now, f"vector {i} lost"
+            assert np.array_equal(now[i], vec)
+        kept = now
+        partial += 0 < len(now) < N
+    assert kills >= 3, "the runs finished before they could be killed"
+    assert partial >= 1, "no kill landed mid-run with part of the folder saved"
+    proc = run_index(folder, tiny_model)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode()
+    cat = Catalog.for_directory(idx)
+    with cat.engine.connect() as c:
+        rows = dict(c.exec_driver_sql("SELECT id, status FROM images").all())
+    cat.close()
+    store = VectorStore.load(idx / "vectors.faiss")
+    assert len(rows) == N and set(rows.values()) == {"ok"}
+    assert set(store.ids().tolist()) == set(rows)
+    assert Manifest.read(idx).count == N
+    final = durable(idx)
+    for i, vec in kept.items():
+        assert np.array_equal(final[i], vec)
