@@ -4,7 +4,7 @@ Imports only torch, torchvision, pillow and numpy (and safetensors for weights).
 """
 
 from .checkpoint import CheckpointError, load_model, model_id, save_model
-from .images import DEFAULT_MAX_PIXELS, ImageInfo, ImageLoadError, find_images, load_image, open_image
+from .images import DEFAULT_MAX_PIXELS, ImageInfo, ImageLoadError, ImageSource, find_images, load_image, open_image
 from .inference import Encoder
 from .model import Autoencoder, ModelConfig, create_model, list_models, register
 from .train import TrainConfig, TrainError, TrainResult, train
@@ -16,6 +16,7 @@ __all__ = [
     "Encoder",
     "ImageInfo",
     "ImageLoadError",
+    "ImageSource",
     "ModelConfig",
     "TrainConfig",
     "TrainError",

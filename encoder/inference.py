@@ -46,7 +46,10 @@ class Encoder:
 
     def _batches(self, pixels: np.ndarray):
         for s in range(0, len(pixels), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[s : s + self.batch_size]))
+            chunk = pixels[s : s + self.batch_size]
+            if not chunk.flags.writeable or not chunk.flags.c_contiguous:  # torch wants its own writable memory
+                chunk = np.array(chunk, copy=True, order="C")
+            x = torch.from_numpy(chunk)
             yield x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
 
     @torch.inference_mode()

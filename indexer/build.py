@@ -239,6 +239,8 @@ def _run(
 ) -> None:
     mid = encoder.model_id
     catalog.ensure_model(mid, encoder.config.kind, encoder.config.to_dict())
+    if catalog.get_meta("root") != str(root):
+        catalog.set_meta("root", str(root))  # where the files are: the server serves only these
     manifest = Manifest.read(idx)
     store = _open_store(idx, encoder.dim, reembed)
     changed = _reconcile(catalog, store, mid, reembed)

@@ -17,6 +17,7 @@ import typer
 
 from encoder import CheckpointError, ImageLoadError, ModelConfig, TrainConfig, TrainError, list_models
 from indexer import CatalogError, IndexBuildError, default_index_dir
+from search.engine import EngineError
 
 app = typer.Typer(
     name="lookalike",
@@ -28,6 +29,7 @@ app = typer.Typer(
 
 #: Library errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    EngineError,
     IndexBuildError,
     CatalogError,
     TrainError,
@@ -207,6 +209,8 @@ def up(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images."),
     seed: int = typer.Option(0, help="Random seed for training."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
+    port: int | None = typer.Option(None, help="Port to serve on [default: 8000]."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Train and index only."),
 ) -> None:
     """The main job: train a model on FOLDER (if it has none yet), index it and serve it."""
     from indexer import build_index
@@ -217,6 +221,83 @@ def up(
     if summary.trained:
         model_dir = Path(summary.index_dir) / "model"
         typer.echo(f"model pictures: {model_dir / 'loss.png'}, {model_dir / 'reconstructions.png'}")
+    if not no_serve:
+        serve_index(Path(summary.index_dir), None, port, device)
+
+
+def _index_for(folder_or_index: Path | None) -> Path:
+    """Accept an index directory, or a folder that has one in .lookalike/."""
+    path = folder_or_index or Path(".")
+    if (path / "manifest.json").exists():
+        return path
+    if (default_index_dir(path) / "manifest.json").exists():
+        return default_index_dir(path)
+    raise FileNotFoundError(f"no index at {path} or {default_index_dir(path)}; run `lookalike index FOLDER` first")
+
+
+@app.command()
+@user_errors
+def query(
+    image: Path | None = typer.Argument(None, help="Query image file (need not be indexed)."),
+    image_id: int | None = typer.Option(None, "--id", help="Query by the id of an indexed image instead."),
+    index_dir: Path | None = typer.Option(
+        None, "--index", help="Index directory, or the folder it indexes [default: .]"
+    ),
+    k: int = typer.Option(10, "-k", min=1, help="How many results."),
+    min_similarity: float | None = typer.Option(None, help="Drop results below this cosine similarity."),
+    path_prefix: str | None = typer.Option(None, help="Only images whose path starts with this."),
+    as_json: bool = typer.Option(False, "--json", help="JSON for scripts instead of a table."),
+) -> None:
+    """Find the indexed images most like IMAGE (or like indexed image --id N)."""
+    from search.engine import Engine
+
+    if (image is None) == (image_id is None):
+        raise ValueError("give either an IMAGE or --id N")
+    engine = Engine(_index_for(index_dir))
+    opts = {"k": k, "min_similarity": min_similarity, "path_prefix": path_prefix}
+    hits = engine.search_id(image_id, **opts) if image_id is not None else engine.search_image(image, **opts)
+    if as_json:
+        import json
+
+        query_desc = {"id": image_id} if image_id is not None else {"path": str(image)}
+        typer.echo(json.dumps({"query": query_desc, "results": [h.as_dict() for h in hits]}, indent=2))
+        return
+    if not hits:
+        typer.echo("no results")
+    typer.echo(f"{'rank':>4}  {'similarity':>10}  {'id':>7}  path")
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank:>4}  {h.similarity:>10.4f}  {h.id:>7}  {h.path}")
+
+
+@app.command()
+@user_errors
+def serve(
+    index_dir: Path | None = typer.Option(
+        None, "--index", help="Index directory, or the folder it indexes [default: .]"
+    ),
+    host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1, this machine only]."),
+    port: int | None = typer.Option(None, help="Port [default: 8000]."),
+    device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
+) -> None:
+    """Serve the search API and web page (LOOKALIKE_* environment variables set the defaults)."""
+    serve_index(_index_for(index_dir), host, port, device)
+
+
+def serve_index(index: Path, host: str | None, port: int | None, device: str | None) -> None:
+    import uvicorn
+
+    from search.api import create_app
+    from search.settings import Settings
+
+    overrides = {k: v for k, v in {"host": host, "port": port, "device": device}.items() if v is not None}
+    settings = Settings(index=index, **overrides)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
+        typer.echo(
+            f"warning: serving on {settings.host} without LOOKALIKE_API_TOKEN: anyone who can reach it can search",
+            err=True,
+        )
+    typer.echo(f"serving {index} at http://{settings.host}:{settings.port}/  (Ctrl+C stops)")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 
 @app.command()

@@ -203,9 +203,18 @@ def near_duplicate_recall(
 # ---------------------------------------------------------------- baselines
 
 
-def pixel_embedder(pixels: np.ndarray) -> np.ndarray:
-    """Raw pixels, flattened and centred on mid-grey (cosine on them ranks like L2 on unit vectors)."""
-    return pixels.reshape(len(pixels), -1).astype(np.float32) / 255.0 - 0.5
+def fit_pixels(pixels: np.ndarray) -> Embedder:
+    """Raw pixels, flattened and centred on the corpus' mean image (cosine then compares what differs).
+
+    Centring is what makes the baseline fair: on uncentred pixels every white-background
+    image looks alike (mAP@10 0.11 against 0.20 centred on tuxpaint at 64 px).
+    """
+    mean = pixels.reshape(len(pixels), -1).astype(np.float32).mean(axis=0) / 255.0
+
+    def embed(p: np.ndarray) -> np.ndarray:
+        return p.reshape(len(p), -1).astype(np.float32) / 255.0 - mean
+
+    return embed
 
 
 def fit_pca(pixels: np.ndarray, dim: int, seed: int = 0) -> Embedder:
@@ -395,14 +404,15 @@ def evaluate(
         size, dim = enc.image_size, enc.dim
         if ("pixels", size, 0) not in baselines_done:
             baselines_done.add(("pixels", size, 0))
-            methods.append(measure(f"pixels {size}px", "pixels", size, pixel_embedder, baseline_for=spec.name))
+            pix = fit_pixels(pixels[size])
+            methods.append(measure(f"pixels {size}px", "pixels", size, pix, baseline_for=spec.name))
         if ("pca", size, dim) not in baselines_done:
             baselines_done.add(("pca", size, dim))
             pca = fit_pca(pixels[size], dim, seed)
             methods.append(measure(f"pca-{dim} {size}px", "pca", size, pca, baseline_for=spec.name))
     if not encoders:
         size = sizes[0]
-        methods.append(measure(f"pixels {size}px", "pixels", size, pixel_embedder))
+        methods.append(measure(f"pixels {size}px", "pixels", size, fit_pixels(pixels[size])))
         methods.append(measure(f"pca-128 {size}px", "pca", size, fit_pca(pixels[size], 128, seed)))
     return EvaluationReport(
         folder=os.fspath(folder),

@@ -1,0 +1,327 @@
+"""The search engine: "show me images like this one" over an index directory.
+
+No web framework here: the HTTP API, the CLI and the reports all call this.
+
+An :class:`Engine` holds a *snapshot* (the FAISS indexes, memory-mapped and
+read-only, and the model) and swaps in a new one when ``lookalike index``
+publishes a new generation of the index: a request already running keeps the
+snapshot it started with, so nothing fails mid-flight.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sqlalchemy import select
+
+from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
+from encoder.images import open_image
+from indexer import Catalog, ImageRecord, Manifest
+from indexer.build import MODEL_DIR
+from indexer.catalog import STATUS_OK
+from indexer.vectors import STORE, read_search_index
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(Exception):
+    """The index cannot be opened or queried as asked."""
+
+
+class NotFound(EngineError):
+    """No indexed image has that id or path."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result. `similarity` is the cosine similarity of the two search vectors, in [-1, 1]."""
+
+    id: int
+    path: str
+    similarity: float
+    width: int | None
+    height: int | None
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "path": self.path,
+            "similarity": round(self.similarity, 6),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+@dataclass
+class Snapshot:
+    """One published generation of the index, opened read-only."""
+
+    manifest: Manifest
+    store: faiss.Index  # exact vectors by id (IndexIDMap2 over a flat index)
+    search: faiss.Index  # what unfiltered queries search: the store itself, or HNSW/IVF
+    encoder: Encoder
+
+
+class Engine:
+    """Queries over one index directory. Safe to share between threads."""
+
+    def __init__(
+        self,
+        index_dir: str | os.PathLike,
+        *,
+        device: str | None = None,
+        catalog_url: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        reload_check_s: float = 1.0,
+    ) -> None:
+        self.index_dir = Path(index_dir).resolve()
+        if not (self.index_dir / "manifest.json").exists():
+            raise EngineError(f"{self.index_dir}: no index here; run `lookalike index FOLDER` first")
+        self.catalog = Catalog.for_directory(self.index_dir, catalog_url, read_only=True)
+        self.device = device
+        self.max_pixels = max_pixels
+        self.reload_check_s = reload_check_s
+        self._lock = threading.Lock()
+        self._embed_lock = threading.Lock()
+        self._checked_at = 0.0
+        self._manifest_mtime = 0.0
+        self._snapshot = self._open()
+        root = self.catalog.get_meta("root")
+        self.root = Path(root) if root else self.index_dir.parent
+        self.thumb_dir = self.index_dir / "thumbnails"
+
+    # ---------------------------------------------------------------- snapshots
+
+    def _open(self) -> Snapshot:
+        self._manifest_mtime = (self.index_dir / "manifest.json").stat().st_mtime
+        manifest = Manifest.read(self.index_dir)
+        if manifest is None:
+            raise EngineError(f"{self.index_dir}: manifest.json vanished")
+        store = read_search_index(self.index_dir / STORE)
+        if manifest.search_file == STORE:
+            search = store
+        else:
+            search = read_search_index(self.index_dir / manifest.search_file, manifest.params)
+        old = getattr(self, "_snapshot", None)
+        if old is not None and old.manifest.model_id == manifest.model_id:
+            encoder = old.encoder  # same model: no need to load it again
+        else:
+            encoder = Encoder(self.index_dir / MODEL_DIR, device=self.device, max_pixels=self.max_pixels)
+        log.debug(
+            "opened index generation %d (%d vectors, %s)", manifest.generation, manifest.count, manifest.index_type
+        )
+        return Snapshot(manifest, store, search, encoder)
+
+    def snapshot(self) -> Snapshot:
+        """The current snapshot, reopened first if the index on disk has moved on."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.reload_check_s:
+            self._checked_at = now
+            try:
+                mtime = (self.index_dir / "manifest.json").stat().st_mtime
+            except FileNotFoundError:
+                mtime = self._manifest_mtime
+            if mtime != self._manifest_mtime:
+                with self._lock:
+                    if mtime != self._manifest_mtime:
+                        try:
+                            self._snapshot = self._open()
+                        except Exception as exc:  # keep serving the old one: a half-written index must not stop us
+                            log.warning("could not open the new index generation (%s); keeping the old one", exc)
+        return self._snapshot
+
+    def reload(self) -> None:
+        """Reopen now (tests and admin use)."""
+        with self._lock:
+            self._snapshot = self._open()
+
+    # ---------------------------------------------------------------- lookups
+
+    def get(self, image_id: int) -> ImageRecord:
+        rec = self.catalog.get_images([image_id]).get(image_id)
+        if rec is None or rec.status != STATUS_OK:
+            raise NotFound(f"no indexed image with id {image_id}")
+        return rec
+
+    def get_by_path(self, path: str) -> ImageRecord:
+        rel = self._relative(path)
+        rec = self.catalog.get_by_path(rel) if rel is not None else None
+        if rec is None or rec.status != STATUS_OK:
+            raise NotFound(f"no indexed image at {path!r}")
+        return rec
+
+    def _relative(self, path: str) -> str | None:
+        """Catalog form of `path`: absolute, or relative to the working directory if such a file
+        exists there, else relative to the indexed root."""
+        p = Path(path)
+        if not p.is_absolute() and p.exists():
+            p = p.resolve()
+        if p.is_absolute():
+            try:
+                return p.resolve().relative_to(self.root.resolve()).as_posix()
+            except ValueError:
+                return None
+        return p.as_posix()
+
+    def file_path(self, image_id: int) -> Path:
+        """The file of an indexed image. Only catalog paths ever reach the filesystem."""
+        rec = self.get(image_id)
+        path = (self.root / rec.path).resolve()
+        root = self.root.resolve()
+        if root not in path.parents:  # a symlink pointing outside the root: refuse
+            raise NotFound(f"image {image_id} is outside the indexed folder")
+        if not path.is_file():
+            raise NotFound(f"image {image_id} ({rec.path}) is no longer on disk")
+        return path
+
+    def vector(self, image_id: int) -> np.ndarray:
+        snap = self.snapshot()
+        try:
+            return snap.store.reconstruct(int(image_id)).reshape(1, -1)
+        except RuntimeError:
+            raise NotFound(f"image {image_id} has no vector (is the index up to date?)") from None
+
+    def embed(self, source: ImageSource) -> np.ndarray:
+        """Decode and embed a query image with the index's own model. Raises ImageLoadError."""
+        snap = self.snapshot()
+        pixels = snap.encoder.load(source)
+        with self._embed_lock:  # one inference at a time: parallel torch calls only fight over the cores
+            return snap.encoder.embed_pixels(pixels[None])
+
+    # ---------------------------------------------------------------- queries
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        offset: int = 0,
+        min_similarity: float | None = None,
+        path_prefix: str | None = None,
+        exclude_id: int | None = None,
+    ) -> list[Hit]:
+        """Nearest neighbours of `vector`: results offset..offset+k, best first."""
+        if k < 1 or offset < 0:
+            raise EngineError("k must be >= 1 and offset >= 0")
+        snap = self.snapshot()
+        want = offset + k + (1 if exclude_id is not None else 0)
+        q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+        if q.shape[1] != snap.manifest.dim:
+            raise EngineError(f"query vector has {q.shape[1]} dimensions, the index {snap.manifest.dim}")
+        n = snap.search.ntotal
+        if n == 0:
+            return []
+        if path_prefix:
+            ids = self._ids_with_prefix(path_prefix)
+            if not ids:
+                return []
+            # Filtered queries search the exact store: approximate indexes lose recall under a filter.
+            sel = faiss.IDSelectorBatch(np.array(ids, dtype=np.int64))
+            sims, found = snap.store.search(q, min(want, len(ids)), params=faiss.SearchParameters(sel=sel))
+        else:
+            sims, found = snap.search.search(q, min(want, n))
+        pairs = [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i != exclude_id]
+        if min_similarity is not None:
+            pairs = [(i, s) for i, s in pairs if s >= min_similarity]
+        pairs = pairs[offset : offset + k]
+        records = self.catalog.get_images([i for i, _ in pairs])
+        return [
+            Hit(i, records[i].path, max(-1.0, min(1.0, s)), records[i].width, records[i].height)
+            for i, s in pairs
+            if i in records and records[i].status == STATUS_OK  # a row deleted since the snapshot: skip
+        ]
+
+    def search_image(self, source: ImageSource, **kw) -> list[Hit]:
+        """Images like the one in `source` (bytes, a stream or a path). An indexed query image is excluded."""
+        vec = self.embed(source)
+        exclude = None
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                exclude = self.get_by_path(os.fspath(source)).id
+            except NotFound:
+                exclude = None
+        return self.search_vector(vec, exclude_id=exclude, **kw)
+
+    def search_id(self, image_id: int, **kw) -> list[Hit]:
+        """Images like indexed image `image_id`, from its stored vector (no decoding); itself excluded."""
+        self.get(image_id)
+        return self.search_vector(self.vector(image_id), exclude_id=image_id, **kw)
+
+    def search_path(self, path: str, **kw) -> list[Hit]:
+        """Images like the indexed image at `path` (relative to the root, or absolute)."""
+        return self.search_id(self.get_by_path(path).id, **kw)
+
+    def _ids_with_prefix(self, prefix: str) -> list[int]:
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self.catalog.session() as s:
+            return list(
+                s.scalars(
+                    select(ImageRecord.id).where(
+                        ImageRecord.status == STATUS_OK, ImageRecord.path.like(like, escape="\\")
+                    )
+                )
+            )
+
+    # ---------------------------------------------------------------- stats and thumbnails
+
+    def stats(self) -> dict:
+        snap = self.snapshot()
+        m = snap.manifest
+        cfg = snap.encoder.config
+        return {
+            "count": self.catalog.count(STATUS_OK),
+            "failed": self.catalog.count("failed"),
+            "vectors": int(snap.search.ntotal),
+            "generation": m.generation,
+            "index_type": m.index_type,
+            "index_params": m.params,
+            "index_reason": m.reason,
+            "bytes_per_vector": m.bytes_per_vector,
+            "model": {
+                "id": m.model_id,
+                "kind": cfg.kind,
+                "image_size": cfg.image_size,
+                "dim": snap.encoder.dim,
+            },
+            "root": str(self.root),
+        }
+
+    def thumbnail(self, image_id: int, size: int = 256) -> bytes:
+        """A small JPEG of an indexed image, made on demand and cached by content."""
+        rec = self.get(image_id)
+        key = rec.content_hash or f"id{rec.id}-{rec.size}-{rec.mtime_ns}"
+        cached = self.thumb_dir / f"{key}-{size}.jpg"
+        try:
+            return cached.read_bytes()
+        except FileNotFoundError:
+            pass
+        img, _ = open_image(self.file_path(image_id), max_pixels=self.max_pixels, draft_size=size)
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=82, optimize=True)
+        data = buf.getvalue()
+        try:
+            self.thumb_dir.mkdir(exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        except OSError as exc:  # a read-only index still serves thumbnails, uncached
+            log.debug("thumbnail cache not written: %s", exc)
+        return data
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
+def configure_threads(n: int | None) -> None:
+    """Limit FAISS's OpenMP threads (a server handles concurrency itself)."""
+    if n:
+        faiss.omp_set_num_threads(n)

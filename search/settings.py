@@ -1,0 +1,24 @@
+"""Server settings: one class, read from LOOKALIKE_* environment variables, overridable by CLI options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from encoder import DEFAULT_MAX_PIXELS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore")
+
+    index: Path = Field(Path(".lookalike"), description="Index directory to serve.")
+    host: str = Field("127.0.0.1", description="Address to bind; 127.0.0.1 keeps the server on this machine.")
+    port: int = Field(8000, ge=0, le=65535)
+    api_token: str | None = Field(None, description="If set, data endpoints require 'Authorization: Bearer <token>'.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted request body.")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest accepted image, in pixels.")
+    max_k: int = Field(1000, ge=1, description="Most results one query may ask for.")
+    device: str | None = Field(None, description="cpu, cuda, mps [default: best available].")
+    catalog_url: str | None = Field(None, description="SQLAlchemy URL of the catalog [default: the index's SQLite].")
