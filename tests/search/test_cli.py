@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -38,3 +39,37 @@ def test_train_user_error_is_one_line(tmp_path: Path) -> None:
     assert "error:" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["train", str(tmp_path / "empty"), "--kind", "nope"])
     assert res.exit_code == 2 and "unknown --kind" in res.output
+
+
+def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
+    import json
+
+    model = tmp_path / "model"
+    args = ["train", str(tiny_folder), "--out", str(model), "--image-size", "32", "--latent-dim", "8", "--epochs", "1"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (tiny_folder / "junk.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    res = runner.invoke(app, ["index", str(tiny_folder), "--model", str(model)])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"added\s+12\b", res.output) and re.search(r"failed\s+1\b", res.output)
+    assert "junk.jpg: not a recognised image format" in res.output
+    res = runner.invoke(app, ["index", str(tiny_folder), "--json"])
+    summary = json.loads(res.output)
+    assert summary["unchanged"] == 13 and summary["embedded"] == 0
+    query_img = sorted(tiny_folder.rglob("*.png"))[0]
+    res = runner.invoke(app, ["query", str(query_img), "--index", str(tiny_folder), "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    paths = [r["path"] for r in out["results"]]
+    assert len(paths) == 3 and query_img.relative_to(tiny_folder).as_posix() not in paths  # itself excluded
+    res = runner.invoke(app, ["query", "--id", str(out["results"][0]["id"]), "--index", str(tiny_folder)])
+    assert res.exit_code == 0 and "similarity" in res.output
+    res = runner.invoke(app, ["query", "--id", "99999", "--index", str(tiny_folder)])
+    assert res.exit_code == 2 and "no indexed image" in res.output
+    res = runner.invoke(app, ["query", str(tiny_folder / "junk.jpg"), "--index", str(tiny_folder)])
+    assert res.exit_code == 2 and "junk.jpg" in res.output
+
+
+def test_query_without_index(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["query", "--id", "1", "--index", str(tmp_path)])
+    assert res.exit_code == 2 and "lookalike index" in res.output
