@@ -146,6 +146,8 @@ class Engine:
     # ---------------------------------------------------------------- lookups
 
     def get(self, image_id: int) -> ImageRecord:
+        if not -(2**63) <= image_id < 2**63:  # SQLite would raise OverflowError: no id is that large
+            raise NotFound(f"no indexed image with id {image_id}")
         rec = self.catalog.get_images([image_id]).get(image_id)
         if rec is None or rec.status != STATUS_OK:
             raise NotFound(f"no indexed image with id {image_id}")

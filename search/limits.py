@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the cap. An HTTPException, so that a framework
+    parsing the body (FastAPI wraps other errors into 400 "error parsing the body") lets it through as a 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _too_large(max_bytes))
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"request body is larger than the limit of {max_bytes:,} bytes; send a smaller image"
 
 
 class MaxBodySizeMiddleware:
@@ -44,7 +53,7 @@ class MaxBodySizeMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -60,9 +69,7 @@ class MaxBodySizeMiddleware:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"request body is larger than the limit of {self.max_bytes:,} bytes; send a smaller image"}
-        ).encode()
+        body = json.dumps({"detail": _too_large(self.max_bytes)}).encode()
         await send(
             {
                 "type": "http.response.start",

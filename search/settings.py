@@ -19,6 +19,5 @@ class Settings(BaseSettings):
     api_token: str | None = Field(None, description="If set, data endpoints require 'Authorization: Bearer <token>'.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted request body.")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest accepted image, in pixels.")
-    max_k: int = Field(1000, ge=1, description="Most results one query may ask for.")
     device: str | None = Field(None, description="cpu, cuda, mps [default: best available].")
     catalog_url: str | None = Field(None, description="SQLAlchemy URL of the catalog [default: the index's SQLite].")

@@ -1,0 +1,190 @@
+"""The engine on a real small index: queries by bytes, path and id, paging, filters, hot reload."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import sample_images, write_jpeg
+
+from search.engine import Engine, EngineError, Hit, NotFound
+
+from .conftest import WILDCARD_PATHS, Corpus, fill_folder
+
+BIRD = "birds/" + sorted(p.name for p in sample_images(4, ("birds",)))[0]
+
+
+def assert_well_formed(hits: list[Hit]) -> None:
+    sims = [h.similarity for h in hits]
+    assert all(-1.0 <= s <= 1.0 for s in sims)
+    assert sims == sorted(sims, reverse=True)
+    assert len({h.id for h in hits}) == len(hits)
+
+
+def test_search_by_image_bytes(engine: Engine, corpus: Corpus, ids: dict[str, int]) -> None:
+    data = (corpus.folder / BIRD).read_bytes()
+    hits = engine.search_image(data, k=5)
+    assert len(hits) == 5
+    assert_well_formed(hits)
+    # bytes are not a path: the indexed copy of the same image is not excluded, and it is the best match
+    assert hits[0].id == ids[BIRD] and hits[0].similarity == pytest.approx(1.0, abs=1e-4)
+    assert hits[0].path == BIRD and hits[0].width and hits[0].height
+
+
+def test_search_by_path_excludes_the_query(engine: Engine, corpus: Corpus, ids: dict[str, int]) -> None:
+    n = len(ids)
+    by_file = engine.search_image(str(corpus.folder / BIRD), k=n)  # a file: decoded, then itself excluded
+    by_path = engine.search_path(BIRD, k=n)  # a catalog path, relative to the indexed root: its stored vector
+    for hits in (by_file, by_path):
+        assert ids[BIRD] not in {h.id for h in hits}
+        assert len(hits) == n - 1
+        assert_well_formed(hits)
+    assert [h.id for h in by_file] == [h.id for h in by_path]
+
+
+def test_search_by_unindexed_path_keeps_everything(engine: Engine, tmp_path: Path, ids: dict[str, int]) -> None:
+    query = write_jpeg(tmp_path / "new.jpg", (64, 64), seed=42)
+    hits = engine.search_image(query, k=100)
+    assert len(hits) == len(ids)
+
+
+def test_search_by_id_excludes_itself_without_decoding(
+    engine: Engine, ids: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = engine.search_path(BIRD, k=8)
+
+    def no_decoding(*_a, **_kw):
+        raise AssertionError("search_id decoded an image")
+
+    monkeypatch.setattr(engine, "embed", no_decoding)
+    monkeypatch.setattr(engine.snapshot().encoder, "load", no_decoding)
+    hits = engine.search_id(ids[BIRD], k=8)
+    assert ids[BIRD] not in {h.id for h in hits}
+    assert [h.id for h in hits] == [h.id for h in expected]
+    assert_well_formed(hits)
+
+
+def test_paging_is_consistent(engine: Engine, ids: dict[str, int]) -> None:
+    k = 4
+    first = engine.search_id(ids[BIRD], k=2 * k)
+    page1 = engine.search_id(ids[BIRD], k=k, offset=0)
+    page2 = engine.search_id(ids[BIRD], k=k, offset=k)
+    assert [h.id for h in page1 + page2] == [h.id for h in first]
+    assert len(first) == 2 * k
+    beyond = engine.search_id(ids[BIRD], k=k, offset=len(ids))
+    assert beyond == []
+    # the last page is short, never padded
+    last = engine.search_id(ids[BIRD], k=k, offset=len(ids) - 3)
+    assert len(last) == 2
+
+
+def test_min_similarity(engine: Engine, ids: dict[str, int]) -> None:
+    everything = engine.search_id(ids[BIRD], k=100)
+    cut = everything[len(everything) // 2].similarity
+    kept = engine.search_id(ids[BIRD], k=100, min_similarity=cut)
+    assert kept and all(h.similarity >= cut for h in kept)
+    assert [h.id for h in kept] == [h.id for h in everything if h.similarity >= cut]
+    assert engine.search_id(ids[BIRD], k=100, min_similarity=1.0) == [] or all(
+        h.similarity >= 1.0 - 1e-6 for h in engine.search_id(ids[BIRD], k=100, min_similarity=1.0)
+    )
+
+
+def test_path_prefix(engine: Engine, ids: dict[str, int]) -> None:
+    hits = engine.search_id(ids[BIRD], k=100, path_prefix="letters/")
+    assert hits and all(h.path.startswith("letters/") for h in hits)
+    assert len(hits) == sum(p.startswith("letters/") for p in ids)
+    assert_well_formed(hits)
+    assert engine.search_id(ids[BIRD], k=100, path_prefix="nothing-here/") == []
+    # the filter applies before paging: offset/k page through the filtered results
+    two = engine.search_id(ids[BIRD], k=2, offset=1, path_prefix="letters/")
+    assert [h.id for h in two] == [h.id for h in hits[1:3]]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("odd%dir/", {"odd%dir/w1.jpg"}),
+        ("odd_dir/", {"odd_dir/w2.jpg"}),
+        ("odd%", {"odd%dir/w1.jpg"}),
+        ("odd_", {"odd_dir/w2.jpg"}),
+        ("odd", set(WILDCARD_PATHS)),
+        ("%", set()),
+        ("_", set()),
+        ("\\", set()),
+    ],
+)
+def test_path_prefix_wildcards_are_literal(
+    engine: Engine, ids: dict[str, int], prefix: str, expected: set[str]
+) -> None:
+    hits = engine.search_id(ids[BIRD], k=100, path_prefix=prefix)
+    assert {h.path for h in hits} == expected
+
+
+def test_not_found(engine: Engine, ids: dict[str, int], tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        engine.search_id(999_999)
+    with pytest.raises(NotFound):
+        engine.get(-1)
+    with pytest.raises(NotFound):
+        engine.search_path("birds/no-such-bird.png")
+    with pytest.raises(NotFound):
+        engine.search_path(str(tmp_path / "elsewhere.png"))
+    with pytest.raises(NotFound):
+        engine.thumbnail(999_999)
+    with pytest.raises(EngineError):
+        engine.search_vector(np.zeros((1, 3), np.float32))  # wrong dimension
+    with pytest.raises(EngineError):
+        engine.search_id(ids[BIRD], k=0)
+
+
+def test_file_path_refuses_a_symlink_out_of_the_folder(engine: Engine, corpus: Corpus, ids: dict[str, int]) -> None:
+    assert "link.jpg" in ids  # indexed: the walk follows file symlinks
+    with pytest.raises(NotFound, match="outside"):
+        engine.file_path(ids["link.jpg"])
+    with pytest.raises(NotFound):
+        engine.thumbnail(ids["link.jpg"])
+    assert engine.file_path(ids[BIRD]) == (corpus.folder / BIRD).resolve()
+
+
+def test_stats(engine: Engine, ids: dict[str, int]) -> None:
+    s = engine.stats()
+    assert s["count"] == s["vectors"] == len(ids)
+    assert s["model"]["dim"] == 16 and s["model"]["image_size"] == 32
+    assert s["generation"] >= 1 and s["index_type"]
+
+
+def test_hot_reload_sees_a_new_generation(tmp_path: Path, make_index: Callable[[Path], Path]) -> None:
+    folder = tmp_path / "pics"
+    fill_folder(folder, 2, ("birds", "letters"))
+    index = make_index(folder)
+    eng = Engine(index, device="cpu", reload_check_s=0)
+    try:
+        before = eng.stats()
+        assert before["count"] == 4
+        new = [write_jpeg(folder / "new" / f"n{i}.jpg", (64, 64), seed=200 + i) for i in range(3)]
+        shutil.copy(sample_images(1, ("fish",))[0], folder / "new" / "fish.png")
+        make_index(folder)
+        after = eng.stats()
+        assert after["count"] == after["vectors"] == 8
+        assert after["generation"] == before["generation"] + 1
+        # the new images are searchable through the same Engine object, by path and by id
+        hits = eng.search_image(new[0], k=10)
+        assert {h.path for h in hits} >= {"new/n1.jpg", "new/n2.jpg", "new/fish.png"}
+        rec = eng.get_by_path("new/fish.png")
+        assert len(eng.search_id(rec.id, k=10)) == 7
+        # and deletions too
+        for p in new:
+            p.unlink()
+        make_index(folder)
+        assert eng.stats()["count"] == 5
+        assert {h.path for h in eng.search_id(rec.id, k=10)}.isdisjoint({"new/n0.jpg", "new/n1.jpg", "new/n2.jpg"})
+    finally:
+        eng.close()
+
+
+def test_engine_needs_an_index(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="no index"):
+        Engine(tmp_path)
