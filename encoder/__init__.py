@@ -1,34 +1,48 @@
 """lookalike.encoder: images -> pixels -> a learned autoencoder -> search vectors.
 
 Imports only torch, torchvision, pillow and numpy (and safetensors for weights).
+
+Names are loaded lazily (PEP 562): decoding worker processes import
+``encoder.decoding`` and must not pay for importing torch (seconds and
+hundreds of MiB each) just because this package is their parent.
 """
 
-from .checkpoint import CheckpointError, load_model, model_id, save_model
-from .images import DEFAULT_MAX_PIXELS, ImageInfo, ImageLoadError, ImageSource, find_images, load_image, open_image
-from .inference import Encoder
-from .model import Autoencoder, ModelConfig, create_model, list_models, register
-from .train import TrainConfig, TrainError, TrainResult, train
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "Autoencoder",
-    "CheckpointError",
-    "Encoder",
-    "ImageInfo",
-    "ImageLoadError",
-    "ImageSource",
-    "ModelConfig",
-    "TrainConfig",
-    "TrainError",
-    "TrainResult",
-    "create_model",
-    "find_images",
-    "list_models",
-    "load_image",
-    "load_model",
-    "model_id",
-    "open_image",
-    "register",
-    "save_model",
-    "train",
-]
+import importlib
+from typing import Any
+
+from .errors import CheckpointError, ImageLoadError, LookalikeError, TrainError
+
+_LAZY = {
+    "DEFAULT_MAX_PIXELS": "images",
+    "ImageInfo": "images",
+    "ImageSource": "images",
+    "find_images": "images",
+    "load_image": "images",
+    "open_image": "images",
+    "load_model": "checkpoint",
+    "model_id": "checkpoint",
+    "save_model": "checkpoint",
+    "Encoder": "inference",
+    "Autoencoder": "model",
+    "ModelConfig": "model",
+    "create_model": "model",
+    "list_models": "model",
+    "register": "model",
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "train": "training",
+}
+
+__all__ = ["CheckpointError", "ImageLoadError", "LookalikeError", "TrainError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'encoder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+

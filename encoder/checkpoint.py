@@ -18,14 +18,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import CheckpointError
 from .model import Autoencoder, ModelConfig, create_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-class CheckpointError(Exception):
-    """A model directory is missing, incomplete or inconsistent."""
 
 
 def _umask() -> int:

@@ -25,6 +25,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageLoadError
+
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO]  # noqa: UP007 - a runtime alias
 
 #: Default cap on decoded pixels (width * height). 64 MP covers any camera;
@@ -39,15 +41,6 @@ BACKGROUND = (255, 255, 255)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".ico"}
 )
-
-
-class ImageLoadError(Exception):
-    """An image could not be decoded. The message names the file and the reason."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
 
 
 @dataclass(frozen=True)

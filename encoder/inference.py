@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint import load_model, model_id, read_config
 from .device import pick_device
+from .fuse import fold_batchnorm
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 
 
@@ -25,15 +26,17 @@ class Encoder:
         model_dir: str | os.PathLike,
         device: str | None = None,
         *,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.model = load_model(self.model_dir, self.device)
+        fold_batchnorm(self.model)  # eval-only model: BatchNorm folded into the convs
         self.config, self.meta = read_config(self.model_dir)
         self.model_id = model_id(self.model_dir)
-        self.batch_size = batch_size
+        # Small batches are faster on a CPU (they stay in cache); GPUs want large ones.
+        self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
         self.max_pixels = max_pixels
 
     @property

@@ -1,21 +1,39 @@
-"""lookalike.indexer: what is in the corpus (SQLite catalog) and where its vectors live (FAISS)."""
+"""lookalike.indexer: what is in the corpus (SQLite catalog) and where its vectors live (FAISS).
 
-from .build import IndexBuildError, IndexSummary, build_index, default_index_dir
-from .catalog import SCHEMA_VERSION, Catalog, CatalogError, ImageRecord
-from .vectors import INDEX_TYPES, Manifest, VectorStore, plan_index, read_search_index
+Names load lazily (as in `encoder`) so that light submodules such as
+``indexer.layout`` do not pull in faiss, SQLAlchemy and torch.
+"""
 
-__all__ = [
-    "INDEX_TYPES",
-    "SCHEMA_VERSION",
-    "Catalog",
-    "CatalogError",
-    "ImageRecord",
-    "IndexBuildError",
-    "IndexSummary",
-    "Manifest",
-    "VectorStore",
-    "build_index",
-    "default_index_dir",
-    "plan_index",
-    "read_search_index",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .layout import MODEL_DIR, default_index_dir
+
+_LAZY = {
+    "IndexBuildError": "build",
+    "IndexSummary": "build",
+    "build_index": "build",
+    "SCHEMA_VERSION": "catalog",
+    "Catalog": "catalog",
+    "CatalogError": "catalog",
+    "ImageRecord": "catalog",
+    "INDEX_TYPES": "vectors",
+    "Manifest": "vectors",
+    "VectorStore": "vectors",
+    "plan_index": "vectors",
+    "read_search_index": "vectors",
+}
+
+__all__ = ["MODEL_DIR", "default_index_dir", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'indexer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+

@@ -35,19 +35,20 @@ from encoder import Encoder, ModelConfig, TrainConfig, model_id
 from encoder import train as train_model
 from encoder.checkpoint import CONFIG, WEIGHTS
 from encoder.decoding import decode_many
+from encoder.errors import LookalikeError
 from encoder.images import DEFAULT_MAX_PIXELS, iter_image_files
 
 from .catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, utcnow
+from .layout import MODEL_DIR, default_index_dir
 from .vectors import STORE, Manifest, VectorStore, plan_index, publish
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "model"
 LOCK = "lock"
 SAVE_EVERY_S = 20.0  # default: save the store at least this often during a long run
 
 
-class IndexBuildError(Exception):
+class IndexBuildError(LookalikeError):
     """The index cannot be built as asked (locked, model mismatch, bad folder...)."""
 
 
@@ -75,11 +76,6 @@ class IndexSummary:
         d = dict(self.__dict__)
         d["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
         return d
-
-
-def default_index_dir(folder: str | os.PathLike) -> Path:
-    """By default an index lives in a hidden folder inside the folder it indexes."""
-    return Path(folder) / ".lookalike"
 
 
 @contextmanager
@@ -346,7 +342,6 @@ def _run(
 
     # ---- decode, embed, commit in batches
     seq = int(catalog.get_meta("store_seq") or 0) + 1
-    last_save = time.monotonic()
     bar = None
     if progress and to_decode:
         from tqdm.auto import tqdm
@@ -355,23 +350,9 @@ def _run(
     n_workers = workers if workers is not None else (1 if len(to_decode) < 64 else None)
     decoded = decode_many([seen[r][0] for r in to_decode], encoder.image_size, workers=n_workers, max_pixels=max_pixels)
     run = _RunState(catalog, store, encoder, summary, seen, rows, hashes, now)
-    batch: list = []
-    for d in decoded:
-        batch.append(d)
-        if len(batch) >= batch_size:
-            _embed_batch(run, batch, to_decode, seq)
-            changed = True
-            if bar is not None:
-                bar.update(len(batch))
-            batch = []
-            if time.monotonic() - last_save > checkpoint_every_s:
-                seq = _save_store(idx, store, catalog, seq)
-                last_save = time.monotonic()
-    if batch:
-        _embed_batch(run, batch, to_decode, seq)
-        changed = True
-        if bar is not None:
-            bar.update(len(batch))
+    with cpu_thread_budget(encoder, n_workers):
+        changed |= _decode_and_embed(run, decoded, to_decode, idx, seq, bar, batch_size, checkpoint_every_s)
+        seq = int(catalog.get_meta("store_seq") or 0) + 1
     if bar is not None:
         bar.close()
 
@@ -396,6 +377,52 @@ def _run(
         manifest = publish(idx, store, plan, mid, manifest)
     summary.index_type = manifest.index_type
     summary.index_reason = manifest.reason
+
+
+def _decode_and_embed(run: _RunState, decoded, to_decode, idx: Path, seq: int, bar, batch_size: int,
+                      checkpoint_every_s: float) -> bool:  # fmt: skip
+    """Embed decoded images in batches, committing each; save the store every so often."""
+    last_save = time.monotonic()
+    changed = False
+    batch: list = []
+    for d in decoded:
+        batch.append(d)
+        if len(batch) >= batch_size:
+            _embed_batch(run, batch, to_decode, seq)
+            changed = True
+            if bar is not None:
+                bar.update(len(batch))
+            batch = []
+            if time.monotonic() - last_save > checkpoint_every_s:
+                seq = _save_store(idx, run.store, run.catalog, seq)
+                last_save = time.monotonic()
+    if batch:
+        _embed_batch(run, batch, to_decode, seq)
+        changed = True
+        if bar is not None:
+            bar.update(len(batch))
+    return changed
+
+
+@contextmanager
+def cpu_thread_budget(encoder: Encoder, decode_workers: int | None) -> Iterator[None]:
+    """On a CPU, give torch only the cores the decode workers leave free.
+
+    Torch's intra-op threads and the decode processes otherwise fight over the
+    same cores; measured on 2 cores, this alone doubled end-to-end throughput.
+    """
+    import torch
+
+    if encoder.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    workers = decode_workers if decode_workers is not None else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers) if workers > 1 else before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _open_store(idx: Path, dim: int, reembed: bool) -> VectorStore:
@@ -493,12 +520,14 @@ def _embed_batch(run: _RunState, batch, to_decode: list[str], seq: int) -> None:
     )
     good = [d for d in batch if d.pixels is not None]
     vectors = run.encoder.embed_pixels(np.stack([d.pixels for d in good])) if good else None
-    ids: list[int] = []
+    rels = [to_decode[d.index] for d in batch]
+    embedded_rows: list[ImageRecord] = []
     with catalog.session() as s, s.begin():
-        for d in batch:
-            rel = to_decode[d.index]
+        # One SELECT and one flush per batch: a round-trip per image costs ~1 ms each.
+        existing = {r.path: r for r in s.scalars(select(ImageRecord).where(ImageRecord.path.in_(rels)))}
+        for d, rel in zip(batch, rels, strict=True):
             _, st = seen[rel]
-            row = s.scalars(select(ImageRecord).where(ImageRecord.path == rel)).first()
+            row = existing.get(rel)
             if d.pixels is None:
                 _upsert_failed(s, row, rel, st, d.error or "unknown error")
                 summary.failed.append((rel, d.error or "unknown error"))
@@ -515,8 +544,9 @@ def _embed_batch(run: _RunState, batch, to_decode: list[str], seq: int) -> None:
             row.status, row.error, row.embedded_at = STATUS_OK, None, now
             row.model_id, row.vector_seq, row.duplicate_of = mid, seq, None
             s.add(row)
-            s.flush()
-            ids.append(row.id)
+            embedded_rows.append(row)
+        s.flush()
+        ids = [row.id for row in embedded_rows]
     summary.embedded += len(good)
     if good:
         ids_arr = np.array(ids, dtype=np.int64)

@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from encoder.errors import LookalikeError
+
 SCHEMA_VERSION = 2
 
 STATUS_OK = "ok"  # decoded, embedded, has a vector
@@ -36,7 +38,7 @@ STATUS_FAILED = "failed"  # could not be decoded; `error` says why
 STATUS_PENDING = "pending"  # known, but its vector is missing (e.g. after a crash): embed it
 
 
-class CatalogError(Exception):
+class CatalogError(LookalikeError):
     """The catalog cannot be opened or is from an unknown schema."""
 
 

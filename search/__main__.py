@@ -1,5 +1,6 @@
 """`python -m search` runs the `lookalike` command."""
 
-from search.cli import app
+if __name__ == "__main__":  # not when a spawned worker process re-imports this module
+    from search.cli import app
 
-app(prog_name="lookalike")
+    app(prog_name="lookalike")

@@ -15,9 +15,10 @@ from typing import Any
 
 import typer
 
-from encoder import CheckpointError, ImageLoadError, ModelConfig, TrainConfig, TrainError, list_models
-from indexer import CatalogError, IndexBuildError, default_index_dir
-from search.engine import EngineError
+# Only light imports at module level: decoding worker processes re-import the main
+# module, and torch/faiss would cost each of them seconds and hundreds of MiB.
+from encoder.errors import LookalikeError
+from indexer.layout import default_index_dir
 
 app = typer.Typer(
     name="lookalike",
@@ -29,12 +30,7 @@ app = typer.Typer(
 
 #: Library errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    EngineError,
-    IndexBuildError,
-    CatalogError,
-    TrainError,
-    CheckpointError,
-    ImageLoadError,
+    LookalikeError,
     FileNotFoundError,
     NotADirectoryError,
     ValueError,
@@ -70,15 +66,18 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more d
     setup_logging(verbose)
 
 
-def model_config_from_options(
-    kind: str, image_size: int, latent_dim: int, upsample: str, downsample: str, extra: dict[str, Any] | None = None
-) -> ModelConfig:
+def model_config_from_options(options: dict[str, Any]) -> Any:
+    """The default ModelConfig with every option the user gave (None = not given) applied."""
+    from encoder import ModelConfig, list_models
+
+    cfg = ModelConfig()
+    kind = options.get("kind") or cfg.kind
     if kind not in list_models():
         raise ValueError(f"unknown --kind {kind!r}; known: {', '.join(list_models())}")
-    cfg = ModelConfig(kind=kind, image_size=image_size, latent_dim=latent_dim, upsample=upsample, downsample=downsample)
-    for key, value in (extra or {}).items():
+    for key, value in options.items():
         if value is not None:
             setattr(cfg, key, value)
+    cfg.kind = kind
     cfg.validate()
     return cfg
 
@@ -88,15 +87,15 @@ def model_config_from_options(
 def train(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images (searched recursively)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Model directory [default: FOLDER/.lookalike/model]."),
-    kind: str = typer.Option("conv", help="Autoencoder variant (see `lookalike models`)."),
-    image_size: int = typer.Option(ModelConfig.image_size, help="Square input side in pixels."),
-    latent_dim: int = typer.Option(ModelConfig.latent_dim, help="Size of the search vector."),
-    upsample: str = typer.Option("transpose", help="Decoder upsampling: transpose or bilinear."),
-    downsample: str = typer.Option("stride", help="Encoder downsampling: stride or pool."),
+    kind: str | None = typer.Option(None, help="Autoencoder variant (see `lookalike models`) [default: the best]."),
+    image_size: int | None = typer.Option(None, help="Square input side in pixels [default: the model's]."),
+    latent_dim: int | None = typer.Option(None, help="Size of the search vector [default: the model's]."),
+    upsample: str | None = typer.Option(None, help="Decoder upsampling: transpose or bilinear."),
+    downsample: str | None = typer.Option(None, help="Encoder downsampling: stride or pool."),
     epochs: int | None = typer.Option(None, help="Epochs [default: enough for ~500 steps]."),
-    batch_size: int = typer.Option(TrainConfig.batch_size),
-    lr: float = typer.Option(TrainConfig.lr, help="Peak learning rate (AdamW)."),
-    augment: str = typer.Option(TrainConfig.augment, help="none, flip or invariant."),
+    batch_size: int | None = typer.Option(None, help="Images per step [default: 32]."),
+    lr: float | None = typer.Option(None, help="Peak learning rate (AdamW) [default: 2e-3]."),
+    augment: str | None = typer.Option(None, help="none, flip or invariant [default: invariant]."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch's checkpoint in OUT."),
@@ -108,24 +107,26 @@ def train(
     sparsity_weight: float | None = typer.Option(None, help="sparse: penalty weight."),
 ) -> None:
     """Train an autoencoder on a folder of images; write the model, loss.png and reconstructions.png."""
+    from encoder import TrainConfig
     from encoder import train as train_model
 
     mcfg = model_config_from_options(
-        kind,
-        image_size,
-        latent_dim,
-        upsample,
-        downsample,
         {
+            "kind": kind,
+            "image_size": image_size,
+            "latent_dim": latent_dim,
+            "upsample": upsample,
+            "downsample": downsample,
             "tied": tied or None,
             "beta": beta,
             "noise_std": noise_std,
             "noise": noise,
             "sparsity": sparsity,
             "sparsity_weight": sparsity_weight,
-        },
+        }
     )
-    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, device=device)
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment}
+    tcfg = TrainConfig(seed=seed, device=device, **{k: v for k, v in given.items() if v is not None})
     out = out or default_index_dir(folder) / "model"
     result = train_model(folder, out, mcfg, tcfg, resume=resume)
     for path, why in result.skipped:
@@ -213,6 +214,7 @@ def up(
     no_serve: bool = typer.Option(False, "--no-serve", help="Train and index only."),
 ) -> None:
     """The main job: train a model on FOLDER (if it has none yet), index it and serve it."""
+    from encoder import TrainConfig
     from indexer import build_index
 
     typer.echo(f"indexing {folder} (the first run trains a model on it first) ...")
@@ -303,6 +305,8 @@ def serve_index(index: Path, host: str | None, port: int | None, device: str | N
 @app.command()
 def models() -> None:
     """List the autoencoder variants `--kind` accepts."""
+    from encoder import list_models
+
     for name in list_models():
         typer.echo(name)
 

@@ -23,16 +23,17 @@ import numpy as np
 from sqlalchemy import select
 
 from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
+from encoder.errors import LookalikeError
 from encoder.images import open_image
 from indexer import Catalog, ImageRecord, Manifest
-from indexer.build import MODEL_DIR
 from indexer.catalog import STATUS_OK
+from indexer.layout import MODEL_DIR
 from indexer.vectors import STORE, read_search_index
 
 log = logging.getLogger(__name__)
 
 
-class EngineError(Exception):
+class EngineError(LookalikeError):
     """The index cannot be opened or queried as asked."""
 
 

@@ -73,3 +73,14 @@ def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
 def test_query_without_index(tmp_path: Path) -> None:
     res = runner.invoke(app, ["query", "--id", "1", "--index", str(tmp_path)])
     assert res.exit_code == 2 and "lookalike index" in res.output
+
+
+def test_cli_import_is_light() -> None:
+    """Decode workers re-import the main module: it must not drag in torch, faiss or SQLAlchemy."""
+    import subprocess
+    import sys
+
+    heavy = "{'torch', 'faiss', 'sqlalchemy'}"
+    code = f"import sys, search.cli, encoder.decoding; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from .checkpoint import atomic_write_json, save_model
 from .decoding import decode_to_array
 from .device import pick_device
+from .errors import TrainError
 from .images import DEFAULT_MAX_PIXELS, find_images
 from .model import Autoencoder, ModelConfig, create_model
 from .plots import image_grid, save_loss_curve, to_uint8_images
@@ -34,10 +35,6 @@ from .plots import image_grid, save_loss_curve, to_uint8_images
 log = logging.getLogger(__name__)
 
 RESUME_DIR = "checkpoint"  # last epoch's model + optimizer, for --resume
-
-
-class TrainError(Exception):
-    """Training cannot start or go on (too few images, bad resume state...)."""
 
 
 @dataclass
