@@ -57,12 +57,12 @@ def decode_many(
 ) -> Iterator[Decoded]:
     """Yield a :class:`Decoded` per path, in input order, decoding in `workers` processes.
 
-    With ``workers=1`` everything runs in this process (no start-up cost: best
-    for a handful of files).
+    ``workers=None`` uses one process per core; ``workers=0`` decodes in this
+    process (no start-up cost: best for a handful of files).
     """
     jobs = ((i, os.fspath(p), size, max_pixels) for i, p in enumerate(paths))
-    workers = default_workers() if workers is None else max(1, workers)
-    if workers == 1:
+    workers = default_workers() if workers is None else max(0, workers)
+    if workers == 0:
         for job in jobs:
             yield _decode_one(job)
         return
@@ -91,7 +91,7 @@ def decode_to_array(
 ) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
     """Decode `paths` into one (N, S, S, 3) uint8 array; returns (pixels, decoded paths, failures)."""
     if workers is None:
-        workers = 1 if len(paths) < 64 else default_workers()
+        workers = 0 if len(paths) < 64 else default_workers()
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     ok: list[Path] = []
     failed: list[tuple[Path, str]] = []

@@ -347,7 +347,7 @@ def _run(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(to_decode), unit="img", desc="embedding", dynamic_ncols=True)
-    n_workers = workers if workers is not None else (1 if len(to_decode) < 64 else None)
+    n_workers = workers if workers is not None else default_decode_workers(encoder, len(to_decode))
     decoded = decode_many([seen[r][0] for r in to_decode], encoder.image_size, workers=n_workers, max_pixels=max_pixels)
     run = _RunState(catalog, store, encoder, summary, seen, rows, hashes, now)
     with cpu_thread_budget(encoder, n_workers):
@@ -404,6 +404,15 @@ def _decode_and_embed(run: _RunState, decoded, to_decode, idx: Path, seq: int, b
     return changed
 
 
+def default_decode_workers(encoder: Encoder, n_files: int) -> int:
+    """Decode processes for `n_files`: none for a handful (start-up costs more than it saves);
+    else one per core, less the core that embeds when the model runs on the CPU."""
+    if n_files < 64:
+        return 0
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1) if encoder.device.type == "cpu" else cores
+
+
 @contextmanager
 def cpu_thread_budget(encoder: Encoder, decode_workers: int | None) -> Iterator[None]:
     """On a CPU, give torch only the cores the decode workers leave free.
@@ -417,8 +426,8 @@ def cpu_thread_budget(encoder: Encoder, decode_workers: int | None) -> Iterator[
         yield
         return
     before = torch.get_num_threads()
-    workers = decode_workers if decode_workers is not None else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers) if workers > 1 else before)
+    if decode_workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - decode_workers))
     try:
         yield
     finally:
