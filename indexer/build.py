@@ -92,6 +92,11 @@ def index_lock(index_dir: Path) -> Iterator[None]:
         fh.close()
 
 
+def bytes_hash(data: bytes) -> str:
+    """The catalog's content hash of in-memory bytes (same as :func:`content_hash` of a file)."""
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
 def content_hash(path: Path) -> str:
     h = hashlib.blake2b(digest_size=20)
     with open(path, "rb") as fh:

@@ -10,6 +10,7 @@ snapshot it started with, so nothing fails mid-flight.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -26,6 +27,7 @@ from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
 from encoder.errors import LookalikeError
 from encoder.images import open_image
 from indexer import Catalog, ImageRecord, Manifest
+from indexer.build import bytes_hash
 from indexer.catalog import STATUS_OK
 from indexer.layout import MODEL_DIR
 from indexer.vectors import STORE, read_search_index
@@ -210,12 +212,14 @@ class Engine:
         min_similarity: float | None = None,
         path_prefix: str | None = None,
         exclude_id: int | None = None,
+        exclude_ids: frozenset[int] = frozenset(),
     ) -> list[Hit]:
-        """Nearest neighbours of `vector`: results offset..offset+k, best first."""
+        """Nearest neighbours of `vector`: results offset..offset+k, best first, `exclude_id(s)` left out."""
         if k < 1 or offset < 0:
             raise EngineError("k must be >= 1 and offset >= 0")
         snap = self.snapshot()
-        want = offset + k + (1 if exclude_id is not None else 0)
+        excluded = exclude_ids | ({exclude_id} if exclude_id is not None else set())
+        want = offset + k + len(excluded)
         q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         if q.shape[1] != snap.manifest.dim:
             raise EngineError(f"query vector has {q.shape[1]} dimensions, the index {snap.manifest.dim}")
@@ -231,7 +235,7 @@ class Engine:
             sims, found = snap.store.search(q, min(want, len(ids)), params=faiss.SearchParameters(sel=sel))
         else:
             sims, found = snap.search.search(q, min(want, n))
-        pairs = [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i != exclude_id]
+        pairs = [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i not in excluded]
         if min_similarity is not None:
             pairs = [(i, s) for i, s in pairs if s >= min_similarity]
         pairs = pairs[offset : offset + k]
@@ -243,15 +247,27 @@ class Engine:
         ]
 
     def search_image(self, source: ImageSource, **kw) -> list[Hit]:
-        """Images like the one in `source` (bytes, a stream or a path). An indexed query image is excluded."""
+        """Images like the one in `source` (bytes, a stream or a path).
+
+        The query image itself is left out when it is indexed: a path by its catalog
+        row; uploaded bytes by content hash (byte-identical files are the same image).
+        """
         vec = self.embed(source)
-        exclude = None
+        exclude: set[int] = set()
         if isinstance(source, (str, os.PathLike)):
-            try:
-                exclude = self.get_by_path(os.fspath(source)).id
-            except NotFound:
-                exclude = None
-        return self.search_vector(vec, exclude_id=exclude, **kw)
+            with contextlib.suppress(NotFound):
+                exclude.add(self.get_by_path(os.fspath(source)).id)
+        elif isinstance(source, (bytes, bytearray)):
+            exclude |= self._ids_with_hash(bytes_hash(bytes(source)))
+        return self.search_vector(vec, exclude_ids=frozenset(exclude), **kw)
+
+    def _ids_with_hash(self, digest: str) -> set[int]:
+        with self.catalog.session() as s:
+            return set(
+                s.scalars(
+                    select(ImageRecord.id).where(ImageRecord.content_hash == digest, ImageRecord.status == STATUS_OK)
+                )
+            )
 
     def search_id(self, image_id: int, **kw) -> list[Hit]:
         """Images like indexed image `image_id`, from its stored vector (no decoding); itself excluded."""

@@ -25,13 +25,20 @@ def assert_well_formed(hits: list[Hit]) -> None:
 
 
 def test_search_by_image_bytes(engine: Engine, corpus: Corpus, ids: dict[str, int]) -> None:
-    data = (corpus.folder / BIRD).read_bytes()
-    hits = engine.search_image(data, k=5)
+    import io
+
+    from PIL import Image
+
+    # the same pixels in different bytes (another encoder): not the image itself, so its best match
+    buf = io.BytesIO()
+    Image.open(corpus.folder / BIRD).save(buf, "PNG", compress_level=1)
+    hits = engine.search_image(buf.getvalue(), k=5)
     assert len(hits) == 5
     assert_well_formed(hits)
-    # bytes are not a path: the indexed copy of the same image is not excluded, and it is the best match
     assert hits[0].id == ids[BIRD] and hits[0].similarity == pytest.approx(1.0, abs=1e-4)
     assert hits[0].path == BIRD and hits[0].width and hits[0].height
+    # the very bytes of the indexed file: that image itself, so it is excluded
+    assert ids[BIRD] not in [h.id for h in engine.search_image((corpus.folder / BIRD).read_bytes(), k=5)]
 
 
 def test_search_by_path_excludes_the_query(engine: Engine, corpus: Corpus, ids: dict[str, int]) -> None:
@@ -188,3 +195,12 @@ def test_hot_reload_sees_a_new_generation(tmp_path: Path, make_index: Callable[[
 def test_engine_needs_an_index(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="no index"):
         Engine(tmp_path)
+
+
+def test_uploaded_bytes_of_an_indexed_image_exclude_it(engine) -> None:
+    """An upload byte-identical to an indexed file is that image: it is not its own neighbour."""
+    rec = engine.get(engine.search_id(1, k=1)[0].id)
+    data = (engine.root / rec.path).read_bytes()
+    hits = engine.search_image(data, k=50)
+    assert rec.id not in [h.id for h in hits]
+    assert hits  # the rest of the index still comes back
