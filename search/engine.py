@@ -226,6 +226,7 @@ class Engine:
         n = snap.search.ntotal
         if n == 0:
             return []
+        faiss.omp_set_num_threads(_query_threads)  # per thread in OpenMP: set it on the one searching
         if path_prefix:
             ids = self._ids_with_prefix(path_prefix)
             if not ids:
@@ -340,7 +341,19 @@ class Engine:
         self.catalog.close()
 
 
+#: FAISS OpenMP threads per query. One: a query is a single vector, which gains little from
+#: more, and a server runs queries side by side; with more, OpenMP's spin-waiting threads
+#: fight the other requests for the cores (on 2 busy cores a 10k-vector query took 28 ms, not 2).
+_query_threads = 1
+
+
 def configure_threads(n: int | None) -> None:
-    """Limit FAISS's OpenMP threads (a server handles concurrency itself)."""
+    """FAISS's OpenMP threads for each query (a server handles concurrency itself).
+
+    OpenMP keeps this setting per thread, so :meth:`Engine.search_vector` applies it on the
+    thread that searches (a server's worker thread), not only on the one calling this.
+    """
+    global _query_threads
     if n:
+        _query_threads = n
         faiss.omp_set_num_threads(n)

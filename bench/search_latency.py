@@ -1,0 +1,501 @@
+"""Search latency and throughput (issue 4): a real server on loopback, at 10k, 100k and 1M vectors.
+
+    .venv/bin/python bench/search_latency.py [--sizes 10000,100000,1000000] [--requests 2000] [--seconds 10]
+
+For each size it builds (once, cached under bench/results/search_latency/) an
+index directory of synthetic vectors: catalog rows ``synthetic/000123.jpg``,
+random L2-normalised float32 vectors of the model's dimension, the search index
+``plan_index`` picks (flat up to 100k, HNSW above), and a real model trained on
+``data/`` (copied from ``data/.lookalike/model`` when that one has the default
+config, else trained once) so uploads run the real encoder.
+
+It then starts ``python -m search serve --index DIR`` in a subprocess and, in
+the same run, measures three endpoints of that one server:
+
+- ``healthz``: ``GET /healthz``, a constant JSON answer: the ceiling of the
+  stack (uvicorn + FastAPI + a sync route in the threadpool);
+- ``by-id``: ``GET /images/{id}/similar?k=10`` with random ids;
+- ``upload``: ``POST /search`` of a 640x480 JPEG (multipart), k=10.
+
+Each at concurrency 1 (latency: p50/p99) and 8 (throughput), after a warm-up,
+bounded by ``--requests`` or ``--seconds``, whichever comes first. The load
+generator is a small asyncio HTTP/1.1 keep-alive client in this process (far
+cheaper per request than httpx, so it disturbs the server less). It competes
+with the server for the same cores; with ``--pin`` (default on when there are
+at least 2 cores) every measurement is repeated with the server on core 0 and
+the client on core 1. Server CPU time per request (from /proc) is reported
+too: it is much steadier than wall-clock figures on a shared machine.
+
+Prints a table, writes JSON to bench/results/search_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import REPO, RESULTS, command_line, describe_machine, machine, table, write_json
+
+WORK = RESULTS / "search_latency"
+DIM = 128
+TARGETS = {"by_id_p50_ms_1m": 5.0, "by_id_vs_healthz_throughput": 0.5, "upload_p50_ms": 25.0}
+
+
+# ---------------------------------------------------------------- the model and the index
+
+
+def ensure_model(work: Path) -> Path:
+    """A default-config model trained on data/: reuse data/.lookalike/model if it is one, else train once."""
+    from encoder import ModelConfig, TrainConfig, train
+    from encoder.checkpoint import read_config
+
+    dst = work / "model"
+    if (dst / "model.safetensors").is_file() and (dst / "config.json").is_file():
+        return dst
+    src = REPO / "data" / ".lookalike" / "model"
+    tmp = work / "model.incoming"
+    shutil.rmtree(tmp, ignore_errors=True)
+    reuse = False
+    if (src / "model.safetensors").is_file():
+        try:
+            cfg, _ = read_config(src)
+            reuse = cfg.to_dict() == ModelConfig().to_dict()
+        except Exception:  # a half-written model: train our own
+            reuse = False
+    if reuse:
+        print(f"model: copying {src}")
+        tmp.mkdir(parents=True)
+        for f in ("model.safetensors", "config.json"):
+            shutil.copy2(src / f, tmp / f)
+    else:
+        print("model: training a default-config model on data/ (once) ...")
+        train(REPO / "data", tmp, ModelConfig(), TrainConfig(epochs=10, seed=0), progress=False)
+    os.replace(tmp, dst)
+    return dst
+
+
+def ensure_index(n: int, model_dir: Path, work: Path, seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """An index directory of `n` synthetic vectors (built once; a marker file says it is complete)."""
+    idx = work / f"index-{n}"
+    marker = idx / ".complete.json"
+    if marker.is_file():
+        return idx, json.loads(marker.read_text())
+
+    import numpy as np
+    from sqlalchemy import insert
+
+    from encoder import model_id
+    from encoder.checkpoint import read_config
+    from indexer import Catalog, ImageRecord, VectorStore, plan_index
+    from indexer.catalog import utcnow
+    from indexer.vectors import publish
+
+    shutil.rmtree(idx, ignore_errors=True)
+    idx.mkdir(parents=True)
+    info: dict[str, Any] = {"n": n}
+    t0 = time.perf_counter()
+    shutil.copytree(model_dir, idx / "model")
+    mid = model_id(idx / "model")
+    cfg, _ = read_config(idx / "model")
+    dim = cfg.latent_dim
+
+    catalog = Catalog.for_directory(idx)
+    catalog.ensure_model(mid, cfg.kind, cfg.to_dict())
+    catalog.set_meta("root", str(idx / "root"))  # never read: the synthetic files do not exist
+    now = utcnow()
+    with catalog.engine.begin() as conn:
+        for start in range(1, n + 1, 50_000):
+            rows = [
+                {
+                    "id": i,
+                    "path": f"synthetic/{i:07d}.jpg",
+                    "size": 50_000 + i % 1000,
+                    "mtime_ns": 1_700_000_000_000_000_000 + i,
+                    "content_hash": None,
+                    "width": 640,
+                    "height": 480,
+                    "format": "JPEG",
+                    "status": "ok",
+                    "error": None,
+                    "embedded_at": now,
+                    "model_id": mid,
+                    "duplicate_of": None,
+                    "vector_seq": 1,
+                }
+                for i in range(start, min(n, start + 50_000 - 1) + 1)
+            ]
+            conn.execute(insert(ImageRecord.__table__), rows)
+    catalog.set_meta("store_seq", "1")
+    catalog.close()
+    info["catalog_s"] = round(time.perf_counter() - t0, 1)
+
+    t1 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    store = VectorStore(dim)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        vecs = rng.standard_normal((m, dim), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        store.add(np.arange(start + 1, start + m + 1, dtype=np.int64), vecs)
+    plan = plan_index(n, dim)
+    manifest = publish(idx, store, plan, mid, None)
+    info.update(
+        publish_s=round(time.perf_counter() - t1, 1),
+        index_type=manifest.index_type,
+        params=manifest.params,
+        dim=dim,
+        model_id=mid,
+        bytes_per_vector=manifest.bytes_per_vector,
+    )
+    marker.write_text(json.dumps(info, indent=2))
+    print(f"index {n:,}: built in {time.perf_counter() - t0:.0f} s ({manifest.index_type} {manifest.params})")
+    return idx, info
+
+
+def make_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
+    """A photo-like 640x480 JPEG: gradient, blurred shapes, noise; quality 85."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = (xx + yy) / (width + height)
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    img = Image.fromarray(np.clip(c0 + (c1 - c0) * t[..., None], 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(8):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(30, 300)), int(rng.integers(30, 240))
+        draw.ellipse((x0, y0, x0 + w, y0 + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    img = img.filter(ImageFilter.GaussianBlur(1.5))
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 4, (height, width, 1))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB").save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m search serve` in a subprocess, optionally pinned to cores with taskset."""
+
+    def __init__(self, index_dir: Path, cores: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.index_dir, self.cores, self.port = index_dir, cores, free_port()
+        cmd = [sys.executable, "-m", "search", "serve", "--index", str(index_dir), "--port", str(self.port)]
+        if cores is not None:
+            cmd = ["taskset", "-c", cores, *cmd]  # taskset execs: the pid stays the server's
+        self.command = " ".join(cmd)
+        full_env = {**os.environ, "LOOKALIKE_DEVICE": "cpu", "PYTHONPATH": str(REPO), **(env or {})}
+        self.log = open(WORK / f"server-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.perf_counter()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log.name}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > 300:
+                self.stop()
+                raise RuntimeError("server did not answer within 300 s")
+            time.sleep(0.1)
+        self.startup_s = round(time.perf_counter() - t0, 2)
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process, all threads (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------- the load generator
+
+
+def request_maker(kind: str, n_vectors: int, jpeg: bytes, seed: int = 1):
+    """A function returning the bytes of the next request of `kind` (by-id picks a random id each time)."""
+    rng = random.Random(seed)
+    head = "Host: 127.0.0.1\r\nUser-Agent: lookalike-bench\r\n"
+    if kind == "healthz":
+        req = f"GET /healthz HTTP/1.1\r\n{head}\r\n".encode()
+        return lambda: req
+    if kind == "by-id":
+        return lambda: f"GET /images/{rng.randint(1, n_vectors)}/similar?k=10 HTTP/1.1\r\n{head}\r\n".encode()
+    if kind == "upload":
+        boundary = "lookalikebenchboundary7d1f"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="query.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + jpeg
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        req = (
+            f"POST /search?k=10 HTTP/1.1\r\n{head}Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        return lambda: req
+    raise ValueError(kind)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length is None:
+        raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+    return status, await reader.readexactly(length)
+
+
+async def _load(port: int, make, concurrency: int, max_requests: int, max_seconds: float) -> dict[str, Any]:
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+    t0 = time.perf_counter()
+    deadline = t0 + max_seconds
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal issued
+        while issued < max_requests and time.perf_counter() < deadline:
+            issued += 1
+            req = make()
+            start = time.perf_counter()
+            writer.write(req)
+            status, body = await _read_response(reader)
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                errors.append(f"{status} {body[:200]!r}")
+
+    await asyncio.gather(*(worker(r, w) for r, w in conns))
+    elapsed = time.perf_counter() - t0
+    for _, w in conns:
+        w.close()
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def _run_loop(coro):
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def measure(
+    server: Server,
+    make,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    warmup: int,
+    client_cores: set[int] | None,
+) -> dict[str, Any]:
+    """Warm up, then send up to `max_requests` (or for `max_seconds`) over `concurrency` keep-alive connections."""
+    old_affinity = os.sched_getaffinity(0) if client_cores else None
+    if client_cores:
+        os.sched_setaffinity(0, client_cores)  # this thread only: the event loop runs on it
+    try:
+        _run_loop(_load(server.port, make, concurrency, warmup, max_seconds))
+        cpu0, own0 = server.cpu_s(), time.thread_time()
+        res = _run_loop(_load(server.port, make, concurrency, max_requests, max_seconds))
+        cpu1, own1 = server.cpu_s(), time.thread_time()
+    finally:
+        if old_affinity:
+            os.sched_setaffinity(0, old_affinity)
+    lat = sorted(res["latencies"])
+    n = len(lat)
+    if res["errors"]:
+        print(f"  {len(res['errors'])} errors, first: {res['errors'][0]}")
+    return {
+        "concurrency": concurrency,
+        "requests": n,
+        "errors": len(res["errors"]),
+        "seconds": round(res["elapsed"], 3),
+        "p50_ms": round(percentile(lat, 50) * 1e3, 3),
+        "p90_ms": round(percentile(lat, 90) * 1e3, 3),
+        "p99_ms": round(percentile(lat, 99) * 1e3, 3),
+        "mean_ms": round(sum(lat) / max(1, n) * 1e3, 3),
+        "requests_per_s": round(n / res["elapsed"], 1) if res["elapsed"] else 0.0,
+        "server_cpu_ms_per_req": round((cpu1 - cpu0) / max(1, n) * 1e3, 3),
+        "client_cpu_ms_per_req": round((own1 - own0) / max(1, n) * 1e3, 3),
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+KINDS = ("healthz", "by-id", "upload")
+
+
+def bench_size(n: int, args: argparse.Namespace, model_dir: Path, jpeg: bytes, env: dict[str, str]) -> dict[str, Any]:
+    idx, info = ensure_index(n, model_dir, WORK)
+    out: dict[str, Any] = {"n": n, "index": info, "runs": []}
+    layouts: list[tuple[str, str | None, set[int] | None]] = [("shared", None, None)]
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) >= 2:
+        layouts.append((f"pinned s:{cores[0]} c:{cores[1]}", str(cores[0]), {cores[1]}))
+    for layout, server_cores, client_cores in layouts:
+        server = Server(idx, server_cores, env)
+        try:
+            print(f"{n:,} vectors ({info['index_type']}), {layout}: server up in {server.startup_s} s")
+            for conc in args.concurrency:
+                for kind in KINDS:
+                    make = request_maker(kind, n, jpeg)
+                    reqs = args.requests if kind != "upload" else args.upload_requests
+                    r = measure(server, make, conc, reqs, args.seconds, args.warmup, client_cores)
+                    r.update(kind=kind, layout=layout)
+                    out["runs"].append(r)
+                    print(
+                        f"  {kind:<8} c={conc}: p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                        f"{r['requests_per_s']:,.0f} req/s  server {r['server_cpu_ms_per_req']:.2f} ms CPU/req"
+                    )
+            out.setdefault("server_rss_mib", {})[layout] = server.rss_mib()
+            out.setdefault("server_command", server.command)
+        finally:
+            server.stop()
+    return out
+
+
+def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    checks = []
+
+    def run(res, kind, conc, layout="shared"):
+        want = (kind, conc, layout)
+        return next((r for r in res["runs"] if (r["kind"], r["concurrency"], r["layout"]) == want), None)
+
+    for res in results:
+        n = res["n"]
+        layouts = sorted({r["layout"] for r in res["runs"]})
+        for layout in layouts:
+            by1 = run(res, "by-id", 1, layout)
+            if by1 and n >= 1_000_000:
+                checks.append({"n": n, "layout": layout, "target": "by-id p50 <= 5 ms at 1M (c=1)",
+                               "value": by1["p50_ms"], "met": by1["p50_ms"] <= TARGETS["by_id_p50_ms_1m"]})  # fmt: skip
+            conc = max(r["concurrency"] for r in res["runs"])
+            by8, hz8 = run(res, "by-id", conc, layout), run(res, "healthz", conc, layout)
+            if by8 and hz8 and hz8["requests_per_s"]:
+                ratio = round(by8["requests_per_s"] / hz8["requests_per_s"], 3)
+                checks.append({"n": n, "layout": layout, "target": f"by-id req/s >= 0.5 x healthz (c={conc})",
+                               "value": ratio, "met": ratio >= TARGETS["by_id_vs_healthz_throughput"]})  # fmt: skip
+            up1 = run(res, "upload", 1, layout)
+            if up1:
+                checks.append({"n": n, "layout": layout, "target": "upload p50 <= 25 ms (c=1)",
+                               "value": up1["p50_ms"], "met": up1["p50_ms"] <= TARGETS["upload_p50_ms"]})  # fmt: skip
+    return checks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000", help="Comma-separated vector counts.")
+    ap.add_argument("--requests", type=int, default=2000, help="Requests per measurement (healthz, by-id).")
+    ap.add_argument("--upload-requests", type=int, default=1000, help="Requests per upload measurement.")
+    ap.add_argument("--seconds", type=float, default=10.0, help="Time cap per measurement.")
+    ap.add_argument("--warmup", type=int, default=200, help="Warm-up requests before each measurement.")
+    ap.add_argument("--concurrency", default="1,8", help="Comma-separated concurrency levels.")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="Also measure with server and client pinned to different cores.")  # fmt: skip
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="Extra environment for the server (e.g. OMP_NUM_THREADS=1); repeatable.")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=RESULTS / "search_latency.json")
+    args = ap.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
+    env = dict(kv.split("=", 1) for kv in args.env)
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    model_dir = ensure_model(WORK)
+    jpeg = make_jpeg()
+    info = machine()
+    print(describe_machine(info))
+    results = [bench_size(n, args, model_dir, jpeg, env) for n in sizes]
+    checks = check_targets(results)
+
+    header = ["vectors", "index", "layout", "endpoint", "conc", "requests", "p50 ms", "p99 ms", "req/s",
+              "server CPU ms/req"]  # fmt: skip
+    rows = [
+        [
+            res["n"],
+            res["index"]["index_type"],
+            r["layout"],
+            r["kind"],
+            r["concurrency"],
+            r["requests"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["requests_per_s"],
+            r["server_cpu_ms_per_req"],
+        ]  # fmt: skip
+        for res in results
+        for r in res["runs"]
+    ]
+    print()
+    print(table(rows, header))
+    print()
+    print(table([[c["n"], c["layout"], c["target"], c["value"], "yes" if c["met"] else "NO"] for c in checks],
+                ["vectors", "layout", "target", "value", "met"]))  # fmt: skip
+    path = write_json(args.out, {
+        "command": command_line(), "machine": info, "jpeg_bytes": len(jpeg), "server_env": env,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "results": results, "targets": checks,
+        "table": {"header": header, "rows": rows},
+    })  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
