@@ -192,7 +192,7 @@ class Engine:
         try:
             return snap.store.reconstruct(int(image_id)).reshape(1, -1)
         except RuntimeError:
-            raise NotFound(f"image {image_id} has no vector (is the index up to date?)") from None
+            raise NotFound(f"no indexed image with id {image_id}") from None
 
     def embed(self, source: ImageSource) -> np.ndarray:
         """Decode and embed a query image with the index's own model. Raises ImageLoadError."""
@@ -213,6 +213,7 @@ class Engine:
         path_prefix: str | None = None,
         exclude_id: int | None = None,
         exclude_ids: frozenset[int] = frozenset(),
+        must_exist: frozenset[int] = frozenset(),
     ) -> list[Hit]:
         """Nearest neighbours of `vector`: results offset..offset+k, best first, `exclude_id(s)` left out."""
         if k < 1 or offset < 0:
@@ -223,6 +224,21 @@ class Engine:
         q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         if q.shape[1] != snap.manifest.dim:
             raise EngineError(f"query vector has {q.shape[1]} dimensions, the index {snap.manifest.dim}")
+        pairs = self._rank(snap, q, want, excluded, path_prefix)
+        if min_similarity is not None:
+            pairs = [(i, s) for i, s in pairs if s >= min_similarity]
+        pairs = pairs[offset : offset + k]
+        rows = self.catalog.hit_rows([i for i, _ in pairs] + sorted(must_exist))
+        missing = must_exist - rows.keys()
+        if missing:
+            raise NotFound(f"no indexed image with id {min(missing)}")
+        # A vector whose row was deleted or failed since the snapshot was taken is skipped.
+        return [Hit(i, *rows[i][:1], max(-1.0, min(1.0, s)), *rows[i][1:]) for i, s in pairs if i in rows]
+
+    def _rank(
+        self, snap: Snapshot, q: np.ndarray, want: int, excluded: set[int] | frozenset[int], path_prefix: str | None
+    ) -> list[tuple[int, float]]:
+        """(id, similarity) of the `want` nearest vectors, best first, `excluded` left out."""
         n = snap.search.ntotal
         if n == 0:
             return []
@@ -236,16 +252,7 @@ class Engine:
             sims, found = snap.store.search(q, min(want, len(ids)), params=faiss.SearchParameters(sel=sel))
         else:
             sims, found = snap.search.search(q, min(want, n))
-        pairs = [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i not in excluded]
-        if min_similarity is not None:
-            pairs = [(i, s) for i, s in pairs if s >= min_similarity]
-        pairs = pairs[offset : offset + k]
-        records = self.catalog.get_images([i for i, _ in pairs])
-        return [
-            Hit(i, records[i].path, max(-1.0, min(1.0, s)), records[i].width, records[i].height)
-            for i, s in pairs
-            if i in records and records[i].status == STATUS_OK  # a row deleted since the snapshot: skip
-        ]
+        return [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i not in excluded]
 
     def search_image(self, source: ImageSource, **kw) -> list[Hit]:
         """Images like the one in `source` (bytes, a stream or a path).
@@ -272,8 +279,12 @@ class Engine:
 
     def search_id(self, image_id: int, **kw) -> list[Hit]:
         """Images like indexed image `image_id`, from its stored vector (no decoding); itself excluded."""
-        self.get(image_id)
-        return self.search_vector(self.vector(image_id), exclude_id=image_id, **kw)
+        if not -(2**63) <= image_id < 2**63:
+            raise NotFound(f"no indexed image with id {image_id}")
+        # The catalog check rides on the results query (must_exist): one SQL round-trip per search.
+        return self.search_vector(
+            self.vector(image_id), exclude_id=image_id, must_exist=frozenset({image_id}), **kw
+        )
 
     def search_path(self, path: str, **kw) -> list[Hit]:
         """Images like the indexed image at `path` (relative to the root, or absolute)."""
