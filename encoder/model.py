@@ -30,6 +30,12 @@ class ModelConfig:
     latent_dim: int = 128
     downsample: str = "stride"  # "stride" (3x3 conv, stride 2) or "pool" (2x2 max-pool)
     upsample: str = "transpose"  # "transpose" (4x4 transposed conv) or "bilinear" (+ 3x3 conv)
+    #: The search vector of the conv-trunk kinds (conv, denoising, sparse, contractive):
+    #: "multiscale": each encoder stage's feature map average-pooled, L2-normalised, concatenated
+    #: (D = sum(channels)); "latent": the bottleneck code the decoder reads (D = latent_dim).
+    #: Multiscale retrieves by label far better (docs/benchmarks.md, issue 6); "latent" stays the
+    #: default for now because it keeps decode(encode(x)) working, which callers rely on.
+    embedding: str = "latent"
     # denoising
     noise: str = "gaussian"  # "gaussian" or "mask"
     noise_std: float = 0.1
@@ -77,6 +83,8 @@ class ModelConfig:
             raise ValueError(f"downsample must be 'stride' or 'pool', not {self.downsample!r}")
         if self.upsample not in ("transpose", "bilinear"):
             raise ValueError(f"upsample must be 'transpose' or 'bilinear', not {self.upsample!r}")
+        if self.embedding not in ("multiscale", "latent", "hybrid"):
+            raise ValueError(f"embedding must be 'multiscale', 'latent' or 'hybrid', not {self.embedding!r}")
 
 
 # ---------------------------------------------------------------- blocks
@@ -122,6 +130,14 @@ class ConvTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.stages(x).flatten(1)
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) -> (B, sum(channels)): every stage average-pooled and L2-normalised, concatenated."""
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(F.normalize(x.float().mean(dim=(2, 3)), dim=1))
+        return torch.cat(out, dim=1)
 
 
 class ConvHead(nn.Module):
@@ -182,7 +198,11 @@ class Autoencoder(nn.Module):
 
 
 class ConvAutoencoder(Autoencoder):
-    """The convolutional autoencoder: conv trunk -> linear -> latent -> linear -> deconv."""
+    """The convolutional autoencoder: conv trunk -> linear -> latent -> linear -> deconv.
+
+    The decoder reads the latent; the search vector is the latent or the trunk's pooled
+    multi-scale features (``ModelConfig.embedding``).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -190,11 +210,30 @@ class ConvAutoencoder(Autoencoder):
         self.to_latent = nn.Linear(self.trunk.out_features, cfg.latent_dim)
         self.head = ConvHead(cfg, cfg.latent_dim)
 
-    def encode(self, x: Tensor) -> Tensor:
+    @property
+    def embedding_dim(self) -> int:
+        pooled = sum(self.config.channels)
+        return {"multiscale": pooled, "hybrid": pooled + self.config.latent_dim}.get(
+            self.config.embedding, self.config.latent_dim
+        )
+
+    def latent(self, x: Tensor) -> Tensor:  # (B, 3, S, S) -> (B, latent_dim), what the decoder reads
         return self.to_latent(self.trunk(x))
 
-    def decode(self, z: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> Tensor:
+        if self.config.embedding == "multiscale":
+            return self.trunk.pooled(x)
+        if self.config.embedding == "hybrid":
+            # What is in the picture (pooled features at every scale) and where (the latent),
+            # each part unit length so neither drowns the other.
+            return torch.cat([self.trunk.pooled(x), F.normalize(self.latent(x).float(), dim=1)], dim=1)
+        return self.latent(x)
+
+    def decode(self, z: Tensor) -> Tensor:  # (B, latent_dim) -> (B, 3, S, S)
         return self.head(z)
+
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.decode(self.latent(x))
 
 
 # ---------------------------------------------------------------- registry

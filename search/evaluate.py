@@ -450,7 +450,7 @@ def ratios(report: EvaluationReport, metric: str = "map_at_10") -> dict[str, dic
         if m.kind != "model":
             continue
         pix = next(b for b in report.methods if b.kind == "pixels" and b.image_size == m.image_size)
-        pca = next(b for b in report.methods if b.kind == "pca" and b.image_size == m.image_size and b.dim == m.dim)
+        pca = next(b for b in report.methods if b.kind == "pca" and b.name == f"pca-{m.dim} {m.image_size}px")
         out[m.name] = {
             "vs_pixels": m.metrics[metric] / max(pix.metrics[metric], 1e-12),
             "vs_pca": m.metrics[metric] / max(pca.metrics[metric], 1e-12),
