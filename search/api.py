@@ -233,18 +233,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app.include_router(public)
     app.include_router(data)
-    for extra in _extra_routers():
-        app.include_router(extra, dependencies=[Depends(require_token)])
+    from .reports_api import router as reports_router  # imports this module: load it late
+
+    app.include_router(reports_router, dependencies=[Depends(require_token)])
     return app
-
-
-def _extra_routers() -> list[APIRouter]:
-    """Routers defined in their own modules (reports...), if present."""
-    routers = []
-    try:
-        from .reports_api import router as reports_router
-    except ImportError:
-        pass
-    else:
-        routers.append(reports_router)
-    return routers

@@ -312,4 +312,4 @@ def models() -> None:
 
 
 # Commands that live in their own modules register themselves on `app` when imported.
-from search import cli_model_uses  # noqa: E402,F401
+from search import cli_model_uses, cli_report  # noqa: E402,F401
