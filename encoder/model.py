@@ -32,10 +32,10 @@ class ModelConfig:
     upsample: str = "transpose"  # "transpose" (4x4 transposed conv) or "bilinear" (+ 3x3 conv)
     #: The search vector of the conv-trunk kinds (conv, denoising, sparse, contractive):
     #: "multiscale": each encoder stage's feature map average-pooled, L2-normalised, concatenated
-    #: (D = sum(channels)); "latent": the bottleneck code the decoder reads (D = latent_dim).
-    #: Multiscale retrieves by label far better (docs/benchmarks.md, issue 6); "latent" stays the
-    #: default for now because it keeps decode(encode(x)) working, which callers rely on.
-    embedding: str = "latent"
+    #: (D = sum(channels)); "latent": the bottleneck code the decoder reads (D = latent_dim);
+    #: "hybrid": both. Multiscale is the default because it retrieves best by label on both
+    #: evaluation corpora (docs/benchmarks.md, issue 6); the bottleneck code is PCA-level.
+    embedding: str = "multiscale"
     # denoising
     noise: str = "gaussian"  # "gaussian" or "mask"
     noise_std: float = 0.1
@@ -69,6 +69,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+        # Saved before `embedding` existed: those models searched by the latent, and their
+        # indexes hold latent vectors, so they must keep doing so.
+        values.setdefault("embedding", "latent")
         return cls(**values)
 
     def validate(self) -> None:

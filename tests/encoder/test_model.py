@@ -15,16 +15,18 @@ from encoder import CheckpointError, ModelConfig, create_model, list_models, loa
 def test_shapes(size: int, latent: int, upsample: str) -> None:
     model = create_model("conv", image_size=size, latent_dim=latent, upsample=upsample).eval()
     x = torch.rand(3, 3, size, size)
-    z = model.encode(x)
+    z = model.latent(x)  # what the decoder reads
     y = model.decode(z)
     assert z.shape == (3, latent)
     assert y.shape == x.shape
+    assert model.encode(x).shape == (3, model.embedding_dim)  # the search vector
     assert torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
 
 
 def test_pool_downsampling() -> None:
     model = create_model("conv", image_size=32, downsample="pool", channels=(8, 16))
-    assert model.encode(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+    assert model.latent(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+    assert model.encode(torch.rand(2, 3, 32, 32)).shape == (2, 8 + 16)  # pooled stages
 
 
 def test_bad_config_is_refused() -> None:

@@ -80,7 +80,7 @@ def test_encoder_embeds_unit_vectors_and_round_trips(tiny_folder: Path, tmp_path
     enc = Encoder(out, device="cpu")
     v1 = enc.embed(paths)
     v2 = Encoder(out, device="cpu").embed(paths)
-    assert v1.shape == (12, 16) and v1.dtype == np.float32
+    assert v1.shape == (12, enc.dim) and enc.dim == 8 + 16 + 32 and v1.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v1, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(v1, v2)  # save -> load: bit-identical embeddings
     # batching does not change an image's vector

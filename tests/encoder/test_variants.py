@@ -189,8 +189,11 @@ def test_conv_search_vector_is_multiscale_or_latent() -> None:
     assert z.shape == (2, 24)
     assert torch.allclose(z[:, :8].norm(dim=1), torch.ones(2)) and torch.allclose(z[:, 8:].norm(dim=1), torch.ones(2))
     assert multi.reconstruct(x).shape == x.shape  # the decoder still reads the latent
-    latent = create_model("conv", **TINY).eval()  # the default
+    assert create_model("conv", **TINY).config.embedding == "multiscale"  # the default
+    latent = create_model("conv", embedding="latent", **TINY).eval()
     assert latent.encode(x).shape == (2, 16) and torch.equal(latent.encode(x), latent.latent(x))
+    hybrid = create_model("conv", embedding="hybrid", **TINY).eval()
+    assert hybrid.encode(x).shape == (2, 24 + 16) == (2, hybrid.embedding_dim)
     # A config saved before the field existed searches by the latent, as it did.
     old = {k: v for k, v in multi.config.to_dict().items() if k != "embedding"}
     assert ModelConfig.from_dict(old).embedding == "latent"

@@ -125,7 +125,7 @@ def test_file_is_the_original(client: TestClient, corpus: Corpus, ids: dict[str,
 def test_stats_and_health(client: TestClient, ids: dict[str, int]) -> None:
     stats = client.get("/stats").json()
     assert stats["count"] == stats["vectors"] == len(ids)
-    assert stats["model"]["dim"] == 16 and stats["failed"] == 0
+    assert stats["model"]["dim"] == 8 + 16 and stats["failed"] == 0  # pooled (8, 16)-channel stages
     assert client.get("/healthz").json() == {"status": "ok"}
 
 

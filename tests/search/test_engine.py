@@ -159,7 +159,7 @@ def test_file_path_refuses_a_symlink_out_of_the_folder(engine: Engine, corpus: C
 def test_stats(engine: Engine, ids: dict[str, int]) -> None:
     s = engine.stats()
     assert s["count"] == s["vectors"] == len(ids)
-    assert s["model"]["dim"] == 16 and s["model"]["image_size"] == 32
+    assert s["model"]["dim"] == 8 + 16 and s["model"]["image_size"] == 32  # pooled (8, 16)-channel stages
     assert s["generation"] >= 1 and s["index_type"]
 
 
