@@ -76,8 +76,8 @@ class Tier:
 #: model and copy its suggestions here.
 TIERS: tuple[Tier, ...] = (
     Tier("near-identical", 0.97, "the same picture resized or recompressed", hamming=4),
-    Tier("near-duplicate", 0.90, "the same picture resized, recompressed, brightened or cropped a little", hamming=6),
-    Tier("similar", 0.80, "alike: edits, larger crops, or another picture of the same thing", hamming=6),
+    Tier("near-duplicate", 0.90, "the same picture resized, recompressed, brightened or cropped a little", hamming=8),
+    Tier("similar", 0.80, "alike: edits, larger crops, or another picture of the same thing", hamming=10),
 )
 #: Up to this many vectors, pairs come from exact kNN (BLAS); above, from the index's HNSW/IVF.
 EXACT_MAX = 200_000

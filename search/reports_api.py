@@ -46,7 +46,8 @@ def _page(items: list, offset: int, limit: int) -> list:
 
 @router.get("/tiers", summary="The near-duplicate tiers and their similarity thresholds")
 def tiers() -> dict:
-    return {"tiers": [{"name": t.name, "threshold": t.threshold, "description": t.description} for t in TIERS]}
+    return {"tiers": [{"name": t.name, "threshold": t.threshold, "hamming": t.hamming, "description": t.description}
+                      for t in TIERS]}  # fmt: skip
 
 
 @router.get("/duplicates", summary="Groups of exact or near-duplicate images, one tier at a time")

@@ -155,6 +155,14 @@ def test_resolve_tiers() -> None:
         resolve_tiers(1.5)
 
 
+def test_default_tiers_nest() -> None:
+    # A group is shown at the strictest tier where it holds together, which assumes every
+    # pair of a stricter tier also passes each looser one: looser cosine, wider hash distance.
+    for strict, loose in zip(TIERS, TIERS[1:], strict=False):
+        assert loose.threshold <= strict.threshold
+        assert loose.hamming is not None and strict.hamming is not None and loose.hamming >= strict.hamming
+
+
 # ---------------------------------------------------------------- planted findings
 
 
@@ -355,7 +363,9 @@ def test_http_reports_paginate(planted: dict) -> None:
     eng = Engine(planted["index"])
     with TestClient(create_app(Settings(index=planted["index"]), engine=eng)) as client:
         r = client.get("/reports/tiers")
-        assert [t["name"] for t in r.json()["tiers"]] == [t.name for t in TIERS]
+        assert [(t["name"], t["threshold"], t["hamming"]) for t in r.json()["tiers"]] == [
+            (t.name, t.threshold, t.hamming) for t in TIERS
+        ]
         r = client.get("/reports/duplicates", params={"tier": "exact"})
         assert r.status_code == 200 and r.json()["total"] == 1
         assert {m["path"] for m in [r.json()["groups"][0]["keeper"], *r.json()["groups"][0]["others"]]} >= {
