@@ -34,7 +34,7 @@ from sqlalchemy import delete, select, text, update
 from encoder import Encoder, ModelConfig, TrainConfig, model_id
 from encoder import train as train_model
 from encoder.checkpoint import CONFIG, WEIGHTS
-from encoder.decoding import decode_many
+from encoder.decoding import decode_many, default_backend
 from encoder.errors import LookalikeError
 from encoder.images import DEFAULT_MAX_PIXELS, iter_image_files
 
@@ -410,20 +410,27 @@ def _decode_and_embed(run: _RunState, decoded, to_decode, idx: Path, seq: int, b
 
 
 def default_decode_workers(encoder: Encoder, n_files: int) -> int:
-    """Decode processes for `n_files`: none for a handful (start-up costs more than it saves);
+    """Decoders for `n_files`. Threads (the default backend on small machines) start for free:
+    one per core; torch then gets one thread and the embedding interleaves with decoding
+    (measured best on 2 cores). Processes cost a start-up: none for a handful of files,
     else one per core, less the core that embeds when the model runs on the CPU."""
+    cores = os.cpu_count() or 1
+    if default_backend() == "thread":
+        return min(cores, max(1, n_files))
     if n_files < 64:
         return 0
-    cores = os.cpu_count() or 1
     return max(1, cores - 1) if encoder.device.type == "cpu" else cores
 
 
 @contextmanager
-def cpu_thread_budget(encoder: Encoder, decode_workers: int | None) -> Iterator[None]:
-    """On a CPU, give torch only the cores the decode workers leave free.
+def cpu_thread_budget(encoder: Encoder, decode_workers: int | None, backend: str | None = None) -> Iterator[None]:
+    """On a CPU, give torch only the cores the decoders leave free.
 
-    Torch's intra-op threads and the decode processes otherwise fight over the
-    same cores; measured on 2 cores, this alone doubled end-to-end throughput.
+    Torch's intra-op threads (OpenMP, which spin while they wait) and the
+    decoders otherwise fight over the same cores; measured on 2 cores, this
+    alone doubled end-to-end throughput. Decoding threads sleep in Pillow's C
+    code rather than spin, so with them torch keeps half the cores (decoding
+    and embedding cost about the same per image on a CPU).
     """
     import torch
 
@@ -431,8 +438,12 @@ def cpu_thread_budget(encoder: Encoder, decode_workers: int | None) -> Iterator[
         yield
         return
     before = torch.get_num_threads()
+    cores = os.cpu_count() or 1
     if decode_workers:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - decode_workers))
+        if (backend or default_backend()) == "thread":
+            torch.set_num_threads(max(1, cores // 2))
+        else:
+            torch.set_num_threads(max(1, cores - decode_workers))
     try:
         yield
     finally:
