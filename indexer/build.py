@@ -3,7 +3,7 @@
 Read top to bottom: lock -> model (given, kept, or trained) -> catalog + store
 -> reconcile after any crash -> walk and classify (unchanged by size+mtime,
 changed, new, missing) -> hash what is new or changed -> moves and exact
-duplicates by content hash -> decode in worker processes and embed in
+duplicates by content hash -> decode in parallel (threads) and embed in
 batches, committing each batch -> remove what is gone -> publish.
 
 Crash safety: a catalog row is committed *before* its vector reaches the

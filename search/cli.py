@@ -149,7 +149,9 @@ def index(
     index_type: str = typer.Option("auto", help="auto, flat, hnsw, ivf or ivfpq."),
     reembed: bool = typer.Option(False, "--reembed", help="Re-embed every image (needed after changing the model)."),
     catalog: str | None = typer.Option(None, help="SQLAlchemy URL of the catalog [default: SQLite in the index]."),
-    workers: int | None = typer.Option(None, help="Decoding processes, 0 = none [default: one per spare core]."),
+    workers: int | None = typer.Option(
+        None, help="Parallel decoders (threads; processes above 8 cores), 0 = none [default: one per core]."
+    ),
     batch_size: int = typer.Option(256, help="Images embedded and committed together."),
     checkpoint_every: float = typer.Option(20.0, help="Save vectors at least this often, in seconds (crash safety)."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),

@@ -50,7 +50,7 @@ def report(
     ),
     fmt: str | None = typer.Option(None, "--format", help="html, json or csv [default: from --out's suffix]."),
     max_groups: int = typer.Option(200, help="HTML only: at most this many groups per section."),
-    workers: int | None = typer.Option(None, help="Decoding processes for --outliers/--queries [default: cores]."),
+    workers: int | None = typer.Option(None, help="Parallel decoders for --outliers/--queries [default: cores]."),
 ) -> None:
     """Write a report on an index. With no section options: exact duplicates and every near-duplicate tier."""
     from search.engine import Engine

@@ -2,7 +2,7 @@
 the autoencoder's reconstruction error (the outlier score) and a perceptual hash (the
 near-duplicate check that complements the vectors).
 
-The catalog keeps no pixels, so images are decoded again, in worker processes and in
+The catalog keeps no pixels, so images are decoded again, in parallel and in
 batches. Results are cached in ``report_cache.sqlite`` in the index directory, keyed by
 (content hash, model id): a second report, or the HTTP endpoint, decodes only what is
 new. A read-only index still works; results are then not kept.
