@@ -13,6 +13,7 @@ import mimetypes
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
 
@@ -58,13 +59,16 @@ class ImageOut(BaseModel):
 
 
 # ---------------------------------------------------------------- dependencies
+#
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in
+# the threadpool, and on the by-id hot path those hops cost more than the search.
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -72,7 +76,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def require_token(request: Request, settings: SettingsDep) -> None:
+async def require_token(request: Request, settings: SettingsDep) -> None:
     """With LOOKALIKE_API_TOKEN set, a matching 'Authorization: Bearer <token>' is required."""
     if not settings.api_token:
         return
@@ -86,24 +90,30 @@ def require_token(request: Request, settings: SettingsDep) -> None:
         )
 
 
+@dataclass(frozen=True)
 class Paging:
     """The query parameters every similarity search takes."""
 
-    def __init__(
-        self,
-        k: int = Query(10, ge=1, le=1000, description="How many results."),
-        offset: int = Query(0, ge=0, le=100_000, description="Skip this many results (paging)."),
-        min_similarity: float | None = Query(None, ge=-1.0, le=1.0, description="Drop results below this cosine."),
-        path_prefix: str | None = Query(None, max_length=1024, description="Only images whose path starts so."),
-    ) -> None:
-        self.k, self.offset, self.min_similarity, self.path_prefix = k, offset, min_similarity, path_prefix
+    k: int
+    offset: int
+    min_similarity: float | None
+    path_prefix: str | None
 
     def kwargs(self) -> dict:
         return {"k": self.k, "offset": self.offset, "min_similarity": self.min_similarity,
                 "path_prefix": self.path_prefix}  # fmt: skip
 
 
-PagingDep = Annotated[Paging, Depends()]
+async def get_paging(
+    k: int = Query(10, ge=1, le=1000, description="How many results."),
+    offset: int = Query(0, ge=0, le=100_000, description="Skip this many results (paging)."),
+    min_similarity: float | None = Query(None, ge=-1.0, le=1.0, description="Drop results below this cosine."),
+    path_prefix: str | None = Query(None, max_length=1024, description="Only images whose path starts so."),
+) -> Paging:
+    return Paging(k, offset, min_similarity, path_prefix)
+
+
+PagingDep = Annotated[Paging, Depends(get_paging)]
 
 
 def image_error(exc: ImageLoadError) -> HTTPException:

@@ -248,3 +248,20 @@ def test_schema_migration_from_v1(tmp_path: Path) -> None:
     rec = cat.get_by_path("x.png")
     assert rec.duplicate_of is None and rec.vector_seq == 0
     cat.close()
+
+
+def test_hit_rows_fast_path_matches_the_orm(tmp_path: Path) -> None:
+    from indexer.catalog import STATUS_FAILED, STATUS_OK, ImageRecord
+
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    with cat.session() as s, s.begin():
+        for i in range(1200):  # more than one 500-id chunk
+            s.add(ImageRecord(path=f"d/ü {i}.png", size=i, mtime_ns=i, width=i % 7 or None, height=3,
+                              status=STATUS_FAILED if i % 5 == 0 else STATUS_OK))  # fmt: skip
+    with cat.session() as s:
+        expected = {r.id: (r.path, r.width, r.height) for r in s.query(ImageRecord).filter_by(status=STATUS_OK)}
+    asked = [*range(1, 1300), 10**12]  # unknown ids are simply absent
+    got = cat.hit_rows(asked)
+    assert got == expected and len(got) == 960
+    assert cat.hit_rows([]) == {}
+    cat.close()
