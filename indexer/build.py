@@ -71,6 +71,7 @@ class IndexSummary:
     index_type: str = ""
     index_reason: str = ""
     trained: bool = False
+    train_s: float = 0.0  # part of duration_s spent training a model first (images_per_second excludes it)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -179,7 +180,8 @@ def build_index(
         finally:
             catalog.close()
     summary.duration_s = round(time.perf_counter() - t0, 3)
-    summary.images_per_second = round(summary.embedded / summary.duration_s, 1) if summary.duration_s else 0.0
+    indexing_s = summary.duration_s - summary.train_s
+    summary.images_per_second = round(summary.embedded / indexing_s, 1) if indexing_s > 0 else 0.0
     return summary
 
 
@@ -213,6 +215,7 @@ def _prepare_model(
                 reembed = reembed or (old_id is not None and has_vectors)
     elif not _is_model_dir(inside):
         log.info("no model in %s: training one on %s first", idx, root)
+        t0 = time.perf_counter()
         train_model(
             root,
             inside,
@@ -221,6 +224,7 @@ def _prepare_model(
             skip_dirs=(str(idx),),
         )
         summary.trained = True
+        summary.train_s = round(time.perf_counter() - t0, 3)
     return Encoder(inside, device=device), reembed
 
 

@@ -193,9 +193,10 @@ def print_index_summary(summary: Any) -> None:
     ]
     for name, value in rows:
         typer.echo(f"  {name:<17}{value:>8}")
+    trained = f"trained a model in {summary.train_s:.1f} s, then " if summary.trained else ""
     typer.echo(
-        f"  {summary.embedded} embedded in {summary.duration_s:.1f} s ({summary.images_per_second:.0f} images/s); "
-        f"index type {summary.index_type}: {summary.index_reason}"
+        f"  {trained}{summary.embedded} embedded in {summary.duration_s - summary.train_s:.1f} s "
+        f"({summary.images_per_second:.0f} images/s); index type {summary.index_type}: {summary.index_reason}"
     )
     if summary.failed:
         typer.echo("failed files:")

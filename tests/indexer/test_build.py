@@ -185,6 +185,8 @@ def test_trains_a_model_when_none(tmp_path: Path) -> None:
         progress=False,
     )
     assert summary.trained and summary.added == 6
+    assert 0 < summary.train_s < summary.duration_s  # the rate is of indexing, not of training
+    assert summary.images_per_second > summary.embedded / summary.duration_s
     assert (root / ".lookalike" / "model" / "loss.png").exists()
 
 
