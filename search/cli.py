@@ -59,6 +59,7 @@ def setup_logging(verbose: bool = False) -> None:
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.WARNING)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # "Loading faiss." on every command
 
 
 @app.callback()
