@@ -35,6 +35,7 @@ from .plots import image_grid, save_loss_curve, to_uint8_images
 log = logging.getLogger(__name__)
 
 RESUME_DIR = "checkpoint"  # last epoch's model + optimizer, for --resume
+TRAIN_LOG = "train_log.json"  # written last: its presence means the training finished
 
 
 @dataclass
@@ -388,7 +389,7 @@ def _write_outputs(
         out / "reconstructions.png"
     )
     atomic_write_json(
-        out / "train_log.json",
+        out / TRAIN_LOG,
         {
             "device": str(device),
             "images": result.images,

@@ -33,10 +33,11 @@ from sqlalchemy import delete, select, text, update
 
 from encoder import Encoder, ModelConfig, TrainConfig, model_id
 from encoder import train as train_model
-from encoder.checkpoint import CONFIG, WEIGHTS
+from encoder.checkpoint import CONFIG, WEIGHTS, read_config
 from encoder.decoding import decode_many, default_backend
 from encoder.errors import LookalikeError
 from encoder.images import DEFAULT_MAX_PIXELS, iter_image_files
+from encoder.training import RESUME_DIR, TRAIN_LOG
 
 from .catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, utcnow
 from .layout import MODEL_DIR, default_index_dir
@@ -133,6 +134,19 @@ def _is_model_dir(d: Path) -> bool:
     return (d / WEIGHTS).is_file() and (d / CONFIG).is_file()
 
 
+def _training_unfinished(d: Path) -> bool:
+    """True for a model directory left by a training run that was killed: it holds the
+    resume state of an epoch but not the log that training writes last."""
+    return (d / RESUME_DIR / "state.json").is_file() and not (d / TRAIN_LOG).is_file()
+
+
+def _saved_config(d: Path) -> ModelConfig | None:
+    try:
+        return read_config(d)[0]
+    except Exception:  # unreadable: train afresh with the defaults
+        return None
+
+
 def build_index(
     folder: str | os.PathLike,
     index_dir: str | os.PathLike | None = None,
@@ -213,15 +227,22 @@ def _prepare_model(
             if old_id != new_id:
                 _install_model(src, inside)
                 reembed = reembed or (old_id is not None and has_vectors)
-    elif not _is_model_dir(inside):
-        log.info("no model in %s: training one on %s first", idx, root)
+    elif not _is_model_dir(inside) or _training_unfinished(inside):
+        unfinished = _is_model_dir(inside)
+        if unfinished:
+            # A run killed while training leaves the best epoch so far: finish the training
+            # rather than index with a half-trained model.
+            log.info("the training of %s was interrupted: resuming it", inside)
+        else:
+            log.info("no model in %s: training one on %s first", idx, root)
         t0 = time.perf_counter()
         train_model(
             root,
             inside,
-            model_config or ModelConfig(),
+            model_config or _saved_config(inside) or ModelConfig(),
             train_config or TrainConfig(device=device),
             skip_dirs=(str(idx),),
+            resume=unfinished,
         )
         summary.trained = True
         summary.train_s = round(time.perf_counter() - t0, 3)

@@ -116,3 +116,35 @@ def test_sigkill_at_several_points(tmp_path: Path, tiny_model: Path) -> None:
     final = durable(idx)
     for i, vec in kept.items():
         assert np.array_equal(final[i], vec)
+
+
+def test_sigkill_while_training_resumes_the_training(tmp_path: Path) -> None:
+    """`lookalike index` with no model trains one first; killed mid-training, the next run
+    finishes that training (it does not index with the half-trained best epoch so far)."""
+    from encoder import TrainConfig
+    from indexer import build_index
+
+    folder = tmp_path / "pics"
+    for i in range(24):
+        write_jpeg(folder / f"img_{i:02d}.jpg", (96, 72), seed=i)
+    model = folder / ".lookalike" / "model"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search", "index", str(folder), "--workers", "0"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not (model / "checkpoint" / "state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed: " + proc.stdout.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert (model / "model.safetensors").exists() and not (model / "train_log.json").exists()
+
+    summary = build_index(folder, train_config=TrainConfig(epochs=3, batch_size=8), workers=0, progress=False)
+    assert summary.trained and summary.added == 24
+    log = (model / "train_log.json").read_text()
+    assert '"epochs_run": 3' in log  # resumed and carried on to the end, not restarted from nothing
+    # A finished model is kept as it is by the next run.
+    again = build_index(folder, workers=0, progress=False)
+    assert not again.trained and again.unchanged == 24
