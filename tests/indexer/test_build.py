@@ -216,6 +216,77 @@ def test_requested_index_types_search(folder: Path, tiny_model: Path, kind: str)
     assert found[:, 0].tolist() == ids[:5].tolist()
 
 
+def _clustered(n: int, dim: int = 64, noise: float = 3.0, seed: int = 0) -> VectorStore:
+    """Unit vectors around 40 centres, noisy enough that approximate search has to work for its recall."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim))
+    x = centres[rng.integers(0, 40, n)] + noise * rng.normal(size=(n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    store = VectorStore(dim)
+    store.add(np.arange(1, n + 1, dtype=np.int64), x)
+    return store
+
+
+def _recall(index, store: VectorStore, qids: np.ndarray, k: int = 10) -> float:
+    q = store.get(qids)
+    _, exact = store.index.search(q, k + 1)
+    _, found = index.search(q, k + 1)
+    return float(np.mean([
+        len(set(e[e != i][:k].tolist()) & set(f[f != i][:k].tolist())) / k
+        for e, f, i in zip(exact, found, qids, strict=True)
+    ]))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_search_effort_is_tuned_to_the_recall_target(kind: str) -> None:
+    from indexer.vectors import (
+        EF_LADDER,
+        NPROBE_LADDER,
+        RECALL_TARGET,
+        IndexPlan,
+        apply_search_params,
+        build_search_index,
+        tune_search,
+    )  # fmt: skip
+
+    store = _clustered(6000)
+    if kind == "hnsw":  # a sparse graph, so that the default effort is not enough
+        plan = IndexPlan("hnsw", {"M": 8, "efConstruction": 16, "efSearch": 96}, "test")
+        key, lowest = "efSearch", EF_LADDER[0]
+    else:
+        plan = plan_index(len(store), store.dim, "ivf")
+        key, lowest = "nprobe", NPROBE_LADDER[0]
+    index = build_search_index(store, plan)
+    tuned = tune_search(index, store, plan)
+    assert tuned.params["recall_at_10"] >= RECALL_TARGET and "recall@10" in tuned.reason
+    assert tuned.params[key] > lowest  # the ladder was climbed
+    # The recorded recall holds on other queries, and the least effort would not have done.
+    fresh = np.random.default_rng(7).choice(store.ids(), 300, replace=False)
+    apply_search_params(index, {key: tuned.params[key]})
+    assert _recall(index, store, fresh) >= RECALL_TARGET - 0.03
+    apply_search_params(index, {key: lowest})
+    assert _recall(index, store, fresh) < RECALL_TARGET
+    if kind == "ivf":
+        assert tuned.params["nprobe"] <= plan.params["nlist"]
+
+    # An unreachable target stops at the top of the ladder or where recall stops improving,
+    # and says so.
+    hard = tune_search(index, store, plan, target=1.01)
+    assert hard.params[key] >= tuned.params[key] and "below the 1.01 target" in hard.reason
+
+
+def test_published_manifest_records_the_tuned_recall(tmp_path: Path) -> None:
+    from indexer import read_search_index
+    from indexer.vectors import publish
+
+    store = _clustered(3000)
+    m = publish(tmp_path, store, plan_index(len(store), store.dim, "hnsw"), "m0", None)
+    again = Manifest.read(tmp_path)
+    assert again.params["efSearch"] == m.params["efSearch"] and again.params["recall_at_10"] >= 0.95
+    index = read_search_index(tmp_path / again.search_file, again.params)  # what the engine opens
+    assert _recall(index, store, store.ids()[:200]) >= 0.9
+
+
 def test_second_writer_is_refused(folder: Path, tiny_model: Path) -> None:
     import fcntl
 
