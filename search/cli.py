@@ -253,6 +253,7 @@ def query(
     min_similarity: float | None = typer.Option(None, help="Drop results below this cosine similarity."),
     path_prefix: str | None = typer.Option(None, help="Only images whose path starts with this."),
     as_json: bool = typer.Option(False, "--json", help="JSON for scripts instead of a table."),
+    grid: Path | None = typer.Option(None, "--grid", help="Also write a picture of the query and its results."),
 ) -> None:
     """Find the indexed images most like IMAGE (or like indexed image --id N)."""
     from search.engine import Engine
@@ -262,6 +263,11 @@ def query(
     engine = Engine(_index_for(index_dir))
     opts = {"k": k, "min_similarity": min_similarity, "path_prefix": path_prefix}
     hits = engine.search_id(image_id, **opts) if image_id is not None else engine.search_image(image, **opts)
+    if grid is not None:
+        from search.result_grid import save_result_grid
+
+        written = save_result_grid(engine, image_id if image_id is not None else image, hits, grid)
+        typer.echo(f"wrote {written}", err=as_json)  # keep stdout pure JSON with --json
     if as_json:
         import json
 
