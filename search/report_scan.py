@@ -48,6 +48,32 @@ _DCT = np.cos(np.pi * np.arange(_N)[:, None] * (2 * np.arange(_N)[None, :] + 1) 
 _POPCOUNT = np.array([bin(x).count("1") for x in range(256)], dtype=np.uint8)
 
 
+#: A perceptual-hash match is evidence of "the same picture" only when it is far closer
+#: than unrelated images of the same collection usually are. On low-detail images (digits,
+#: icons, line art) many unrelated pictures share nearly the same hash: on 10,000 MNIST
+#: digits, hash distance <= 8 chained 7,251 different digits into one "near-duplicate"
+#: group. So the tiers' hash distances are capped per collection at the 1st percentile of
+#: random pairs' distances less this margin (docs/benchmarks.md, "Reports"): Tux Paint's
+#: 1st percentile is 20 (cap 8, the tiers unchanged), MNIST's 12 (cap 0). For hashes of
+#: unrelated natural images (about Binomial(64, 1/2)) the 1st percentile is ~22.
+HASH_MARGIN = 12
+HASH_SAMPLE_PAIRS = 200_000
+HASH_MIN_IMAGES = 50  # fewer: too few pairs to judge the collection; the tiers are kept as they are
+
+
+def hash_distance_limit(codes: np.ndarray, *, pairs: int = HASH_SAMPLE_PAIRS, seed: int = 0) -> int | None:
+    """The largest hash distance still trusted in this collection (negative: none is), from
+    random pairs of `codes`; None when there are too few hashes to say."""
+    valid = np.asarray(codes, np.int64)
+    valid = valid[valid != NO_HASH]
+    if len(valid) < HASH_MIN_IMAGES:
+        return None
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, len(valid), pairs), rng.integers(0, len(valid), pairs)
+    d = hamming(valid[a[a != b]], valid[b[a != b]])
+    return int(np.percentile(d, 1)) - HASH_MARGIN
+
+
 def perceptual_hash(pixels: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N,) int64: 64-bit DCT perceptual hashes (bit 63 first)."""
     out = np.empty(len(pixels), dtype=">u8")

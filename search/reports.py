@@ -35,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,7 +51,18 @@ from indexer.catalog import STATUS_OK
 
 from .engine import Engine, EngineError, Hit, NotFound
 from .report_pairs import DEFAULT_K, WHITEN_SHRINK, connected_components, similar_pairs, whiten  # noqa: F401
-from .report_scan import CACHE_FILE, OUTLIER_Z, Outlier, Outliers, Scan, hamming, outliers, robust_z, scan_images  # noqa: F401
+from .report_scan import (  # noqa: F401
+    CACHE_FILE,
+    OUTLIER_Z,
+    Outlier,
+    Outliers,
+    Scan,
+    hamming,
+    hash_distance_limit,
+    outliers,
+    robust_z,
+    scan_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +337,14 @@ def near_duplicates(
             found = scan.ids[where] == ids
             codes[found] = scan.phashes[where[found]]
         d = hamming(codes[i], codes[j])
+        limit = hash_distance_limit(codes)
+        if limit is not None:  # distrust hash distances that unrelated images here also reach
+            tiers = tuple(
+                replace(t, hamming=None if t.hamming is None or limit < 0 else min(t.hamming, limit)) for t in tiers
+            )
+            use_hash = any(t.hamming is not None for t in tiers)
+            if limit < 0:
+                log.info("perceptual hashes do not tell images apart in this collection: vectors only")
     else:
         d = np.full(len(i), 255, dtype=np.int16)
     keep = _tier_mask(tiers[-1], s, d)
@@ -355,6 +374,8 @@ def near_duplicates(
         groups[tier.name] = out
     sim = "cosine of the whitened search vectors" if whitened else "cosine of the search vectors"
     sim += " (or perceptual hash distance)" if use_hash else ""
+    if phash and not use_hash:
+        sim += " (perceptual hashes were not used: unrelated images here have near-identical hashes)"
     return NearDuplicates(tiers, groups, k, method, len(ids), len(i), time.perf_counter() - t0, sim)
 
 

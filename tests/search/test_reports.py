@@ -211,6 +211,35 @@ def test_perceptual_hash_is_the_imagehash_phash() -> None:
     assert hamming(ours[:1], ours[:1])[0] == 0 and hamming(ours[:1], np.array([-1]))[0] == 255
 
 
+def test_hash_distance_limit_follows_how_alike_the_collection_hashes_are() -> None:
+    from search.report_scan import HASH_MARGIN, NO_HASH, hash_distance_limit
+
+    rng = np.random.default_rng(0)
+    uniform = rng.integers(-(2**63), 2**63 - 1, 5000, dtype=np.int64)  # unrelated natural images, roughly
+    assert 8 <= hash_distance_limit(uniform) <= 12
+    # Low-detail images: a few shapes, each hashed with a couple of bits of noise.
+    protos = rng.integers(-(2**63), 2**63 - 1, 5, dtype=np.int64)
+    flips = np.left_shift(np.int64(1), rng.integers(0, 63, (5000, 2))).sum(axis=1)
+    alike = protos[rng.integers(0, 5, 5000)] ^ flips
+    assert hash_distance_limit(alike) < 0  # no hash distance means "the same picture" there
+    assert hash_distance_limit(uniform[:20]) is None  # too few to judge
+    with_missing = np.concatenate([uniform, np.full(5000, NO_HASH)])
+    assert hash_distance_limit(with_missing) == hash_distance_limit(uniform)
+    assert HASH_MARGIN > 0
+
+
+def test_untrustworthy_hashes_are_not_used(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.report_scan as rs
+
+    monkeypatch.setattr(rs, "HASH_MIN_IMAGES", 2)
+    monkeypatch.setattr(rs, "HASH_MARGIN", 64)  # as if every pair of images hashed alike
+    near = near_duplicates(engine)
+    assert all(t.hamming is None for t in near.tiers)
+    assert "were not used" in near.similarity
+    monkeypatch.setattr(rs, "HASH_MARGIN", 0)  # every distance below the 1st percentile is trusted
+    assert all(t.hamming is not None for t in near_duplicates(engine).tiers)
+
+
 def test_tiers_show_a_group_at_the_strictest_tier_only(engine: Engine) -> None:
     tiers = (Tier("a", 0.9999), Tier("b", 0.999), Tier("c", 0.5))
     near = near_duplicates(engine, tiers, phash=False)
