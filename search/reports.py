@@ -90,6 +90,9 @@ TIERS: tuple[Tier, ...] = (
     Tier("near-duplicate", 0.90, "the same picture resized, recompressed, brightened or cropped a little", hamming=8),
     Tier("similar", 0.80, "alike: edits, larger crops, or another picture of the same thing", hamming=10),
 )
+#: Below this cap (1% of unrelated pairs within 13 bits) a hash says too little to use at all:
+#: on MNIST digits the cap is 0 and identical hashes still joined 58 pairs of different digits.
+MIN_HASH_LIMIT = 2
 #: Up to this many vectors, pairs come from exact kNN (BLAS); above, from the index's HNSW/IVF.
 EXACT_MAX = 200_000
 
@@ -339,11 +342,12 @@ def near_duplicates(
         d = hamming(codes[i], codes[j])
         limit = hash_distance_limit(codes)
         if limit is not None:  # distrust hash distances that unrelated images here also reach
+            off = limit < MIN_HASH_LIMIT
             tiers = tuple(
-                replace(t, hamming=None if t.hamming is None or limit < 0 else min(t.hamming, limit)) for t in tiers
+                replace(t, hamming=None if t.hamming is None or off else min(t.hamming, limit)) for t in tiers
             )
             use_hash = any(t.hamming is not None for t in tiers)
-            if limit < 0:
+            if off:
                 log.info("perceptual hashes do not tell images apart in this collection: vectors only")
     else:
         d = np.full(len(i), 255, dtype=np.int16)
