@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import tempfile
@@ -175,171 +174,6 @@ def embed_only(model_dir: Path, pixels, device: str | None, batch: int) -> tuple
     return time.perf_counter() - t0, str(enc.device)
 
 
-# ---------------------------------------------------------------- prototypes of fixes (monkeypatches)
-#
-# Each is applied only inside a build child process, to measure what a change to
-# encoder/ or indexer/ would buy; the product code is not edited here.
-
-PROTOTYPES = {
-    "threads1": "torch.set_num_threads(1) in the indexing process (decode workers get the other cores)",
-    "fold-bn": "fold each eval-mode BatchNorm into the conv before it, for inference",
-    "bulk-catalog": "_embed_batch: one SELECT ... IN for the batch's rows and one flush, not one each per row",
-    "light-workers": "decode workers import encoder/images.py only (numpy + Pillow), not torch via encoder/__init__",
-    "embed-batch32": "Encoder.batch_size 32 instead of 128 (activations stay in cache on a CPU)",
-}
-
-
-def _images_module():
-    """encoder/images.py loaded on its own, without running encoder/__init__ (which imports torch)."""
-    import importlib.util
-
-    name = "_bench_lookalike_images"
-    if name not in sys.modules:
-        from common import REPO
-
-        spec = importlib.util.spec_from_file_location(name, REPO / "encoder" / "images.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def _light_decode_one(job: tuple[int, str, int, int]):
-    index, path, size, max_pixels = job
-    images = _images_module()
-    try:
-        pixels, info = images.load_image_with_info(path, size, max_pixels=max_pixels)
-        return index, path, pixels, (info.width, info.height, info.format), None
-    except images.ImageLoadError as exc:
-        return index, path, None, None, exc.reason
-    except Exception as exc:
-        return index, path, None, None, f"unexpected decoder failure: {type(exc).__name__}: {exc}"
-
-
-def _light_decode_many(paths, size, *, workers=None, max_pixels=None, chunksize=8, prefetch=1024):
-    """decode_many with workers that never import torch (same order, same throttling, same results)."""
-    import threading
-
-    from encoder.decoding import Decoded, decode_many, default_workers
-    from encoder.images import DEFAULT_MAX_PIXELS, ImageInfo
-
-    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-    workers = default_workers() if workers is None else max(1, workers)
-    if workers == 1:
-        yield from decode_many(paths, size, workers=1, max_pixels=max_pixels)
-        return
-    jobs = ((i, os.fspath(p), size, max_pixels) for i, p in enumerate(paths))
-    in_flight = threading.BoundedSemaphore(max(prefetch, chunksize * workers * 2))
-
-    def throttled():
-        for job in jobs:
-            in_flight.acquire()
-            yield job
-
-    with mp.get_context("spawn").Pool(workers) as pool:
-        for index, path, pixels, info, error in pool.imap(_light_decode_one, throttled(), chunksize=chunksize):
-            in_flight.release()
-            yield Decoded(index, path, pixels, ImageInfo(*info) if info else None, error)
-
-
-def _fold_batchnorm(model) -> int:
-    """Replace every (Conv2d, BatchNorm2d) pair inside nn.Sequential modules by one conv; returns how many."""
-    from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    folded = 0
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for a, b in zip(names, names[1:], strict=False):
-            conv, bn = module._modules[a], module._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                module._modules[a] = fuse_conv_bn_eval(conv, bn)
-                module._modules[b] = nn.Identity()
-                folded += 1
-    return folded
-
-
-def _bulk_embed_batch(run, batch, to_decode: list[str], seq: int) -> None:
-    """indexer.build._embed_batch with the batch's rows fetched in one query and inserted in one flush."""
-    import numpy as np
-    from sqlalchemy import select
-
-    from indexer.build import STATUS_OK, STATUS_PENDING, ImageRecord, _upsert_failed, content_hash
-
-    catalog, store, summary, seen, rows, mid, now = (
-        run.catalog, run.store, run.summary, run.seen, run.rows, run.model_id, run.now,
-    )  # fmt: skip
-    good = [d for d in batch if d.pixels is not None]
-    vectors = run.encoder.embed_pixels(np.stack([d.pixels for d in good])) if good else None
-    rels = [to_decode[d.index] for d in batch]
-    records = []
-    with catalog.session() as s, s.begin():
-        existing = {r.path: r for r in s.scalars(select(ImageRecord).where(ImageRecord.path.in_(rels)))}
-        for d, rel in zip(batch, rels, strict=True):
-            _, st = seen[rel]
-            row = existing.get(rel)
-            if d.pixels is None:
-                _upsert_failed(s, row, rel, st, d.error or "unknown error")
-                summary.failed.append((rel, d.error or "unknown error"))
-                continue
-            digest = run.hashes.get(rel, (None, None))[0] or (row.content_hash if row else None)
-            if row is None:
-                row = ImageRecord(path=rel)
-                summary.added += 1
-            elif rows.get(rel) is not None and rows[rel].status != STATUS_PENDING:
-                summary.updated += 1
-            row.size, row.mtime_ns = st.st_size, st.st_mtime_ns
-            row.content_hash = digest or content_hash(seen[rel][0])
-            row.width, row.height, row.format = d.info.width, d.info.height, d.info.format
-            row.status, row.error, row.embedded_at = STATUS_OK, None, now
-            row.model_id, row.vector_seq, row.duplicate_of = mid, seq, None
-            s.add(row)
-            records.append(row)
-        s.flush()
-        ids = [row.id for row in records]
-    summary.embedded += len(good)
-    if good:
-        ids_arr = np.array(ids, dtype=np.int64)
-        store.remove(ids_arr)
-        store.add(ids_arr, vectors)
-
-
-def apply_prototypes(names: list[str]) -> None:
-    """Monkeypatch the named fixes into this process (call before build_index)."""
-    import torch
-
-    import indexer.build as b
-    from encoder.inference import Encoder
-
-    unknown = set(names) - set(PROTOTYPES)
-    if unknown:
-        raise ValueError(f"unknown prototype(s) {sorted(unknown)}; known: {', '.join(PROTOTYPES)}")
-    if "threads1" in names:
-        torch.set_num_threads(1)
-    if "fold-bn" in names:
-        init = Encoder.__init__
-
-        def __init__(self, *a, **kw):
-            init(self, *a, **kw)
-            _fold_batchnorm(self.model)
-
-        Encoder.__init__ = __init__
-    if "embed-batch32" in names:
-        init2 = Encoder.__init__
-
-        def __init__(self, *a, **kw):
-            init2(self, *a, **kw)
-            self.batch_size = 32
-
-        Encoder.__init__ = __init__
-    if "bulk-catalog" in names:
-        b._embed_batch = _bulk_embed_batch
-    if "light-workers" in names:
-        b.decode_many = _light_decode_many
-
-
 # ---------------------------------------------------------------- end to end, in a fresh process
 
 
@@ -417,7 +251,6 @@ def _build_child(conn, folder: str, index_dir: str, model_dir: str, opts: dict[s
 
         if opts.get("torch_threads"):
             torch.set_num_threads(opts["torch_threads"])
-        apply_prototypes(opts.get("prototypes") or [])
         result["torch_threads"] = torch.get_num_threads()
         from indexer import build_index
 
@@ -432,10 +265,9 @@ def _build_child(conn, folder: str, index_dir: str, model_dir: str, opts: dict[s
             wall = time.perf_counter() - bd.t_start
         result["first"] = {"wall_s": wall, "summary": first.as_dict(), "breakdown": bd.report(wall)}
         result["first_memory"] = {**max_rss_mib(), "peak_tree_mib": peak.peak_mib}
-        if opts.get("second_run", True):
-            t0 = time.perf_counter()
-            second = build_index(folder, index_dir, model_dir, **kw)
-            result["second"] = {"wall_s": time.perf_counter() - t0, "summary": second.as_dict()}
+        t0 = time.perf_counter()
+        second = build_index(folder, index_dir, model_dir, **kw)
+        result["second"] = {"wall_s": time.perf_counter() - t0, "summary": second.as_dict()}
     except BaseException as exc:  # report, never hang the parent
         import traceback
 
@@ -508,14 +340,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, help="decode workers (default: what build_index picks)")
     ap.add_argument("--batch-size", type=int, help="build_index batch size (default: build_index's)")
     ap.add_argument("--torch-threads", type=int, help="torch.set_num_threads in the build process (default: torch's)")
-    ap.add_argument(
-        "--prototype",
-        action="append",
-        default=[],
-        metavar="A,B",
-        help="also time a first run with these fixes monkeypatched in (repeatable; 'all' = every one):\n"
-        + "\n".join(f"  {k}: {v}" for k, v in PROTOTYPES.items()),
-    )
     ap.add_argument("--vectors", type=int, default=20_000, help="synthetic vectors for the memory table")
     ap.add_argument("--out", type=Path, default=RESULTS / "index_speed.json", help="JSON results")
     return ap.parse_args(argv)
@@ -564,14 +388,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_threads": args.torch_threads,
     }
     e2e = end_to_end(folder, workdir / "index", model_dir, opts)
-    variants = []
-    for spec in args.prototype:
-        names = list(PROTOTYPES) if spec == "all" else [x.strip() for x in spec.split(",") if x.strip()]
-        print(f"build_index with prototype(s) {', '.join(names)} ...", flush=True)
-        v = end_to_end(
-            folder, workdir / "index-prototype", model_dir, {**opts, "prototypes": names, "second_run": False}
-        )
-        variants.append({"prototypes": names, "wall_s": round(v["first"]["wall_s"], 3), **v["first"], **v})
     print("plain loop again ...", flush=True)
     stages["plain_after_s"] = plain_loop(paths, size)
     print(f"vector memory over {args.vectors:,} vectors ...", flush=True)
@@ -620,18 +436,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "summary": second["summary"],
         },
         "first_run_memory_mib": e2e["first_memory"],
-        "prototypes": [
-            {
-                "prototypes": v["prototypes"],
-                "images_per_second": rate(n, v["wall_s"]),
-                "ratio_to_plain": round(rate(n, v["wall_s"]) / plain_rate, 2) if plain_rate else 0.0,
-                "wall_s": v["wall_s"],
-                "breakdown": v["breakdown"],
-                "memory_mib": v["first_memory"],
-                "torch_threads": v["torch_threads"],
-            }
-            for v in variants
-        ],
         "vector_memory": vmem,
     }
     write_json(args.out, results)
@@ -669,8 +473,6 @@ def print_report(r: dict[str, Any]) -> None:
         f"\n{r['corpus']['images']:,} JPEGs {r['corpus']['size'][0]}x{r['corpus']['size'][1]}, "
         f"{describe_machine(r['machine'])}"
     )
-    for v in r["prototypes"]:
-        rows.append([f"  prototype: {' + '.join(v['prototypes'])}", v["images_per_second"], v["ratio_to_plain"]])
     print(table(rows, ["stage", "images/s", "x plain"]))
     verdict = "meets" if r["ratio_build_to_plain"] >= r["target_ratio"] else "BELOW"
     print(f"\nend to end / plain loop = {r['ratio_build_to_plain']:.2f}x ({verdict} the {r['target_ratio']}x target)")
@@ -681,11 +483,6 @@ def print_report(r: dict[str, Any]) -> None:
     )
     spent = ", ".join(f"{k[:-2]} {v:.2f}" for k, v in first["breakdown"].items())
     print(f"first run, where the time went (s): {spent}")
-    for v in r["prototypes"]:
-        spent = ", ".join(f"{k[:-2]} {x:.2f}" for k, x in v["breakdown"].items())
-        print(
-            f"  with {' + '.join(v['prototypes'])}: {spent}; peak tree RSS {v['memory_mib']['peak_tree_mib']:,.0f} MiB"
-        )
     print(
         f"first image after: decode processes {r['decode_pool_first_image_s']:.2f} s, threads "
         f"{r['decode_threads_first_image_s']:.3f} s; build_index decodes with {r['decode_backend_build']}s"
