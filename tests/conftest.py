@@ -22,6 +22,17 @@ def sample_images(n_per_class: int = 4, classes: tuple[str, ...] = ("birds", "le
 
 
 @pytest.fixture
+def torch_one_thread():
+    """Tiny models run fastest on one thread, and do not thrash a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     """12 real images from data/ in three class folders."""
     root = tmp_path / "images"

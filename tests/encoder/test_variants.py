@@ -17,14 +17,7 @@ from conftest import sample_images
 from encoder import Encoder, ModelConfig, create_model, list_models, load_image, load_model, save_model
 from encoder.variants import gaussian_kl, kl_sparsity
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not thrash a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 TINY = dict(image_size=32, channels=(8, 16), latent_dim=16, hidden=(64,), codebook_size=16, code_dim=8)

@@ -18,12 +18,7 @@ runner = CliRunner()
 TINY = dict(image_size=32, channels=(8, 16), latent_dim=8, codebook_size=16, code_dim=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _model(tmp_path: Path, kind: str, **extra) -> Path:

@@ -28,13 +28,7 @@ from search.evaluate import (
     write_report,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_nearest_neighbours_exclude_the_query_itself() -> None:
