@@ -32,15 +32,33 @@ def torch_one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def tiny_folder(tmp_path: Path) -> Path:
-    """12 real images from data/ in three class folders."""
-    root = tmp_path / "images"
-    for src in sample_images():
+def fill_folder(root: Path, n_per_class: int = 4, classes: tuple[str, ...] = ("birds", "letters", "chess")) -> Path:
+    """Copy sample images into `root`, one sub-folder per class."""
+    for src in sample_images(n_per_class, classes):
         dst = root / src.parent.name / src.name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
     return root
+
+
+#: Small enough to train in a second on a CPU: poor embeddings, real code paths.
+TINY_CONFIG = dict(image_size=32, channels=(8, 16), latent_dim=16)
+
+
+def train_tiny(tmp_path_factory: pytest.TempPathFactory, name: str, seed: int = 0) -> Path:
+    """A tiny model trained for one epoch on 9 sample images (for session fixtures)."""
+    from encoder import ModelConfig, TrainConfig, train
+
+    folder = fill_folder(tmp_path_factory.mktemp(f"{name}-train"), 3)
+    out = tmp_path_factory.mktemp(name)
+    train(folder, out, ModelConfig(**TINY_CONFIG), TrainConfig(epochs=1, batch_size=4, seed=seed), progress=False)
+    return out
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """12 real images from data/ in three class folders."""
+    return fill_folder(tmp_path / "images")
 
 
 def write_jpeg(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, quality: int = 90) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -23,16 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, sample_images, write_jpeg
+from conftest import REPO, fill_folder, train_tiny, write_jpeg
 from fastapi.testclient import TestClient
 
-from encoder import ModelConfig, TrainConfig, train
 from indexer import build_index
 from search.api import create_app
 from search.engine import Engine
 from search.settings import Settings
-
-TINY = ModelConfig(image_size=32, channels=(8, 16), latent_dim=16)
 
 #: Paths in the shared corpus whose folder names hold SQL LIKE wildcards, and one that the wildcards would match.
 WILDCARD_PATHS = ("odd%dir/w1.jpg", "odd_dir/w2.jpg", "oddXdir/w3.jpg")
@@ -45,22 +41,10 @@ class Corpus:
     outside: Path  # an image outside the folder, reachable through the symlink `link.jpg` inside it
 
 
-def fill_folder(root: Path, n_per_class: int = 4, classes: tuple[str, ...] = ("birds", "letters", "chess")) -> None:
-    for src in sample_images(n_per_class, classes):
-        dst = root / src.parent.name / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, dst)
-
-
 @pytest.fixture(scope="session")
 def search_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny autoencoder (1 epoch on 9 sample images): poor embeddings, real code paths."""
-    folder = tmp_path_factory.mktemp("search-train")
-    for p in sample_images(3):
-        (folder / p.name).write_bytes(p.read_bytes())
-    out = tmp_path_factory.mktemp("search-model")
-    train(folder, out, TINY, TrainConfig(epochs=1, batch_size=4, seed=0), progress=False)
-    return out
+    return train_tiny(tmp_path_factory, "search-model")
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sample_images, write_jpeg
+from conftest import fill_folder, sample_images, write_jpeg
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from search.engine import Engine
 from search.settings import Settings
 
-from .conftest import SERVER_MAX_UPLOAD, TOKEN, Corpus, Server, fill_folder, index_ids
+from .conftest import SERVER_MAX_UPLOAD, TOKEN, Corpus, Server, index_ids
 
 BIRD = "birds/" + sorted(p.name for p in sample_images(4, ("birds",)))[0]
 MISSING = 987_654

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sample_images, write_jpeg
+from conftest import fill_folder, sample_images, write_jpeg
 
 from search.engine import Engine, EngineError, Hit, NotFound
 
-from .conftest import WILDCARD_PATHS, Corpus, fill_folder
+from .conftest import WILDCARD_PATHS, Corpus
 
 BIRD = "birds/" + sorted(p.name for p in sample_images(4, ("birds",)))[0]
 
