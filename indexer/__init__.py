@@ -12,7 +12,7 @@ from typing import Any
 from .layout import MODEL_DIR, default_index_dir
 
 _LAZY = {
-    "IndexBuildError": "build",
+    "IndexBuildError": "index_model",
     "IndexSummary": "build",
     "build_index": "build",
     "SCHEMA_VERSION": "catalog",

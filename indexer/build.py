@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,26 +30,19 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select, text, update
 
-from encoder import Encoder, ModelConfig, TrainConfig, model_id
-from encoder import train as train_model
-from encoder.checkpoint import CONFIG, WEIGHTS, read_config
+from encoder import Encoder, ModelConfig, TrainConfig
 from encoder.decoding import decode_many, default_backend
-from encoder.errors import LookalikeError
 from encoder.images import DEFAULT_MAX_PIXELS, iter_image_files
-from encoder.training import RESUME_DIR, TRAIN_LOG
 
 from .catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, utcnow
-from .layout import MODEL_DIR, default_index_dir
+from .index_model import IndexBuildError, prepare_model
+from .layout import default_index_dir
 from .vectors import STORE, Manifest, VectorStore, plan_index, publish
 
 log = logging.getLogger(__name__)
 
 LOCK = "lock"
 SAVE_EVERY_S = 20.0  # default: save the store at least this often during a long run
-
-
-class IndexBuildError(LookalikeError):
-    """The index cannot be built as asked (locked, model mismatch, bad folder...)."""
 
 
 @dataclass
@@ -114,39 +106,6 @@ def _hash_or_error(path: Path) -> tuple[str | None, str | None]:
         return None, f"cannot read file ({exc.strerror or exc})"
 
 
-def _install_model(src: Path, dst: Path) -> None:
-    """Copy a model directory into the index (so copying the index copies its model)."""
-    tmp = dst.with_name(dst.name + ".incoming")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in os.listdir(src):
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _is_model_dir(d: Path) -> bool:
-    return (d / WEIGHTS).is_file() and (d / CONFIG).is_file()
-
-
-def _training_unfinished(d: Path) -> bool:
-    """True for a model directory left by a training run that was killed: it holds the
-    resume state of an epoch but not the log that training writes last."""
-    return (d / RESUME_DIR / "state.json").is_file() and not (d / TRAIN_LOG).is_file()
-
-
-def _saved_config(d: Path) -> ModelConfig | None:
-    try:
-        return read_config(d)[0]
-    except Exception:  # unreadable: train afresh with the defaults
-        return None
-
-
 def build_index(
     folder: str | os.PathLike,
     index_dir: str | os.PathLike | None = None,
@@ -173,7 +132,9 @@ def build_index(
     idx.mkdir(parents=True, exist_ok=True)
     summary = IndexSummary(root=str(root), index_dir=str(idx))
     with index_lock(idx):
-        encoder, reembed = _prepare_model(root, idx, model_dir, reembed, summary, model_config, train_config, device)
+        choice = prepare_model(root, idx, model_dir, reembed, model_config, train_config, device)
+        encoder, reembed = choice.encoder, choice.reembed
+        summary.trained, summary.train_s = choice.trained_s is not None, choice.trained_s or 0.0
         encoder.max_pixels = max_pixels
         catalog = Catalog.for_directory(idx, catalog_url)
         try:
@@ -197,56 +158,6 @@ def build_index(
     indexing_s = summary.duration_s - summary.train_s
     summary.images_per_second = round(summary.embedded / indexing_s, 1) if indexing_s > 0 else 0.0
     return summary
-
-
-def _prepare_model(
-    root: Path,
-    idx: Path,
-    model_dir: str | os.PathLike | None,
-    reembed: bool,
-    summary: IndexSummary,
-    model_config: ModelConfig | None,
-    train_config: TrainConfig | None,
-    device: str | None,
-) -> tuple[Encoder, bool]:
-    """Decide which model makes the vectors; returns it and whether everything must be re-embedded."""
-    inside = idx / MODEL_DIR
-    has_vectors = (idx / STORE).exists()
-    if model_dir is not None:
-        src = Path(model_dir).resolve()
-        if not _is_model_dir(src):
-            raise IndexBuildError(f"{model_dir}: not a model directory (needs {WEIGHTS} and {CONFIG})")
-        if src != inside.resolve():
-            new_id = model_id(src)
-            old_id = model_id(inside) if _is_model_dir(inside) else None
-            if old_id is not None and old_id != new_id and has_vectors and not reembed:
-                raise IndexBuildError(
-                    f"{idx} holds vectors made by model {old_id}, and --model is a different model ({new_id}); "
-                    "pass --reembed to re-embed every image with the new model"
-                )
-            if old_id != new_id:
-                _install_model(src, inside)
-                reembed = reembed or (old_id is not None and has_vectors)
-    elif not _is_model_dir(inside) or _training_unfinished(inside):
-        unfinished = _is_model_dir(inside)
-        if unfinished:
-            # A run killed while training leaves the best epoch so far: finish the training
-            # rather than index with a half-trained model.
-            log.info("the training of %s was interrupted: resuming it", inside)
-        else:
-            log.info("no model in %s: training one on %s first", idx, root)
-        t0 = time.perf_counter()
-        train_model(
-            root,
-            inside,
-            model_config or _saved_config(inside) or ModelConfig(),
-            train_config or TrainConfig(device=device),
-            skip_dirs=(str(idx),),
-            resume=unfinished,
-        )
-        summary.trained = True
-        summary.train_s = round(time.perf_counter() - t0, 3)
-    return Encoder(inside, device=device), reembed
 
 
 def _run(
