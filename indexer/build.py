@@ -37,6 +37,7 @@ from encoder.images import DEFAULT_MAX_PIXELS, iter_image_files
 from .catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, utcnow
 from .index_model import IndexBuildError, prepare_model
 from .layout import default_index_dir
+from .neighbours import NEIGHBOURS_K
 from .vectors import STORE, Manifest, VectorStore, plan_index, publish
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class IndexSummary:
     images_per_second: float = 0.0
     index_type: str = ""
     index_reason: str = ""
+    neighbours: str = ""  # what this run did to the precomputed neighbour table ("" if nothing)
     trained: bool = False
     train_s: float = 0.0  # part of duration_s spent training a model first (images_per_second excludes it)
 
@@ -122,8 +124,15 @@ def build_index(
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     progress: bool = True,
+    neighbours: int = NEIGHBOURS_K,
 ) -> IndexSummary:
-    """Index (or update the index of) every image under `folder`. Returns what changed."""
+    """Index (or update the index of) every image under `folder`. Returns what changed.
+
+    `neighbours`: how many nearest neighbours of each image to precompute for by-id
+    queries (indexer/neighbours.py); 0 for none.
+    """
+    if neighbours < 0:
+        raise IndexBuildError("neighbours must be >= 0")
     t0 = time.perf_counter()
     root = Path(folder).resolve()
     if not root.is_dir():
@@ -151,6 +160,7 @@ def build_index(
                 max_pixels,
                 progress,
                 checkpoint_every_s,
+                neighbours,
             )
         finally:
             catalog.close()
@@ -173,6 +183,7 @@ def _run(
     max_pixels: int,
     progress: bool,
     checkpoint_every_s: float,
+    neighbours: int,
 ) -> None:
     mid = encoder.model_id
     catalog.ensure_model(mid, encoder.config.kind, encoder.config.to_dict())
@@ -312,10 +323,12 @@ def _run(
         or manifest.count != len(store)
         or manifest.model_id != mid
         or (index_type != "auto" and manifest.index_type != plan.index_type)
+        or manifest.neighbours_k != neighbours
     )
     if needs_publish:
         seq = _save_store(idx, store, catalog, seq)
-        manifest = publish(idx, store, plan, mid, manifest)
+        manifest = publish(idx, store, plan, mid, manifest, neighbours_k=neighbours, progress=progress)
+        summary.neighbours = manifest.neighbours
     summary.index_type = manifest.index_type
     summary.index_reason = manifest.reason
 

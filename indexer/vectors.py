@@ -30,6 +30,8 @@ import numpy as np
 
 from encoder.checkpoint import atomic_write_json, make_readable
 
+from .neighbours import NEIGHBOURS, NEIGHBOURS_K, read_neighbours, update_neighbours, write_neighbours
+
 STORE = "vectors.faiss"
 SEARCH = "search.faiss"
 MANIFEST = "manifest.json"
@@ -288,6 +290,8 @@ class Manifest:
     reason: str = ""
     search_file: str = STORE
     bytes_per_vector: float = 0.0
+    neighbours_k: int = 0  # rows of neighbours.npy hold this many neighbours (0: no table)
+    neighbours: str = ""  # what the last update of the table did
     updated_at: float = 0.0
 
     @classmethod
@@ -305,13 +309,22 @@ class Manifest:
 
 
 def publish(
-    index_dir: Path, store: VectorStore, plan: IndexPlan, model_id: str | None, previous: Manifest | None
+    index_dir: Path,
+    store: VectorStore,
+    plan: IndexPlan,
+    model_id: str | None,
+    previous: Manifest | None,
+    *,
+    neighbours_k: int = NEIGHBOURS_K,
+    progress: bool = False,
 ) -> Manifest:
-    """Save the store, (re)build the search index if the plan needs one, write the manifest."""
+    """Save the store, (re)build the search index if the plan needs one, bring the
+    neighbour table up to date (`neighbours_k` 0: none), write the manifest."""
     store.save(index_dir / STORE)
     if plan.index_type == "flat":
         search_file = STORE
         size = (index_dir / STORE).stat().st_size
+        index = store.index
     else:
         index = build_search_index(store, plan)
         plan = tune_search(index, store, plan)
@@ -320,6 +333,18 @@ def publish(
         size = (index_dir / SEARCH).stat().st_size
     if plan.index_type == "flat" and (index_dir / SEARCH).exists():
         (index_dir / SEARCH).unlink()
+    neighbours_note = ""
+    if neighbours_k > 0:
+        ids, vecs = store.all_vectors()
+        old = read_neighbours(index_dir / NEIGHBOURS, neighbours_k)
+        if previous is not None and previous.model_id != model_id:
+            old = None  # another model: every vector is new (fingerprints would say so too)
+        table, stats = update_neighbours(ids, vecs, index, old, k=neighbours_k, progress=progress)
+        del old  # the memory map must be closed before the file is replaced on every platform
+        write_neighbours(table, index_dir / NEIGHBOURS)
+        neighbours_note = stats.describe()
+    elif (index_dir / NEIGHBOURS).exists():
+        (index_dir / NEIGHBOURS).unlink()
     manifest = Manifest(
         generation=(previous.generation + 1) if previous else 1,
         count=len(store),
@@ -330,6 +355,8 @@ def publish(
         reason=plan.reason,
         search_file=search_file,
         bytes_per_vector=round(size / max(1, len(store)), 1),
+        neighbours_k=neighbours_k,
+        neighbours=neighbours_note,
     )
     manifest.write(index_dir)
     return manifest

@@ -18,7 +18,7 @@ import typer
 # Only light imports at module level: decoding worker processes re-import the main
 # module, and torch/faiss would cost each of them seconds and hundreds of MiB.
 from encoder.errors import LookalikeError
-from indexer.layout import default_index_dir
+from indexer.layout import NEIGHBOURS_K, default_index_dir
 
 app = typer.Typer(
     name="lookalike",
@@ -156,6 +156,9 @@ def index(
     batch_size: int = typer.Option(256, help="Images embedded and committed together."),
     checkpoint_every: float = typer.Option(20.0, help="Save vectors at least this often, in seconds (crash safety)."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
+    neighbours: int = typer.Option(
+        NEIGHBOURS_K, min=0, help="Neighbours of each image precomputed for fast by-id queries; 0 = none."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Index a folder: add new images, re-embed changed ones, follow moves, drop deleted ones."""
@@ -172,6 +175,7 @@ def index(
         device=device,
         batch_size=batch_size,
         checkpoint_every_s=checkpoint_every,
+        neighbours=neighbours,
     )
     if as_json:
         import json
@@ -199,6 +203,8 @@ def print_index_summary(summary: Any) -> None:
         f"  {trained}{summary.embedded} embedded in {summary.duration_s - summary.train_s:.1f} s "
         f"({summary.images_per_second:.0f} images/s); index type {summary.index_type}: {summary.index_reason}"
     )
+    if summary.neighbours:
+        typer.echo(f"  {summary.neighbours}")
     if summary.failed:
         typer.echo("failed files:")
         for path, why in summary.failed[:50]:

@@ -30,6 +30,7 @@ from indexer import Catalog, ImageRecord, Manifest
 from indexer.build import bytes_hash
 from indexer.catalog import STATUS_OK
 from indexer.layout import MODEL_DIR
+from indexer.neighbours import NEIGHBOURS, lookup, read_neighbours
 from indexer.vectors import STORE, read_search_index
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class Snapshot:
     store: faiss.Index  # exact vectors by id (IndexIDMap2 over a flat index)
     search: faiss.Index  # what unfiltered queries search: the store itself, or HNSW/IVF
     encoder: Encoder
+    neighbours: np.ndarray | None = None  # precomputed neighbours by id (memory-mapped), if published
+    neighbour_ids: np.ndarray | None = None  # its id column, contiguous in memory (8 bytes an image)
 
 
 class Engine:
@@ -121,7 +124,12 @@ class Engine:
         log.debug(
             "opened index generation %d (%d vectors, %s)", manifest.generation, manifest.count, manifest.index_type
         )
-        return Snapshot(manifest, store, search, encoder)
+        neighbours = neighbour_ids = None
+        if manifest.neighbours_k > 0:
+            neighbours = read_neighbours(self.index_dir / NEIGHBOURS, manifest.neighbours_k)
+            if neighbours is not None:
+                neighbour_ids = np.ascontiguousarray(neighbours["id"])
+        return Snapshot(manifest, store, search, encoder, neighbours, neighbour_ids)
 
     def snapshot(self) -> Snapshot:
         """The current snapshot, reopened first if the index on disk has moved on."""
@@ -225,6 +233,17 @@ class Engine:
         if q.shape[1] != snap.manifest.dim:
             raise EngineError(f"query vector has {q.shape[1]} dimensions, the index {snap.manifest.dim}")
         pairs = self._rank(snap, q, want, excluded, path_prefix)
+        return self._hits(pairs, k, offset, min_similarity, must_exist)
+
+    def _hits(
+        self,
+        pairs: list[tuple[int, float]],
+        k: int,
+        offset: int,
+        min_similarity: float | None,
+        must_exist: frozenset[int],
+    ) -> list[Hit]:
+        """The page offset..offset+k of ranked (id, similarity) pairs, as hits with their catalog rows."""
         if min_similarity is not None:
             pairs = [(i, s) for i, s in pairs if s >= min_similarity]
         pairs = pairs[offset : offset + k]
@@ -277,14 +296,49 @@ class Engine:
                 )
             )
 
-    def search_id(self, image_id: int, **kw) -> list[Hit]:
-        """Images like indexed image `image_id`, from its stored vector (no decoding); itself excluded."""
+    def search_id(
+        self,
+        image_id: int,
+        *,
+        k: int = 10,
+        offset: int = 0,
+        min_similarity: float | None = None,
+        path_prefix: str | None = None,
+    ) -> list[Hit]:
+        """Images like indexed image `image_id`; itself excluded. Answered from the precomputed
+        neighbour table when it holds the page asked for, else by a search from the stored vector
+        (no decoding either way)."""
         if not -(2**63) <= image_id < 2**63:
             raise NotFound(f"no indexed image with id {image_id}")
         # The catalog check rides on the results query (must_exist): one SQL round-trip per search.
+        exists = frozenset({image_id})
+        if not path_prefix and k >= 1 and offset >= 0:
+            pairs = self._precomputed(self.snapshot(), image_id, offset + k)
+            if pairs is not None:
+                return self._hits(pairs, k, offset, min_similarity, exists)
         return self.search_vector(
-            self.vector(image_id), exclude_id=image_id, must_exist=frozenset({image_id}), **kw
+            self.vector(image_id),
+            k=k,
+            offset=offset,
+            min_similarity=min_similarity,
+            path_prefix=path_prefix,
+            exclude_id=image_id,
+            must_exist=exists,
         )
+
+    def _precomputed(self, snap: Snapshot, image_id: int, want: int) -> list[tuple[int, float]] | None:
+        """The first `want` neighbours of an indexed image from the published table, or None
+        when the table cannot answer (no table, a deeper page than it holds, an unknown id)."""
+        if snap.neighbours is None:
+            return None
+        row = lookup(snap.neighbours, image_id, snap.neighbour_ids)
+        if row is None:
+            return None
+        nbr, sim = row
+        # A short row is complete only if it lists every other image.
+        if len(nbr) < want and len(nbr) < snap.manifest.count - 1:
+            return None
+        return list(zip(nbr[:want].tolist(), sim[:want].tolist(), strict=True))
 
     def search_path(self, path: str, **kw) -> list[Hit]:
         """Images like the indexed image at `path` (relative to the root, or absolute)."""
@@ -316,6 +370,8 @@ class Engine:
             "index_params": m.params,
             "index_reason": m.reason,
             "bytes_per_vector": m.bytes_per_vector,
+            # by-id queries up to this many results deep are answered from the precomputed table
+            "precomputed_neighbours": m.neighbours_k if snap.neighbours is not None else 0,
             "model": {
                 "id": m.model_id,
                 "kind": cfg.kind,

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, write_jpeg
 
 from indexer import Catalog, Manifest, VectorStore
+from indexer.neighbours import NEIGHBOURS, fingerprints, read_neighbours
 
 N = 400
 
@@ -113,6 +114,11 @@ def test_sigkill_at_several_points(tmp_path: Path, tiny_model: Path) -> None:
     assert len(rows) == N and set(rows.values()) == {"ok"}
     assert set(store.ids().tolist()) == set(rows)
     assert Manifest.read(idx).count == N
+    # The neighbour table describes exactly these vectors (fingerprints), whatever the kills left behind.
+    table = read_neighbours(idx / NEIGHBOURS, Manifest.read(idx).neighbours_k)
+    ids, vecs = store.all_vectors()
+    order = np.argsort(ids)
+    assert np.array_equal(table["id"], ids[order]) and np.array_equal(table["fp"], fingerprints(vecs[order]))
     final = durable(idx)
     for i, vec in kept.items():
         assert np.array_equal(final[i], vec)

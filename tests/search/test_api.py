@@ -126,6 +126,7 @@ def test_stats_and_health(client: TestClient, ids: dict[str, int]) -> None:
     stats = client.get("/stats").json()
     assert stats["count"] == stats["vectors"] == len(ids)
     assert stats["model"]["dim"] == 8 + 16 and stats["failed"] == 0  # pooled (8, 16)-channel stages
+    assert stats["precomputed_neighbours"] == 32
     assert client.get("/healthz").json() == {"status": "ok"}
 
 

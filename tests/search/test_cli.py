@@ -53,9 +53,11 @@ def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert re.search(r"added\s+12\b", res.output) and re.search(r"failed\s+1\b", res.output)
     assert "junk.jpg: not a recognised image format" in res.output
+    assert "neighbours of 12 images computed" in res.output
     res = runner.invoke(app, ["index", str(tiny_folder), "--json"])
     summary = json.loads(res.output)
     assert summary["unchanged"] == 13 and summary["embedded"] == 0
+    assert summary["neighbours"] == ""  # nothing changed: the table was not touched
     query_img = sorted(tiny_folder.rglob("*.png"))[0]
     res = runner.invoke(app, ["query", str(query_img), "--index", str(tiny_folder), "-k", "3", "--json"])
     assert res.exit_code == 0, res.output

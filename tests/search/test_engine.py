@@ -204,3 +204,81 @@ def test_uploaded_bytes_of_an_indexed_image_exclude_it(engine) -> None:
     hits = engine.search_image(data, k=50)
     assert rec.id not in [h.id for h in hits]
     assert hits  # the rest of the index still comes back
+
+
+def test_by_id_queries_are_answered_from_the_precomputed_table(tmp_path: Path, search_model: Path) -> None:
+    from dataclasses import replace
+
+    from indexer import build_index
+
+    folder = tmp_path / "images"
+    fill_folder(folder)
+    for i in range(20):
+        write_jpeg(folder / "generated" / f"{i}.jpg", (64, 48), seed=300 + i)
+    build_index(folder, model_dir=search_model, progress=False, workers=1, neighbours=6)
+    eng = Engine(folder / ".lookalike", device="cpu", reload_check_s=0)
+    try:
+        snap = eng.snapshot()
+        assert snap.neighbours is not None and len(snap.neighbours) == snap.manifest.count == 32
+        all_ids = snap.neighbours["id"].tolist()
+        # Same answers as a live search from the stored vector.
+        for image_id in all_ids:
+            for k, offset, cut in ((6, 0, None), (2, 3, None), (6, 0, 0.0)):
+                table = eng.search_id(image_id, k=k, offset=offset, min_similarity=cut)
+                live = eng.search_vector(
+                    eng.vector(image_id), k=k, offset=offset, min_similarity=cut, exclude_id=image_id
+                )
+                assert image_id not in [h.id for h in table]
+                np.testing.assert_allclose([h.similarity for h in table], [h.similarity for h in live], atol=1e-5)
+                assert {h.id for h in table} == {h.id for h in live} or len({round(h.similarity, 4) for h in live}) < k
+
+        # And it is the table that answers: with a search index that refuses, pages within
+        # the table still work, deeper pages and filtered queries need (and try) a search.
+        class Refuses:
+            ntotal = snap.search.ntotal
+
+            def search(self, *a, **kw):
+                raise RuntimeError("searched")
+
+        eng._snapshot = replace(snap, search=Refuses(), store=_RefusingStore(snap.store))
+        image_id = all_ids[0]
+        assert len(eng.search_id(image_id, k=6)) == 6
+        assert len(eng.search_id(image_id, k=3, offset=3)) == 3
+        for kw in ({"k": 7}, {"k": 2, "offset": 5}, {"k": 3, "path_prefix": "generated/"}):
+            with pytest.raises(RuntimeError, match="searched"):
+                eng.search_id(image_id, **kw)
+    finally:
+        eng.close()
+
+
+class _RefusingStore:
+    """The store's lookups, but no searching."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.ntotal = store.ntotal
+
+    def reconstruct(self, i: int):
+        return self._store.reconstruct(i)
+
+    def search(self, *a, **kw):
+        raise RuntimeError("searched")
+
+
+def test_an_index_without_a_table_answers_by_search(tmp_path: Path, search_model: Path) -> None:
+    from indexer import build_index
+
+    folder = fill_folder(tmp_path / "images")
+    build_index(folder, model_dir=search_model, progress=False, workers=1, neighbours=0)
+    assert not (folder / ".lookalike" / "neighbours.npy").exists()
+    eng = Engine(folder / ".lookalike", device="cpu", reload_check_s=0)
+    try:
+        assert eng.snapshot().neighbours is None
+        image_id = eng.snapshot().store.id_map.at(0)
+        assert len(eng.search_id(image_id, k=5)) == 5
+    finally:
+        eng.close()
+    # Turning the table on again is a change the next run publishes without re-embedding.
+    summary = build_index(folder, model_dir=search_model, progress=False, workers=1)
+    assert summary.embedded == 0 and "computed" in summary.neighbours
+    assert (folder / ".lookalike" / "neighbours.npy").exists()
