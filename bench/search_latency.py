@@ -10,11 +10,14 @@ random L2-normalised float32 vectors of the model's dimension, the search index
 config, else trained once) so uploads run the real encoder.
 
 It then starts ``python -m search serve --index DIR`` in a subprocess and, in
-the same run, measures three endpoints of that one server:
+the same run, measures these endpoints of that one server:
 
 - ``healthz``: ``GET /healthz``, a constant JSON answer: the ceiling of the
   stack (uvicorn + FastAPI + a sync route in the threadpool);
-- ``by-id``: ``GET /images/{id}/similar?k=10`` with random ids;
+- ``by-id``: ``GET /images/{id}/similar?k=10`` with random ids, answered from the
+  precomputed neighbour table (indexer/neighbours.py);
+- ``by-id-live``: the same with ``offset=32``, a page past the table, so a live
+  search from the stored vector (exact scan or the tuned approximate index);
 - ``upload``: ``POST /search`` of a 640x480 JPEG (multipart), k=10.
 
 Each at concurrency 1 (latency: p50/p99) and 8 (throughput), after a warm-up,
@@ -47,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO, RESULTS, command_line, describe_machine, machine, table, write_json
+
+from indexer.layout import NEIGHBOURS_K
 
 WORK = RESULTS / "search_latency"
 DIM = 128
@@ -87,20 +92,32 @@ def ensure_model(work: Path) -> Path:
 
 
 def retune(idx: Path) -> None:
-    """Bring a cached approximate index up to what `publish` does now: tune its search
-    effort to the recall target (indexes cached before tuning existed keep efSearch 96)."""
+    """Bring a cached index up to what `publish` does now: tune an approximate index's
+    search effort to the recall target (indexes cached before tuning existed keep
+    efSearch 96), and precompute the neighbour table (cached before tables existed)."""
     from indexer import Manifest, VectorStore, read_search_index
+    from indexer.neighbours import NEIGHBOURS, update_neighbours, write_neighbours
     from indexer.vectors import STORE, IndexPlan, tune_search
 
     m = Manifest.read(idx)
-    if m is None or m.index_type == "flat" or "recall_at_10" in m.params:
+    if m is None:
+        return
+    tune = m.index_type != "flat" and "recall_at_10" not in m.params
+    if not tune and m.neighbours_k == NEIGHBOURS_K:
         return
     store = VectorStore.load(idx / STORE)
-    index = read_search_index(idx / m.search_file, m.params)
-    plan = tune_search(index, store, IndexPlan(m.index_type, m.params, m.reason))
-    m.params, m.reason = plan.params, plan.reason
+    index = store.index if m.index_type == "flat" else read_search_index(idx / m.search_file, m.params)
+    if tune:
+        plan = tune_search(index, store, IndexPlan(m.index_type, m.params, m.reason))
+        m.params, m.reason = plan.params, plan.reason
+        print(f"retuned the cached {idx.name}: {plan.reason}", flush=True)
+    if m.neighbours_k != NEIGHBOURS_K:
+        ids, vecs = store.all_vectors()
+        table, stats = update_neighbours(ids, vecs, index, None, k=NEIGHBOURS_K, progress=True)
+        write_neighbours(table, idx / NEIGHBOURS)
+        m.neighbours_k, m.neighbours = NEIGHBOURS_K, stats.describe()
+        print(f"{idx.name}: {stats.describe()}", flush=True)
     m.write(idx)
-    print(f"retuned the cached {idx.name}: {plan.reason}", flush=True)
 
 
 def ensure_index(n: int, model_dir: Path, work: Path, seed: int = 0) -> tuple[Path, dict[str, Any]]:
@@ -282,6 +299,11 @@ def request_maker(kind: str, n_vectors: int, jpeg: bytes, seed: int = 1):
         return lambda: req
     if kind == "by-id":
         return lambda: f"GET /images/{rng.randint(1, n_vectors)}/similar?k=10 HTTP/1.1\r\n{head}\r\n".encode()
+    if kind == "by-id-live":  # a page past the precomputed neighbours: a live search from the stored vector
+        off = NEIGHBOURS_K
+        return lambda: (
+            f"GET /images/{rng.randint(1, n_vectors)}/similar?k=10&offset={off} HTTP/1.1\r\n{head}\r\n".encode()
+        )
     if kind == "upload":
         boundary = "lookalikebenchboundary7d1f"
         body = (
@@ -398,7 +420,7 @@ def measure(
 
 # ---------------------------------------------------------------- the run
 
-KINDS = ("healthz", "by-id", "upload")
+KINDS = ("healthz", "by-id", "by-id-live", "upload")
 
 
 def given_index(spec: str) -> tuple[int, Path]:
