@@ -308,14 +308,9 @@ class Engine:
         """Images like indexed image `image_id`; itself excluded. Answered from the precomputed
         neighbour table when it holds the page asked for, else by a search from the stored vector
         (no decoding either way)."""
-        if not -(2**63) <= image_id < 2**63:
-            raise NotFound(f"no indexed image with id {image_id}")
-        # The catalog check rides on the results query (must_exist): one SQL round-trip per search.
-        exists = frozenset({image_id})
-        if not path_prefix and k >= 1 and offset >= 0:
-            pairs = self._precomputed(self.snapshot(), image_id, offset + k)
-            if pairs is not None:
-                return self._hits(pairs, k, offset, min_similarity, exists)
+        hits = self.precomputed(image_id, k=k, offset=offset, min_similarity=min_similarity, path_prefix=path_prefix)
+        if hits is not None:
+            return hits
         return self.search_vector(
             self.vector(image_id),
             k=k,
@@ -323,8 +318,29 @@ class Engine:
             min_similarity=min_similarity,
             path_prefix=path_prefix,
             exclude_id=image_id,
-            must_exist=exists,
+            must_exist=frozenset({image_id}),
         )
+
+    def precomputed(
+        self,
+        image_id: int,
+        *,
+        k: int = 10,
+        offset: int = 0,
+        min_similarity: float | None = None,
+        path_prefix: str | None = None,
+    ) -> list[Hit] | None:
+        """What :meth:`search_id` answers, if the precomputed neighbour table can answer it
+        without a search (a lookup and one catalog query); None when a search is needed."""
+        if not -(2**63) <= image_id < 2**63:
+            raise NotFound(f"no indexed image with id {image_id}")
+        if path_prefix or k < 1 or offset < 0:
+            return None
+        pairs = self._precomputed(self.snapshot(), image_id, offset + k)
+        if pairs is None:
+            return None
+        # The catalog check of the query id rides on the results query: one SQL round-trip.
+        return self._hits(pairs, k, offset, min_similarity, frozenset({image_id}))
 
     def _precomputed(self, snap: Snapshot, image_id: int, want: int) -> list[tuple[int, float]] | None:
         """The first `want` neighbours of an indexed image from the published table, or None

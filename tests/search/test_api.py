@@ -518,3 +518,14 @@ def test_page_is_plain_and_self_contained() -> None:
             text = p.read_text().replace("http://www.w3.org/2000/svg", "")
             for marker in ("http://", "https://", "//cdn", "@import", "src=\"//"):
                 assert marker not in text, (p.name, marker)
+
+
+def test_similar_from_the_table_and_from_a_live_search_agree(client: TestClient, engine, ids: dict[str, int]) -> None:
+    image_id = ids[BIRD]
+    from_table = client.get(f"/images/{image_id}/similar?k=5").json()["results"]
+    live = engine.search_vector(engine.vector(image_id), k=5, exclude_id=image_id)
+    assert [r["similarity"] for r in from_table] == pytest.approx([h.similarity for h in live], abs=1e-5)
+    # A path filter is answered by a search (in the threadpool): same shape, only that folder.
+    filtered = client.get(f"/images/{image_id}/similar?k=3&path_prefix=letters/").json()["results"]
+    assert len(filtered) == 3 and all(r["path"].startswith("letters/") for r in filtered)
+    assert client.get("/images/999999/similar?path_prefix=letters/").status_code == 404
