@@ -233,9 +233,15 @@ def free_port() -> int:
 class Server:
     """`python -m search serve` in a subprocess, optionally pinned to cores with taskset."""
 
-    def __init__(self, index_dir: Path, cores: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, index_dir: Path | None, cores: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """The real server over `index_dir`; with `index_dir` None, bench/trivial_app.py (the ceiling)."""
         self.index_dir, self.cores, self.port = index_dir, cores, free_port()
-        cmd = [sys.executable, "-m", "search", "serve", "--index", str(index_dir), "--port", str(self.port)]
+        if index_dir is None:
+            cmd = [sys.executable, str(Path(__file__).with_name("trivial_app.py")), str(self.port)]
+        else:
+            cmd = [sys.executable, "-m", "search", "serve", "--index", str(index_dir), "--port", str(self.port)]
         if cores is not None:
             cmd = ["taskset", "-c", cores, *cmd]  # taskset execs: the pid stays the server's
         self.command = " ".join(cmd)
@@ -294,8 +300,11 @@ def request_maker(kind: str, n_vectors: int, jpeg: bytes, seed: int = 1):
     """A function returning the bytes of the next request of `kind` (by-id picks a random id each time)."""
     rng = random.Random(seed)
     head = "Host: 127.0.0.1\r\nUser-Agent: lookalike-bench\r\n"
-    if kind == "healthz":
+    if kind in ("healthz", "trivial-async"):
         req = f"GET /healthz HTTP/1.1\r\n{head}\r\n".encode()
+        return lambda: req
+    if kind == "trivial-sync":
+        req = f"GET /healthz-sync HTTP/1.1\r\n{head}\r\n".encode()
         return lambda: req
     if kind == "by-id":
         return lambda: f"GET /images/{rng.randint(1, n_vectors)}/similar?k=10 HTTP/1.1\r\n{head}\r\n".encode()
@@ -421,6 +430,7 @@ def measure(
 # ---------------------------------------------------------------- the run
 
 KINDS = ("healthz", "by-id", "by-id-live", "upload")
+TRIVIAL_KINDS = ("trivial-async", "trivial-sync")  # served by bench/trivial_app.py, in the same layout
 
 
 def given_index(spec: str) -> tuple[int, Path]:
@@ -445,24 +455,27 @@ def bench_size(n: int, args: argparse.Namespace, model_dir: Path, jpeg: bytes, e
     if args.pin and len(cores) >= 2:
         layouts.append((f"pinned s:{cores[0]} c:{cores[1]}", str(cores[0]), {cores[1]}))
     for layout, server_cores, client_cores in layouts:
-        server = Server(idx, server_cores, env)
-        try:
-            print(f"{n:,} vectors ({info['index_type']}), {layout}: server up in {server.startup_s} s")
-            for conc in args.concurrency:
-                for kind in KINDS:
-                    make = request_maker(kind, n, jpeg)
-                    reqs = args.requests if kind != "upload" else args.upload_requests
-                    r = measure(server, make, conc, reqs, args.seconds, args.warmup, client_cores)
-                    r.update(kind=kind, layout=layout)
-                    out["runs"].append(r)
-                    print(
-                        f"  {kind:<8} c={conc}: p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-                        f"{r['requests_per_s']:,.0f} req/s  server {r['server_cpu_ms_per_req']:.2f} ms CPU/req"
-                    )
-            out.setdefault("server_rss_mib", {})[layout] = server.rss_mib()
-            out.setdefault("server_command", server.command)
-        finally:
-            server.stop()
+        for server_dir, kinds in ((idx, KINDS), (None, TRIVIAL_KINDS)):
+            server = Server(server_dir, server_cores, env)
+            name = "lookalike serve" if server_dir else "trivial app"
+            try:
+                print(f"{n:,} vectors ({info['index_type']}), {layout}: {name} up in {server.startup_s} s")
+                for conc in args.concurrency:
+                    for kind in kinds:
+                        make = request_maker(kind, n, jpeg)
+                        reqs = args.requests if kind != "upload" else args.upload_requests
+                        r = measure(server, make, conc, reqs, args.seconds, args.warmup, client_cores)
+                        r.update(kind=kind, layout=layout)
+                        out["runs"].append(r)
+                        print(
+                            f"  {kind:<13} c={conc}: p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                            f"{r['requests_per_s']:,.0f} req/s  server {r['server_cpu_ms_per_req']:.2f} ms CPU/req"
+                        )
+                if server_dir:
+                    out.setdefault("server_rss_mib", {})[layout] = server.rss_mib()
+                    out.setdefault("server_command", server.command)
+            finally:
+                server.stop()
     return out
 
 
@@ -482,11 +495,13 @@ def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 checks.append({"n": n, "layout": layout, "target": "by-id p50 <= 5 ms at 1M (c=1)",
                                "value": by1["p50_ms"], "met": by1["p50_ms"] <= TARGETS["by_id_p50_ms_1m"]})  # fmt: skip
             conc = max(r["concurrency"] for r in res["runs"])
-            by8, hz8 = run(res, "by-id", conc, layout), run(res, "healthz", conc, layout)
-            if by8 and hz8 and hz8["requests_per_s"]:
-                ratio = round(by8["requests_per_s"] / hz8["requests_per_s"], 3)
-                checks.append({"n": n, "layout": layout, "target": f"by-id req/s >= 0.5 x healthz (c={conc})",
-                               "value": ratio, "met": ratio >= TARGETS["by_id_vs_healthz_throughput"]})  # fmt: skip
+            by8 = run(res, "by-id", conc, layout)
+            for ceiling in ("trivial-async", "trivial-sync", "healthz"):
+                top = run(res, ceiling, conc, layout)
+                if by8 and top and top["requests_per_s"]:
+                    ratio = round(by8["requests_per_s"] / top["requests_per_s"], 3)
+                    checks.append({"n": n, "layout": layout, "target": f"by-id req/s >= 0.5 x {ceiling} (c={conc})",
+                                   "value": ratio, "met": ratio >= TARGETS["by_id_vs_healthz_throughput"]})  # fmt: skip
             up1 = run(res, "upload", 1, layout)
             if up1:
                 checks.append({"n": n, "layout": layout, "target": "upload p50 <= 25 ms (c=1)",
