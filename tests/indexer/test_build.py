@@ -338,3 +338,18 @@ def test_hit_rows_fast_path_matches_the_orm(tmp_path: Path) -> None:
     assert got == expected and len(got) == 960
     assert cat.hit_rows([]) == {}
     cat.close()
+
+
+def test_readers_map_the_catalog_and_writers_do_not(tmp_path: Path) -> None:
+    from indexer.catalog import READER_MMAP_BYTES
+
+    writer = Catalog.for_directory(tmp_path)
+    reader = Catalog.for_directory(tmp_path, read_only=True)
+    try:
+        with writer.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA mmap_size").scalar() != READER_MMAP_BYTES  # the build default
+        with reader.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA mmap_size").scalar() == READER_MMAP_BYTES
+    finally:
+        reader.close()
+        writer.close()
