@@ -37,7 +37,7 @@ from encoder.images import DEFAULT_MAX_PIXELS, iter_image_files
 from .catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, utcnow
 from .index_model import IndexBuildError, prepare_model
 from .layout import default_index_dir
-from .neighbours import NEIGHBOURS_K
+from .neighbours import NEIGHBOURS, NEIGHBOURS_K, read_neighbours
 from .vectors import STORE, Manifest, VectorStore, plan_index, publish
 
 log = logging.getLogger(__name__)
@@ -324,6 +324,7 @@ def _run(
         or manifest.model_id != mid
         or (index_type != "auto" and manifest.index_type != plan.index_type)
         or manifest.neighbours_k != neighbours
+        or (neighbours > 0 and read_neighbours(idx / NEIGHBOURS, neighbours) is None)  # deleted or damaged
     )
     if needs_publish:
         seq = _save_store(idx, store, catalog, seq)

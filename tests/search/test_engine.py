@@ -282,3 +282,25 @@ def test_an_index_without_a_table_answers_by_search(tmp_path: Path, search_model
     summary = build_index(folder, model_dir=search_model, progress=False, workers=1)
     assert summary.embedded == 0 and "computed" in summary.neighbours
     assert (folder / ".lookalike" / "neighbours.npy").exists()
+
+
+def test_a_deleted_or_damaged_table_is_answered_by_search_and_rebuilt(tmp_path: Path, search_model: Path) -> None:
+    from indexer import build_index
+
+    folder = fill_folder(tmp_path / "images")
+    build_index(folder, model_dir=search_model, progress=False, workers=1)
+    table = folder / ".lookalike" / "neighbours.npy"
+    for damage in (lambda: table.unlink(), lambda: table.write_bytes(b"\x93NUMPY not a table")):
+        damage()
+        eng = Engine(folder / ".lookalike", device="cpu", reload_check_s=0)
+        try:
+            assert eng.snapshot().neighbours is None
+            image_id = eng.snapshot().store.id_map.at(0)
+            assert len(eng.search_id(image_id, k=5)) == 5  # a live search instead
+        finally:
+            eng.close()
+        summary = build_index(folder, model_dir=search_model, progress=False, workers=1)
+        assert summary.embedded == 0 and "computed" in summary.neighbours  # nothing re-embedded, the table back
+        again = Engine(folder / ".lookalike", device="cpu")
+        assert again.snapshot().neighbours is not None
+        again.close()
