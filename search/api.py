@@ -221,7 +221,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
         app.state.engine = engine or Engine(
-            settings.index, device=settings.device, catalog_url=settings.catalog_url, max_pixels=settings.max_pixels
+            settings.index,
+            device=settings.device,
+            catalog_url=settings.catalog_url,
+            max_pixels=settings.max_pixels,
+            reload_in_background=True,  # a new generation must not stall the event loop while it opens
         )
         try:
             yield

@@ -87,6 +87,7 @@ class Engine:
         catalog_url: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         reload_check_s: float = 1.0,
+        reload_in_background: bool = False,
     ) -> None:
         self.index_dir = Path(index_dir).resolve()
         if not (self.index_dir / "manifest.json").exists():
@@ -95,6 +96,12 @@ class Engine:
         self.device = device
         self.max_pixels = max_pixels
         self.reload_check_s = reload_check_s
+        # A server opens a new generation in a background thread and keeps answering from
+        # the old one meanwhile: opening a 1M-vector index takes 1-4 s, and on the event
+        # loop that would stall every request. A script wants the newest index at once.
+        self.reload_in_background = reload_in_background
+        self._reloader: threading.Thread | None = None
+        self._reload_guard = threading.Lock()
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
         self._checked_at = 0.0
@@ -141,13 +148,32 @@ class Engine:
             except FileNotFoundError:
                 mtime = self._manifest_mtime
             if mtime != self._manifest_mtime:
-                with self._lock:
-                    if mtime != self._manifest_mtime:
-                        try:
-                            self._snapshot = self._open()
-                        except Exception as exc:  # keep serving the old one: a half-written index must not stop us
-                            log.warning("could not open the new index generation (%s); keeping the old one", exc)
+                if self.reload_in_background:
+                    self._reload_in_background()
+                else:
+                    with self._lock:
+                        if mtime != self._manifest_mtime:
+                            self._swap()
         return self._snapshot
+
+    def _swap(self) -> None:
+        """Open the index on disk and make it current (caller holds the lock)."""
+        try:
+            self._snapshot = self._open()
+        except Exception as exc:  # keep serving the old one: a half-written index must not stop us
+            log.warning("could not open the new index generation (%s); keeping the old one", exc)
+
+    def _reload_in_background(self) -> None:
+        # The guard is held only to start the thread: requests never wait for the open.
+        with self._reload_guard:
+            if self._reloader is not None and self._reloader.is_alive():
+                return  # one at a time; the next check after it finishes sees any newer manifest
+            self._reloader = threading.Thread(target=self._swap_locked, name="lookalike-reload", daemon=True)
+            self._reloader.start()
+
+    def _swap_locked(self) -> None:
+        with self._lock:
+            self._swap()
 
     def reload(self) -> None:
         """Reopen now (tests and admin use)."""
@@ -421,6 +447,8 @@ class Engine:
         return data
 
     def close(self) -> None:
+        if self._reloader is not None:
+            self._reloader.join(timeout=60)
         self.catalog.close()
 
 

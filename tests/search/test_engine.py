@@ -304,3 +304,47 @@ def test_a_deleted_or_damaged_table_is_answered_by_search_and_rebuilt(tmp_path: 
         again = Engine(folder / ".lookalike", device="cpu")
         assert again.snapshot().neighbours is not None
         again.close()
+
+
+def test_a_server_engine_opens_a_new_generation_without_making_requests_wait(
+    tmp_path: Path, make_index: Callable[[Path], Path]
+) -> None:
+    import threading
+    import time
+
+    folder = tmp_path / "pics"
+    fill_folder(folder, 2, ("birds", "letters"))
+    index = make_index(folder)
+
+    class SlowToOpen(Engine):
+        """Opening a generation takes a second, as a 1M-vector index does."""
+
+        opening = threading.Event()
+
+        def _open(self):
+            if hasattr(self, "_snapshot"):
+                self.opening.set()
+                time.sleep(1.0)
+            return super()._open()
+
+    eng = SlowToOpen(index, device="cpu", reload_check_s=0, reload_in_background=True)
+    try:
+        before = eng.stats()["generation"]
+        write_jpeg(folder / "new" / "n0.jpg", (64, 64), seed=400)
+        make_index(folder)
+        started = time.monotonic()
+        answers = []
+        while time.monotonic() - started < 15:
+            t0 = time.monotonic()
+            snap = eng.snapshot()
+            answers.append(time.monotonic() - t0)
+            hits = eng.search_id(int(snap.store.id_map.at(0)), k=3)  # every query is answered meanwhile
+            assert len(hits) == 3
+            if snap.manifest.generation > before:
+                break
+            time.sleep(0.02)
+        assert SlowToOpen.opening.is_set(), "the new generation was never opened"
+        assert eng.snapshot().manifest.generation == before + 1
+        assert len(answers) > 10 and max(answers) < 0.5  # nobody waited for the one-second open
+    finally:
+        eng.close()
