@@ -96,8 +96,7 @@ def retune(idx: Path) -> None:
     search effort to the recall target (indexes cached before tuning existed keep
     efSearch 96), and precompute the neighbour table (cached before tables existed)."""
     from indexer import Manifest, VectorStore, read_search_index
-    from indexer.neighbours import NEIGHBOURS, update_neighbours, write_neighbours
-    from indexer.vectors import STORE, IndexPlan, tune_search
+    from indexer.vectors import STORE, IndexPlan, refresh_neighbours, tune_search
 
     m = Manifest.read(idx)
     if m is None:
@@ -112,11 +111,8 @@ def retune(idx: Path) -> None:
         m.params, m.reason = plan.params, plan.reason
         print(f"retuned the cached {idx.name}: {plan.reason}", flush=True)
     if m.neighbours_k != NEIGHBOURS_K:
-        ids, vecs = store.all_vectors()
-        table, stats = update_neighbours(ids, vecs, index, None, k=NEIGHBOURS_K, progress=True)
-        write_neighbours(table, idx / NEIGHBOURS)
-        m.neighbours_k, m.neighbours = NEIGHBOURS_K, stats.describe()
-        print(f"{idx.name}: {stats.describe()}", flush=True)
+        m.neighbours_k, m.neighbours = NEIGHBOURS_K, refresh_neighbours(idx, store, index, NEIGHBOURS_K, progress=True)
+        print(f"{idx.name}: {m.neighbours}", flush=True)
     m.write(idx)
 
 

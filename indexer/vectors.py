@@ -308,6 +308,23 @@ class Manifest:
         atomic_write_json(Path(index_dir) / MANIFEST, asdict(self))
 
 
+def refresh_neighbours(
+    index_dir: Path, store: VectorStore, index: faiss.Index, k: int, *, progress: bool = False
+) -> str:
+    """Bring ``neighbours.npy`` up to date with the store, searching `index` (the store itself or
+    the search index built from it) where rows must be searched again; `k` 0 removes the table.
+    Returns what was done, in words. Vectors the old table describes (by fingerprint) keep their
+    rows, so a new model, which changes every vector, recomputes everything by itself."""
+    path = index_dir / NEIGHBOURS
+    if k <= 0:
+        path.unlink(missing_ok=True)
+        return ""
+    ids, vecs = store.all_vectors()
+    table, stats = update_neighbours(ids, vecs, index, read_neighbours(path, k), k=k, progress=progress)
+    write_neighbours(table, path)
+    return stats.describe()
+
+
 def publish(
     index_dir: Path,
     store: VectorStore,
@@ -333,18 +350,7 @@ def publish(
         size = (index_dir / SEARCH).stat().st_size
     if plan.index_type == "flat" and (index_dir / SEARCH).exists():
         (index_dir / SEARCH).unlink()
-    neighbours_note = ""
-    if neighbours_k > 0:
-        ids, vecs = store.all_vectors()
-        old = read_neighbours(index_dir / NEIGHBOURS, neighbours_k)
-        if previous is not None and previous.model_id != model_id:
-            old = None  # another model: every vector is new (fingerprints would say so too)
-        table, stats = update_neighbours(ids, vecs, index, old, k=neighbours_k, progress=progress)
-        del old  # the memory map must be closed before the file is replaced on every platform
-        write_neighbours(table, index_dir / NEIGHBOURS)
-        neighbours_note = stats.describe()
-    elif (index_dir / NEIGHBOURS).exists():
-        (index_dir / NEIGHBOURS).unlink()
+    neighbours_note = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
     manifest = Manifest(
         generation=(previous.generation + 1) if previous else 1,
         count=len(store),
