@@ -97,7 +97,9 @@ def build(n: int, workdir: Path) -> Path:
     del x
     plan = plan_index(n, DIM)
     t1 = time.perf_counter()
-    publish(idx, store, plan, mid, None)
+    cat = Catalog.for_directory(idx)
+    publish(idx, store, plan, mid, None, catalog=cat)
+    cat.close()
     info = {"n": n, "index_type": plan.index_type, "build_s": round(time.perf_counter() - t0, 1),
             "publish_s": round(time.perf_counter() - t1, 1)}  # fmt: skip
     (idx / "build.json").write_text(json.dumps(info))

@@ -90,15 +90,18 @@ def ensure_model(work: Path) -> Path:
 def retune(idx: Path) -> None:
     """Bring a cached index up to what `publish` does now: tune an approximate index's
     search effort to the recall target (indexes cached before tuning existed keep
-    efSearch 96), and precompute the neighbour table (cached before tables existed)."""
-    from indexer import Manifest, VectorStore, read_search_index
-    from indexer.vectors import STORE, IndexPlan, refresh_neighbours, tune_search
+    efSearch 96), and write the neighbour table and the hit rows (cached before they
+    existed)."""
+    from indexer import Catalog, Manifest, VectorStore, read_search_index
+    from indexer.hit_rows import HIT_ROWS, read_hit_rows
+    from indexer.vectors import STORE, IndexPlan, refresh_hit_rows, refresh_neighbours, tune_search
 
     m = Manifest.read(idx)
     if m is None:
         return
     tune = m.index_type != "flat" and "recall_at_10" not in m.params
-    if not tune and m.neighbours_k == NEIGHBOURS_K:
+    rows = read_hit_rows(idx / HIT_ROWS) is None
+    if not tune and m.neighbours_k == NEIGHBOURS_K and not rows:
         return
     store = VectorStore.load(idx / STORE)
     index = store.index if m.index_type == "flat" else read_search_index(idx / m.search_file, m.params)
@@ -109,6 +112,11 @@ def retune(idx: Path) -> None:
     if m.neighbours_k != NEIGHBOURS_K:
         m.neighbours_k, m.neighbours = NEIGHBOURS_K, refresh_neighbours(idx, store, index, NEIGHBOURS_K, progress=True)
         print(f"{idx.name}: {m.neighbours}", flush=True)
+    if rows:
+        catalog = Catalog.for_directory(idx)
+        refresh_hit_rows(idx, store, catalog)
+        catalog.close()
+        print(f"{idx.name}: wrote the hit rows", flush=True)
     m.write(idx)
 
 
@@ -177,7 +185,9 @@ def ensure_index(n: int, model_dir: Path, work: Path, seed: int = 0) -> tuple[Pa
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         store.add(np.arange(start + 1, start + m + 1, dtype=np.int64), vecs)
     plan = plan_index(n, dim)
-    manifest = publish(idx, store, plan, mid, None)
+    catalog = Catalog.for_directory(idx)
+    manifest = publish(idx, store, plan, mid, None, catalog=catalog)
+    catalog.close()
     info.update(
         publish_s=round(time.perf_counter() - t1, 1),
         index_type=manifest.index_type,

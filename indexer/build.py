@@ -35,10 +35,11 @@ from encoder.decoding import decode_many, default_backend
 from encoder.images import DEFAULT_MAX_PIXELS, iter_image_files
 
 from .catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, utcnow
+from .hit_rows import HIT_ROWS, read_hit_rows
 from .index_model import IndexBuildError, prepare_model
 from .layout import default_index_dir
 from .neighbours import NEIGHBOURS, NEIGHBOURS_K, read_neighbours
-from .vectors import STORE, Manifest, VectorStore, plan_index, publish
+from .vectors import STORE, Manifest, VectorStore, plan_index, publish, republish_derived
 
 log = logging.getLogger(__name__)
 
@@ -323,12 +324,18 @@ def _run(
         or manifest.count != len(store)
         or manifest.model_id != mid
         or (index_type != "auto" and manifest.index_type != plan.index_type)
-        or manifest.neighbours_k != neighbours
+    )
+    derived_stale = manifest is not None and (
+        manifest.neighbours_k != neighbours
         or (neighbours > 0 and read_neighbours(idx / NEIGHBOURS, neighbours) is None)  # deleted or damaged
+        or read_hit_rows(idx / HIT_ROWS) is None  # deleted, damaged or from an older version
     )
     if needs_publish:
         seq = _save_store(idx, store, catalog, seq)
-        manifest = publish(idx, store, plan, mid, manifest, neighbours_k=neighbours, progress=progress)
+        manifest = publish(idx, store, plan, mid, manifest, neighbours_k=neighbours, catalog=catalog, progress=progress)
+        summary.neighbours = manifest.neighbours
+    elif derived_stale:
+        manifest = republish_derived(idx, store, manifest, neighbours_k=neighbours, catalog=catalog, progress=progress)
         summary.neighbours = manifest.neighbours
     summary.index_type = manifest.index_type
     summary.index_reason = manifest.reason

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,7 +140,9 @@ def _enable_wal(engine: Engine, read_only: bool) -> None:
         cur.close()
 
 
-_HIT_ROWS_SQL = "SELECT id, path, width, height FROM images WHERE status = ? AND id IN ({marks})"
+# NOT INDEXED: look the ids up by rowid. Left to itself SQLite walks ix_images_status
+# (status, rowid) instead, which took 42 us against 24 for 11 ids in a 1M catalog.
+_HIT_ROWS_SQL = "SELECT id, path, width, height FROM images NOT INDEXED WHERE status = ? AND id IN ({marks})"
 
 
 class Catalog:
@@ -240,7 +242,7 @@ class Catalog:
         own cost. Other databases take the portable Core query.
         """
         out: dict[int, tuple[str, int | None, int | None]] = {}
-        if self.engine.dialect.paramstyle == "qmark":
+        if self.engine.dialect.name == "sqlite":
             raw = self.engine.raw_connection()
             try:
                 cur = raw.cursor()
@@ -262,6 +264,13 @@ class Catalog:
                 for i, path, w, h in conn.execute(q):
                     out[i] = (path, w, h)
         return out
+
+    def indexed_rows(self) -> Iterator[tuple[int, str, int | None, int | None]]:
+        """(id, path, width, height) of every indexed ('ok') image, streamed."""
+        t = ImageRecord.__table__
+        with self.engine.connect() as conn:
+            q = select(t.c.id, t.c.path, t.c.width, t.c.height).where(t.c.status == STATUS_OK)
+            yield from conn.execution_options(yield_per=10_000).execute(q)
 
     def get_by_path(self, path: str) -> ImageRecord | None:
         with self.session() as s:

@@ -30,6 +30,8 @@ import numpy as np
 
 from encoder.checkpoint import atomic_write_json, make_readable
 
+from .catalog import Catalog
+from .hit_rows import HIT_ROWS, HitRows, write_hit_rows
 from .neighbours import NEIGHBOURS, NEIGHBOURS_K, read_neighbours, update_neighbours, write_neighbours
 
 STORE = "vectors.faiss"
@@ -251,9 +253,8 @@ def tune_search(
         chosen, recall = value, r
     apply_search_params(index, {key: chosen})
     params = {**plan.params, key: chosen, "recall_at_10": round(recall, 3)}
-    note = (
-        f"; {key} {chosen}: recall@10 {recall:.3f} on {len(qids)} sampled queries"
-        + ("" if recall >= target else f" (below the {target} target: the most this index type gives here)")
+    note = f"; {key} {chosen}: recall@10 {recall:.3f} on {len(qids)} sampled queries" + (
+        "" if recall >= target else f" (below the {target} target: the most this index type gives here)"
     )
     return IndexPlan(plan.index_type, params, plan.reason + note)
 
@@ -325,6 +326,17 @@ def refresh_neighbours(
     return stats.describe()
 
 
+def refresh_hit_rows(index_dir: Path, store: VectorStore, catalog: Catalog | None) -> None:
+    """Write ``hit_rows.bin``: the catalog rows of the images in the store (None: remove it,
+    so that it can never describe another generation)."""
+    path = index_dir / HIT_ROWS
+    if catalog is None:
+        path.unlink(missing_ok=True)
+        return
+    stored = set(store.ids().tolist())
+    write_hit_rows(HitRows.build(r for r in catalog.indexed_rows() if r[0] in stored), path)
+
+
 def publish(
     index_dir: Path,
     store: VectorStore,
@@ -333,10 +345,13 @@ def publish(
     previous: Manifest | None,
     *,
     neighbours_k: int = NEIGHBOURS_K,
+    catalog: Catalog | None = None,
     progress: bool = False,
 ) -> Manifest:
     """Save the store, (re)build the search index if the plan needs one, bring the
-    neighbour table up to date (`neighbours_k` 0: none), write the manifest."""
+    neighbour table up to date (`neighbours_k` 0: none), write the hit rows of the
+    stored images from `catalog` (None: no hit rows; hits are then read from the
+    catalog), write the manifest."""
     store.save(index_dir / STORE)
     if plan.index_type == "flat":
         search_file = STORE
@@ -351,6 +366,7 @@ def publish(
     if plan.index_type == "flat" and (index_dir / SEARCH).exists():
         (index_dir / SEARCH).unlink()
     neighbours_note = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
+    refresh_hit_rows(index_dir, store, catalog)
     manifest = Manifest(
         generation=(previous.generation + 1) if previous else 1,
         count=len(store),
@@ -364,5 +380,28 @@ def publish(
         neighbours_k=neighbours_k,
         neighbours=neighbours_note,
     )
+    manifest.write(index_dir)
+    return manifest
+
+
+def republish_derived(
+    index_dir: Path,
+    store: VectorStore,
+    manifest: Manifest,
+    *,
+    neighbours_k: int = NEIGHBOURS_K,
+    catalog: Catalog | None = None,
+    progress: bool = False,
+) -> Manifest:
+    """Bring only what is derived from an unchanged store up to date (the neighbour table, the
+    hit rows: deleted, damaged, or made by an older lookalike) and publish a new generation.
+    The search index is reused as it is: rebuilding HNSW at 1M vectors takes half an hour."""
+    index = store.index if manifest.search_file == STORE else read_search_index(
+        index_dir / manifest.search_file, manifest.params
+    )  # fmt: skip
+    manifest.neighbours = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
+    manifest.neighbours_k = neighbours_k
+    refresh_hit_rows(index_dir, store, catalog)
+    manifest.generation += 1
     manifest.write(index_dir)
     return manifest

@@ -348,3 +348,34 @@ def test_a_server_engine_opens_a_new_generation_without_making_requests_wait(
         assert len(answers) > 10 and max(answers) < 0.5  # nobody waited for the one-second open
     finally:
         eng.close()
+
+
+def test_hits_from_the_published_rows_and_from_the_catalog_agree(tmp_path: Path, search_model: Path) -> None:
+    """Hits read their path and size from hit_rows.bin; without it (an older index, a damaged file),
+    from the catalog, with the same answers."""
+    from indexer import build_index
+    from indexer.hit_rows import HIT_ROWS
+
+    folder = fill_folder(tmp_path / "images")
+    build_index(folder, model_dir=search_model, progress=False, workers=1)
+    index = folder / ".lookalike"
+    answers = {}
+    for published in (True, False):
+        if not published:
+            (index / HIT_ROWS).unlink()
+        eng = Engine(index, device="cpu", reload_check_s=0)
+        try:
+            assert (eng.snapshot().hit_rows is not None) == published
+            assert eng.stats()["hit_rows_published"] == published
+            ids = eng.snapshot().neighbours["id"].tolist()
+            answers[published] = [
+                eng.search_id(i, **kw)
+                for i in ids
+                for kw in ({"k": 5}, {"k": 3, "offset": 20}, {"k": 4, "path_prefix": "birds/"})
+            ] + [eng.search_image(folder / "birds" / sorted(p.name for p in (folder / "birds").iterdir())[0], k=6)]
+            with pytest.raises(NotFound):
+                eng.search_id(987_654, k=3)
+        finally:
+            eng.close()
+    assert answers[True] == answers[False]
+    assert all(h.width and h.height and h.path for hits in answers[True] for h in hits)
