@@ -12,13 +12,17 @@ config, else trained once) so uploads run the real encoder.
 It then starts ``python -m search serve --index DIR`` in a subprocess and, in
 the same run, measures these endpoints of that one server:
 
-- ``healthz``: ``GET /healthz``, a constant JSON answer: the ceiling of the
-  stack (uvicorn + FastAPI + a sync route in the threadpool);
-- ``by-id``: ``GET /images/{id}/similar?k=10`` with random ids, answered from the
-  precomputed neighbour table (indexer/neighbours.py);
+- ``healthz``: ``GET /healthz``, the server's own constant JSON answer (an
+  ``async def`` route behind the app's middleware);
+- ``by-id``: ``GET /images/{id}/similar?k=10`` with random ids, answered by the
+  fast lane (search/fast_lane.py) from the precomputed neighbour table
+  (indexer/neighbours.py) and the published hit rows (indexer/hit_rows.py);
 - ``by-id-live``: the same with ``offset=32``, a page past the table, so a live
   search from the stored vector (exact scan or the tuned approximate index);
-- ``upload``: ``POST /search`` of a 640x480 JPEG (multipart), k=10.
+- ``upload``: ``POST /search`` of a 640x480 JPEG (multipart), k=10;
+- with ``--routed``, ``by-id-routed``: by-id again on a second server started
+  with ``LOOKALIKE_FAST_LANE=0``, so every request goes through the FastAPI route
+  (what the fast lane saves, measured side by side).
 
 Each at concurrency 1 (latency: p50/p99) and 8 (throughput), after a warm-up,
 bounded by ``--requests`` or ``--seconds``, whichever comes first. The load
@@ -236,7 +240,7 @@ def request_maker(kind: str, n_vectors: int, jpeg: bytes, seed: int = 1):
     if kind == "trivial-sync":
         req = f"GET /healthz-sync HTTP/1.1\r\n{head}\r\n".encode()
         return lambda: req
-    if kind == "by-id":
+    if kind in ("by-id", "by-id-routed"):
         return lambda: f"GET /images/{rng.randint(1, n_vectors)}/similar?k=10 HTTP/1.1\r\n{head}\r\n".encode()
     if kind == "by-id-live":  # a page past the precomputed neighbours: a live search from the stored vector
         off = NEIGHBOURS_K
@@ -265,6 +269,8 @@ def request_maker(kind: str, n_vectors: int, jpeg: bytes, seed: int = 1):
 
 KINDS = ("healthz", "by-id", "by-id-live", "upload")
 TRIVIAL_KINDS = ("trivial-async", "trivial-sync")  # served by bench/trivial_app.py, in the same layout
+#: With --routed: by-id again, on a second server with the fast lane off (every request through the route).
+ROUTED_KINDS = ("by-id-routed",)
 
 
 def given_index(spec: str) -> tuple[int, Path]:
@@ -288,10 +294,15 @@ def bench_size(n: int, args: argparse.Namespace, model_dir: Path, jpeg: bytes, e
     cores = sorted(os.sched_getaffinity(0))
     if args.pin and len(cores) >= 2:
         layouts.append((f"pinned s:{cores[0]} c:{cores[1]}", str(cores[0]), {cores[1]}))
+    servers: list[tuple[Path | None, tuple[str, ...], dict[str, str], str]] = [
+        (idx, KINDS, env, "lookalike serve"),
+        (None, TRIVIAL_KINDS, env, "trivial app"),
+    ]
+    if args.routed:
+        servers.append((idx, ROUTED_KINDS, {**env, "LOOKALIKE_FAST_LANE": "0"}, "lookalike serve, fast lane off"))
     for layout, server_cores, client_cores in layouts:
-        for server_dir, kinds in ((idx, KINDS), (None, TRIVIAL_KINDS)):
-            server = Server(server_dir, WORK, server_cores, env)
-            name = "lookalike serve" if server_dir else "trivial app"
+        for server_dir, kinds, server_env, name in servers:
+            server = Server(server_dir, WORK, server_cores, server_env)
             try:
                 print(f"{n:,} vectors ({info['index_type']}), {layout}: {name} up in {server.startup_s} s")
                 for conc in args.concurrency:
@@ -305,7 +316,7 @@ def bench_size(n: int, args: argparse.Namespace, model_dir: Path, jpeg: bytes, e
                             f"  {kind:<13} c={conc}: p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
                             f"{r['requests_per_s']:,.0f} req/s  server {r['server_cpu_ms_per_req']:.2f} ms CPU/req"
                         )
-                if server_dir:
+                if kinds is KINDS:
                     out.setdefault("server_rss_mib", {})[layout] = server.rss_mib()
                     out.setdefault("server_command", server.command)
             finally:
@@ -353,6 +364,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8", help="Comma-separated concurrency levels.")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="Also measure with server and client pinned to different cores.")  # fmt: skip
+    ap.add_argument("--routed", action="store_true",
+                    help="Also measure by-id on a server with the fast lane off (LOOKALIKE_FAST_LANE=0).")  # fmt: skip
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="Extra environment for the server (e.g. OMP_NUM_THREADS=1); repeatable.")  # fmt: skip
     ap.add_argument("--index-dir", action="append", default=[], metavar="N=DIR",
