@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from encoder.checkpoint import make_readable
+from encoder.checkpoint import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +83,9 @@ class HitRows:
 
 def write_hit_rows(hit_rows: HitRows, path: str | os.PathLike) -> None:
     """Write atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.lib.format.write_array(fh, np.ascontiguousarray(hit_rows.rows), allow_pickle=False)
-            np.lib.format.write_array(fh, np.ascontiguousarray(hit_rows.paths), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_writer(path) as fh:
+        np.lib.format.write_array(fh, np.ascontiguousarray(hit_rows.rows), allow_pickle=False)
+        np.lib.format.write_array(fh, np.ascontiguousarray(hit_rows.paths), allow_pickle=False)
 
 
 def read_hit_rows(path: str | os.PathLike) -> HitRows | None:

@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
 
-from encoder.checkpoint import make_readable
+from encoder.checkpoint import atomic_writer
 
 from .layout import NEIGHBOURS_K
 
@@ -201,18 +199,8 @@ def _merge(table: np.ndarray, rows: np.ndarray, vectors: np.ndarray, added: np.n
 
 def write_neighbours(table: np.ndarray, path: str | os.PathLike) -> None:
     """Write the table atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, table, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_writer(path) as fh:
+        np.save(fh, table, allow_pickle=False)
 
 
 def read_neighbours(path: str | os.PathLike, k: int | None = None) -> np.ndarray | None:

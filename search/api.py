@@ -10,7 +10,6 @@ filesystem (images are addressed by catalog id only).
 from __future__ import annotations
 
 import mimetypes
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from pydantic import BaseModel
 
 from encoder import ImageLoadError
 
+from .auth import bearer_matches
 from .engine import Engine, EngineError, Hit, NotFound
-from .fast_lane import FastLaneMiddleware, similar_body
+from .fast_lane import K_MAX, OFFSET_MAX, FastLaneMiddleware, similar_body
 from .limits import MaxBodySizeMiddleware
 from .settings import Settings
 
@@ -82,9 +82,7 @@ async def require_token(request: Request, settings: SettingsDep) -> None:
     """With LOOKALIKE_API_TOKEN set, a matching 'Authorization: Bearer <token>' is required."""
     if not settings.api_token:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), settings.api_token.encode()):
+    if not bearer_matches(request.headers.get("authorization", ""), settings.api_token):
         raise HTTPException(
             401,
             "missing or wrong API token: send 'Authorization: Bearer <token>'",
@@ -107,8 +105,8 @@ class Paging:
 
 
 async def get_paging(
-    k: int = Query(10, ge=1, le=1000, description="How many results."),
-    offset: int = Query(0, ge=0, le=100_000, description="Skip this many results (paging)."),
+    k: int = Query(10, ge=1, le=K_MAX, description="How many results."),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX, description="Skip this many results (paging)."),
     min_similarity: float | None = Query(None, ge=-1.0, le=1.0, description="Drop results below this cosine."),
     path_prefix: str | None = Query(None, max_length=1024, description="Only images whose path starts so."),
 ) -> Paging:

@@ -18,18 +18,18 @@ Starlette do for every request (their telemetry hooks, the 500 handler) still wr
 from __future__ import annotations
 
 import re
-import secrets
 from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .auth import bearer_matches
 from .engine import EngineError, Hit
 
 _PATH = re.compile(r"/images/(0|[1-9][0-9]{0,17})/similar")
 _INT = re.compile(r"0|[1-9][0-9]{0,6}")
 _FLOAT = re.compile(r"-?[0-9]{1,3}(\.[0-9]{1,17})?")
-# The route's bounds (search.api.get_paging); a test checks that the two agree.
+# The bounds of the by-id parameters, for the route (search.api.get_paging) and the lane alike.
 K_MAX = 1000
 OFFSET_MAX = 100_000
 _KNOWN = frozenset({"k", "offset", "min_similarity", "path_prefix"})
@@ -103,7 +103,6 @@ def _params(query_string: bytes) -> tuple[int, int, float | None] | None:
 
 def _token_ok(scope: Scope, token: str) -> bool:
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, given = value.decode("latin-1").partition(" ")
-            return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())
+        if name == b"authorization":  # the first one, as Starlette's Headers.get reads it
+            return bearer_matches(value.decode("latin-1"), token)
     return False

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, write_jpeg
 
 from indexer import Catalog, Manifest, VectorStore
+from indexer.hit_rows import HIT_ROWS, read_hit_rows
 from indexer.neighbours import NEIGHBOURS, fingerprints, read_neighbours
 
 N = 400
@@ -119,6 +120,12 @@ def test_sigkill_at_several_points(tmp_path: Path, tiny_model: Path) -> None:
     ids, vecs = store.all_vectors()
     order = np.argsort(ids)
     assert np.array_equal(table["id"], ids[order]) and np.array_equal(table["fp"], fingerprints(vecs[order]))
+    # And the published hit rows are the catalog rows of exactly these images.
+    hit_rows = read_hit_rows(idx / HIT_ROWS)
+    assert hit_rows is not None and np.array_equal(hit_rows.ids, ids[order])
+    cat = Catalog.for_directory(idx)
+    assert hit_rows.get(ids.tolist()) == cat.hit_rows(ids.tolist())
+    cat.close()
     final = durable(idx)
     for i, vec in kept.items():
         assert np.array_equal(final[i], vec)

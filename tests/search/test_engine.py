@@ -379,3 +379,25 @@ def test_hits_from_the_published_rows_and_from_the_catalog_agree(tmp_path: Path,
             eng.close()
     assert answers[True] == answers[False]
     assert all(h.width and h.height and h.path for hits in answers[True] for h in hits)
+
+
+def test_hits_show_the_rows_published_with_the_served_generation(tmp_path: Path, search_model: Path) -> None:
+    """While an index run has changed the catalog but not yet published, hits keep the rows of the
+    vectors being served; the next publish brings both up to date together."""
+    import sqlite3
+
+    from indexer import build_index
+
+    folder = fill_folder(tmp_path / "images")
+    build_index(folder, model_dir=search_model, progress=False, workers=1)
+    index = folder / ".lookalike"
+    eng = Engine(index, device="cpu", reload_check_s=0)
+    try:
+        query = eng.snapshot().neighbours["id"].tolist()[0]
+        first = eng.search_id(query, k=3)
+        with sqlite3.connect(index / "catalog.sqlite") as db:  # what a run does before it publishes
+            db.execute("UPDATE images SET path = 'renamed/' || path WHERE id = ?", (first[0].id,))
+        assert eng.search_id(query, k=3) == first
+        assert eng.get(first[0].id).path.startswith("renamed/")  # the catalog itself is read live
+    finally:
+        eng.close()
