@@ -95,33 +95,30 @@ def retune(idx: Path) -> None:
     """Bring a cached index up to what `publish` does now: tune an approximate index's
     search effort to the recall target (indexes cached before tuning existed keep
     efSearch 96), and write the neighbour table and the hit rows (cached before they
-    existed)."""
+    existed), as `lookalike index` would."""
     from indexer import Catalog, Manifest, VectorStore, read_search_index
     from indexer.hit_rows import HIT_ROWS, read_hit_rows
-    from indexer.vectors import STORE, IndexPlan, refresh_hit_rows, refresh_neighbours, tune_search
+    from indexer.vectors import STORE, IndexPlan, republish_derived, tune_search
 
     m = Manifest.read(idx)
     if m is None:
         return
     tune = m.index_type != "flat" and "recall_at_10" not in m.params
-    rows = read_hit_rows(idx / HIT_ROWS) is None
-    if not tune and m.neighbours_k == NEIGHBOURS_K and not rows:
+    derived = m.neighbours_k != NEIGHBOURS_K or read_hit_rows(idx / HIT_ROWS) is None
+    if not tune and not derived:
         return
     store = VectorStore.load(idx / STORE)
-    index = store.index if m.index_type == "flat" else read_search_index(idx / m.search_file, m.params)
     if tune:
+        index = read_search_index(idx / m.search_file, m.params)
         plan = tune_search(index, store, IndexPlan(m.index_type, m.params, m.reason))
         m.params, m.reason = plan.params, plan.reason
+        m.write(idx)
         print(f"retuned the cached {idx.name}: {plan.reason}", flush=True)
-    if m.neighbours_k != NEIGHBOURS_K:
-        m.neighbours_k, m.neighbours = NEIGHBOURS_K, refresh_neighbours(idx, store, index, NEIGHBOURS_K, progress=True)
-        print(f"{idx.name}: {m.neighbours}", flush=True)
-    if rows:
+    if derived:
         catalog = Catalog.for_directory(idx)
-        refresh_hit_rows(idx, store, catalog)
+        m = republish_derived(idx, store, m, neighbours_k=NEIGHBOURS_K, catalog=catalog, progress=True)
         catalog.close()
-        print(f"{idx.name}: wrote the hit rows", flush=True)
-    m.write(idx)
+        print(f"{idx.name}: {m.neighbours}; hit rows written", flush=True)
 
 
 def ensure_index(n: int, model_dir: Path, work: Path, seed: int = 0) -> tuple[Path, dict[str, Any]]:

@@ -369,7 +369,7 @@ class Engine:
         path_prefix: str | None = None,
     ) -> list[Hit] | None:
         """What :meth:`search_id` answers, if the precomputed neighbour table can answer it
-        without a search (a lookup and one catalog query); None when a search is needed."""
+        without a search (a lookup, and the hits' rows); None when a search is needed."""
         if not -(2**63) <= image_id < 2**63:
             raise NotFound(f"no indexed image with id {image_id}")
         if path_prefix or k < 1 or offset < 0:
@@ -378,7 +378,7 @@ class Engine:
         pairs = self._precomputed(snap, image_id, offset + k)
         if pairs is None:
             return None
-        # The catalog check of the query id rides on the results query: one SQL round-trip.
+        # The check that the query id is indexed rides on the hits' rows lookup.
         return self._hits(snap, pairs, k, offset, min_similarity, frozenset({image_id}))
 
     def _precomputed(self, snap: Snapshot, image_id: int, want: int) -> list[tuple[int, float]] | None:
