@@ -11,62 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write_json, atomic_write_via
 from .errors import CheckpointError
 from .model import Autoencoder, ModelConfig, create_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_readable(path: str | os.PathLike) -> None:
-    """mkstemp creates 0600 files; give finished files the usual permissions."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-@contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write `path` through: a temporary file in the same folder, fsynced and
-    renamed into place when the block ends, removed if it raises. A reader sees the old file
-    or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a reader sees the old file or the new one, never half."""
-    with atomic_writer(path) as fh:
-        fh.write(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _state_for_saving(model: Autoencoder) -> dict[str, torch.Tensor]:
@@ -78,17 +34,8 @@ def save_model(model: Autoencoder, directory: str | os.PathLike, meta: dict[str,
     """Save weights then config, each atomically. Returns the directory."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(_state_for_saving(model), tmp, metadata={"format": "lookalike"})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        make_readable(tmp)
-        os.replace(tmp, out / WEIGHTS)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    state = _state_for_saving(model)
+    atomic_write_via(out / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "lookalike"}))
     atomic_write_json(out / CONFIG, {"model": model.config.to_dict(), "meta": meta or {}})
     return out
 

@@ -108,6 +108,30 @@ def decode_many(
             yield result
 
 
+def decode_batches(
+    paths: Iterable[str | os.PathLike],
+    size: int,
+    batch_size: int,
+    *,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    backend: str | None = None,
+) -> Iterator[list[Decoded]]:
+    """:func:`decode_many`, grouped: lists of up to `batch_size` outcomes in input order, the
+    last one possibly shorter. The one decode -> batch -> flush loop that indexing, the
+    outlier scan and set queries share."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch: list[Decoded] = []
+    for d in decode_many(paths, size, workers=workers, max_pixels=max_pixels, backend=backend):
+        batch.append(d)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _decode_in_threads(jobs: Iterator[tuple[int, str, int, int]], workers: int, prefetch: int) -> Iterator[Decoded]:
     pending: deque[Future[Decoded]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode")

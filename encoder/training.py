@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_write_json, save_model
+from .atomic import atomic_write_json, atomic_write_via
+from .checkpoint import save_model
 from .decoding import decode_to_array
 from .device import pick_device
 from .errors import TrainError
@@ -137,9 +138,7 @@ def _save_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimize
         for key, val in st.items():
             t = val if torch.is_tensor(val) else torch.tensor(val)
             tensors[f"{idx}.{key}"] = t.detach().cpu().contiguous()
-    tmp = path / "optimizer.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path / "optimizer.safetensors")
+    atomic_write_via(path / "optimizer.safetensors", lambda tmp: save_file(tensors, tmp))
     atomic_write_json(path / "state.json", {**state, "param_groups": opt_state["param_groups"]})
 
 

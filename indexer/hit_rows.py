@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.checkpoint import atomic_writer
+from encoder.atomic import atomic_writer
 
 log = logging.getLogger(__name__)
 

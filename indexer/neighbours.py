@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from encoder.checkpoint import atomic_writer
+from encoder.atomic import atomic_writer
 
 from .layout import NEIGHBOURS_K
 

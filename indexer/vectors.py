@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from encoder.checkpoint import atomic_write_json, make_readable
+from encoder.atomic import atomic_write_json, atomic_write_via
 
 from .catalog import Catalog
 from .hit_rows import HIT_ROWS, HitRows, write_hit_rows
@@ -135,32 +134,8 @@ class VectorStore:
 
 
 def atomic_write_index(index: faiss.Index, path: Path) -> None:
-    """Write to a temporary file, fsync, rename: a reader sees the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write a FAISS index so a reader sees the old file or the new one."""
+    atomic_write_via(path, lambda tmp: faiss.write_index(index, tmp))
 
 
 # ---------------------------------------------------------------- the search index
