@@ -26,14 +26,17 @@ _LAZY = {
     "save_model": "checkpoint",
     "Encoder": "inference",
     "Autoencoder": "model",
-    "ModelConfig": "model",
-    "create_model": "model",
-    "list_models": "model",
-    "register": "model",
+    "ModelConfig": "config",
+    "create_model": "registry",
+    "list_models": "registry",
+    "register": "registry",
     "TrainConfig": "training",
     "TrainResult": "training",
     "train": "training",
 }
+
+#: Importing these registers their model kinds; the registry's names are handed out after them.
+_MODEL_MODULES = ("model", "variants")
 
 __all__ = ["CheckpointError", "ImageLoadError", "LookalikeError", "TrainError", *_LAZY]
 
@@ -42,7 +45,9 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'encoder' has no attribute {name!r}")
+    if module == "registry":
+        for model_module in _MODEL_MODULES:
+            importlib.import_module(f".{model_module}", __name__)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
-

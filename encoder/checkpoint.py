@@ -17,9 +17,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import variants  # noqa: F401  (importing it registers every model kind)
 from .atomic import atomic_write_json, atomic_write_via
+from .config import ModelConfig
 from .errors import CheckpointError
-from .model import Autoencoder, ModelConfig, create_model
+from .model import Autoencoder
+from .registry import create_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -24,14 +24,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from . import variants  # noqa: F401  (importing it registers every model kind)
 from .atomic import atomic_write_json, atomic_write_via
 from .checkpoint import save_model
+from .config import ModelConfig
 from .decoding import decode_to_array
 from .device import pick_device
 from .errors import TrainError
 from .images import DEFAULT_MAX_PIXELS, find_images
-from .model import Autoencoder, ModelConfig, create_model
+from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
+from .registry import create_model
 
 log = logging.getLogger(__name__)
 

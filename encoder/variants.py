@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import Autoencoder, ConvAutoencoder, ConvHead, ConvTrunk, ModelConfig, register, up_stage
+from .config import ModelConfig
+from .model import Autoencoder, ConvAutoencoder, ConvHead, ConvTrunk, up_stage
+from .registry import register
 
 # ---------------------------------------------------------------- dense
 
