@@ -1,5 +1,8 @@
 """The catalog: one row per image file, in SQLite (or any SQLAlchemy URL) through the ORM.
 
+It owns the images' identity: a file is known by its path, and its content by
+:func:`content_hash`, which recognises a renamed file and byte-identical copies.
+
 Schema changes go through numbered migrations (:data:`MIGRATIONS`); the
 version lives in the ``meta`` table, so an index written by an older release
 is upgraded in place when it is opened.
@@ -7,11 +10,13 @@ is upgraded in place when it is opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -25,11 +30,14 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from encoder.errors import LookalikeError
+
+from .layout import CATALOG
 
 SCHEMA_VERSION = 2
 
@@ -40,6 +48,46 @@ STATUS_PENDING = "pending"  # known, but its vector is missing (e.g. after a cra
 
 class CatalogError(LookalikeError):
     """The catalog cannot be opened or is from an unknown schema."""
+
+
+# ---------------------------------------------------------------- identity and batching
+
+
+def bytes_hash(data: bytes) -> str:
+    """The catalog's content hash of in-memory bytes (same as :func:`content_hash` of a file)."""
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    """The catalog's content hash of a file: equal for byte-identical files, whatever their names."""
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_or_error(path: Path) -> tuple[str | None, str | None]:
+    """(content hash, None), or (None, why the file cannot be read)."""
+    try:
+        return content_hash(path), None
+    except OSError as exc:
+        return None, f"cannot read file ({exc.strerror or exc})"
+
+
+#: Ids per ``IN (...)`` query. SQLite before 3.32 allows at most 999 bound parameters
+#: per statement (SQLITE_MAX_VARIABLE_NUMBER); 500 stays well under it with room for
+#: the query's other parameters.
+SQL_CHUNK = 500
+
+T = TypeVar("T")
+
+
+def in_chunks(items: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in consecutive slices of at most `size`, for queries that bind one parameter
+    per item: SQLite limits the parameters of one statement (see :data:`SQL_CHUNK`)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class Base(DeclarativeBase):
@@ -161,7 +209,7 @@ class Catalog:
 
     @classmethod
     def for_directory(cls, index_dir: str | os.PathLike, url: str | None = None, **kw) -> Catalog:
-        return cls(url or sqlite_url(Path(index_dir) / "catalog.sqlite"), **kw)
+        return cls(url or sqlite_url(Path(index_dir) / CATALOG), **kw)
 
     def session(self) -> Session:
         return self._sessions()
@@ -226,8 +274,7 @@ class Catalog:
         ids = list(ids)
         out: dict[int, ImageRecord] = {}
         with self.session() as s:
-            for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-                chunk = ids[start : start + 500]
+            for chunk in in_chunks(ids):
                 for rec in s.scalars(select(ImageRecord).where(ImageRecord.id.in_(chunk))):
                     out[rec.id] = rec
         return out
@@ -246,8 +293,8 @@ class Catalog:
             raw = self.engine.raw_connection()
             try:
                 cur = raw.cursor()
-                for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-                    chunk = [int(i) for i in ids[start : start + 500]]
+                for part in in_chunks(ids):
+                    chunk = [int(i) for i in part]
                     sql = _HIT_ROWS_SQL.format(marks=",".join("?" * len(chunk)))
                     for i, path, w, h in cur.execute(sql, (STATUS_OK, *chunk)):
                         out[i] = (path, w, h)
@@ -257,10 +304,8 @@ class Catalog:
             return out
         t = ImageRecord.__table__
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                q = select(t.c.id, t.c.path, t.c.width, t.c.height).where(
-                    t.c.id.in_(ids[start : start + 500]), t.c.status == STATUS_OK
-                )
+            for chunk in in_chunks(ids):
+                q = select(t.c.id, t.c.path, t.c.width, t.c.height).where(t.c.id.in_(chunk), t.c.status == STATUS_OK)
                 for i, path, w, h in conn.execute(q):
                     out[i] = (path, w, h)
         return out
@@ -284,6 +329,52 @@ class Catalog:
             if status:
                 q = q.where(ImageRecord.status == status)
             return int(s.scalar(q) or 0)
+
+    def ok_id_by_hash(self) -> dict[str, int]:
+        """content hash -> id of an indexed ('ok') image with that content (the highest id)."""
+        with self.session() as s:
+            q = select(ImageRecord.content_hash, ImageRecord.id).where(ImageRecord.status == STATUS_OK)
+            return {h: i for h, i in s.execute(q.order_by(ImageRecord.id)) if h}
+
+    # -- the store's save sequence (see ImageRecord.vector_seq)
+
+    def store_seq(self) -> int:
+        """The sequence number of the last completed save of the vector store (0: none yet)."""
+        return int(self.get_meta("store_seq") or 0)
+
+    def set_store_seq(self, seq: int) -> None:
+        self.set_meta("store_seq", str(seq))
+
+    # -- byte-identical copies
+
+    def refresh_duplicate_links(self) -> None:
+        """duplicate_of = the lowest id with the same content, for every byte-identical copy."""
+        with self.engine.begin() as conn:
+            conn.execute(text("UPDATE images SET duplicate_of = NULL WHERE duplicate_of IS NOT NULL"))
+            conn.execute(
+                text(
+                    "UPDATE images SET duplicate_of = (SELECT MIN(i2.id) FROM images i2 "
+                    "WHERE i2.content_hash = images.content_hash AND i2.status = 'ok') "
+                    "WHERE status = 'ok' AND content_hash IN (SELECT content_hash FROM images "
+                    "WHERE status = 'ok' GROUP BY content_hash HAVING COUNT(*) > 1)"
+                )
+            )
+            conn.execute(text("UPDATE images SET duplicate_of = NULL WHERE duplicate_of = id"))
+
+    def count_duplicates(self) -> int:
+        """How many images are byte-identical copies of another (as of the last refresh)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM images WHERE duplicate_of IS NOT NULL")).scalar() or 0)
+
+
+def upsert_failed(s: Session, row: ImageRecord | None, rel: str, st: os.stat_result, reason: str) -> None:
+    """Record that the file at `rel` (`row`: its current row, if any) could not be indexed, and why."""
+    values = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, status=STATUS_FAILED, error=reason)
+    values.update(width=None, height=None, format=None)
+    if row is None:
+        s.add(ImageRecord(path=rel, content_hash=None, **values))
+    else:
+        s.execute(update(ImageRecord).where(ImageRecord.id == row.id).values(**values))
 
 
 def sqlite_url(path: str | os.PathLike) -> str:

@@ -31,7 +31,6 @@ from encoder.atomic import atomic_writer
 
 log = logging.getLogger(__name__)
 
-HIT_ROWS = "hit_rows.bin"
 ROW_DTYPE = np.dtype([("id", "<i8"), ("end", "<i8"), ("width", "<i4"), ("height", "<i4")])
 _NONE = -1  # width/height unknown
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoder import Encoder, ModelConfig, TrainConfig, model_id, train
+from encoder.atomic import fsync_dir
 from encoder.checkpoint import CONFIG, WEIGHTS, read_config
 from encoder.errors import LookalikeError
 from encoder.training import RESUME_DIR, TRAIN_LOG
 
-from .layout import MODEL_DIR
-from .vectors import STORE
+from .layout import MODEL_DIR, MODEL_INCOMING, MODEL_OLD, STORE
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def prepare_model(
                     "pass --reembed to re-embed every image with the new model"
                 )
             if old_id != new_id:
-                _install_model(src, inside)
+                _install_model(src, idx)
                 reembed = reembed or (old_id is not None and has_vectors)
     elif not _is_model_dir(inside) or _training_unfinished(inside):
         unfinished = _is_model_dir(inside)
@@ -85,19 +85,25 @@ def prepare_model(
     return ModelChoice(Encoder(inside, device=device), reembed, trained_s)
 
 
-def _install_model(src: Path, dst: Path) -> None:
-    """Copy a model directory into the index (so copying the index copies its model)."""
-    tmp = dst.with_name(dst.name + ".incoming")
+def _install_model(src: Path, idx: Path) -> None:
+    """Copy a model directory into the index (so copying the index copies its model).
+
+    The files are copied (and fsynced) into a folder beside it, which two renames then swap in;
+    the index directory is fsynced so that the swap is durable."""
+    tmp, old, dst = idx / MODEL_INCOMING, idx / MODEL_OLD, idx / MODEL_DIR
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in os.listdir(src):
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
-    old = dst.with_name(dst.name + ".old")
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(tmp)
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
         os.replace(dst, old)
     os.replace(tmp, dst)
+    fsync_dir(idx)
     shutil.rmtree(old, ignore_errors=True)
 
 

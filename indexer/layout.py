@@ -1,11 +1,32 @@
-"""Where an index keeps its parts. No heavy imports: the CLI reads this at start-up."""
+"""Where an index keeps its parts: every file and folder name inside an index directory.
+
+No heavy imports: the CLI reads this at start-up.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-MODEL_DIR = "model"  # the autoencoder that made the vectors, inside the index directory
+#: The index directory's own name inside the folder it indexes (see :func:`default_index_dir`).
+DEFAULT_INDEX_DIR = ".lookalike"
+
+# ---- written by `lookalike index`
+CATALOG = "catalog.sqlite"  # one row per image file (indexer/catalog.py)
+STORE = "vectors.faiss"  # the exact vectors, keyed by catalog id: the source of truth (indexer/vectors.py)
+SEARCH = "search.faiss"  # the approximate index built from the store, for large corpora
+NEIGHBOURS = "neighbours.npy"  # neighbours precomputed per image (indexer/neighbours.py)
+HIT_ROWS = "hit_rows.bin"  # path, width, height of the indexed images (indexer/hit_rows.py)
+MANIFEST = "manifest.json"  # written last: names what was published; readers watch it
+LOCK = "lock"  # flock'ed by the one writer
+MODEL_DIR = "model"  # the autoencoder that made the vectors
+MODEL_INCOMING = MODEL_DIR + ".incoming"  # a model being copied in, renamed to MODEL_DIR when complete
+MODEL_OLD = MODEL_DIR + ".old"  # the model it replaces, until the swap is done
+
+# ---- written by the search side
+THUMBNAILS = "thumbnails"  # cached thumbnails served by the web page
+REPORT_CACHE = "report_cache.sqlite"  # per-image scan results that reports reuse
+
 #: Neighbours precomputed per image for by-id queries (indexer/neighbours.py): the web
 #: page's first page (24) and the API's default k (10) up to offset 22; 32 x 12 bytes plus id and
 #: fingerprint = 400 bytes per image, 42% of a 240-d float32 store.
@@ -14,4 +35,4 @@ NEIGHBOURS_K = 32
 
 def default_index_dir(folder: str | os.PathLike) -> Path:
     """By default an index lives in a hidden folder inside the folder it indexes."""
-    return Path(folder) / ".lookalike"
+    return Path(folder) / DEFAULT_INDEX_DIR

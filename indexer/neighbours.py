@@ -47,7 +47,6 @@ from .layout import NEIGHBOURS_K
 
 log = logging.getLogger(__name__)
 
-NEIGHBOURS = "neighbours.npy"
 #: Recompute everything when more than this fraction of rows would be searched again.
 FULL_FRACTION = 0.25
 _SEARCH_CHUNK = 4096

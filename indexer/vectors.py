@@ -30,12 +30,9 @@ import numpy as np
 from encoder.atomic import atomic_write_json, atomic_write_via
 
 from .catalog import Catalog
-from .hit_rows import HIT_ROWS, HitRows, write_hit_rows
-from .neighbours import NEIGHBOURS, NEIGHBOURS_K, read_neighbours, update_neighbours, write_neighbours
-
-STORE = "vectors.faiss"
-SEARCH = "search.faiss"
-MANIFEST = "manifest.json"
+from .hit_rows import HitRows, write_hit_rows
+from .layout import HIT_ROWS, MANIFEST, NEIGHBOURS, NEIGHBOURS_K, SEARCH, STORE
+from .neighbours import read_neighbours, update_neighbours, write_neighbours
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 #: Up to this many vectors, exact search is fast enough (~N*d multiply-adds per query:
@@ -106,6 +103,11 @@ class VectorStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, np.int64))
+
+    def replace(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add, first removing any vectors already stored under these ids."""
+        self.remove(ids)
+        self.add(ids, vectors)
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
         ids = np.asarray(ids, dtype=np.int64)
@@ -372,9 +374,10 @@ def republish_derived(
     """Bring only what is derived from an unchanged store up to date (the neighbour table, the
     hit rows: deleted, damaged, or made by an older lookalike) and publish a new generation.
     The search index is reused as it is: rebuilding HNSW at 1M vectors takes half an hour."""
-    index = store.index if manifest.search_file == STORE else read_search_index(
-        index_dir / manifest.search_file, manifest.params
-    )  # fmt: skip
+    if manifest.search_file == STORE:
+        index = store.index
+    else:
+        index = read_search_index(index_dir / manifest.search_file, manifest.params)
     manifest.neighbours = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
     manifest.neighbours_k = neighbours_k
     refresh_hit_rows(index_dir, store, catalog)

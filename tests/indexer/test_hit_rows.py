@@ -11,7 +11,8 @@ import pytest
 from conftest import fill_folder
 
 from indexer import build_index
-from indexer.hit_rows import HIT_ROWS, ROW_DTYPE, HitRows, read_hit_rows, write_hit_rows
+from indexer.hit_rows import ROW_DTYPE, HitRows, read_hit_rows, write_hit_rows
+from indexer.layout import HIT_ROWS
 
 ROWS = [(7, "b/δ.jpg", 640, 480), (2, "a/1.png", None, None), (40, "c/odd name.gif", 1, 2), (3, "", 5, 6)]
 

@@ -14,8 +14,9 @@ import pytest
 from conftest import REPO, write_jpeg
 
 from indexer import Catalog, Manifest, VectorStore
-from indexer.hit_rows import HIT_ROWS, read_hit_rows
-from indexer.neighbours import NEIGHBOURS, fingerprints, read_neighbours
+from indexer.hit_rows import read_hit_rows
+from indexer.layout import HIT_ROWS, NEIGHBOURS
+from indexer.neighbours import fingerprints, read_neighbours
 
 N = 400
 

@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
+from indexer.layout import NEIGHBOURS
 from indexer.neighbours import (
-    NEIGHBOURS,
     fingerprints,
     lookup,
     read_neighbours,

@@ -1,0 +1,91 @@
+"""The state of one `build_index` run, which its stages (indexer/build.py) read and update."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from encoder import Encoder
+
+from .catalog import Catalog, ImageRecord, utcnow
+from .layout import STORE
+from .vectors import VectorStore
+
+
+@dataclass
+class IndexSummary:
+    root: str
+    index_dir: str
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    embedded: int = 0
+    total: int = 0
+    duration_s: float = 0.0
+    images_per_second: float = 0.0
+    index_type: str = ""
+    index_reason: str = ""
+    neighbours: str = ""  # what this run did to the precomputed neighbour table ("" if nothing)
+    trained: bool = False
+    train_s: float = 0.0  # part of duration_s spent training a model first (images_per_second excludes it)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["failed"] = [{"path": p, "reason": r} for p, r in self.failed]
+        return d
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `build_index` was asked, beyond the folder and the model."""
+
+    index_type: str
+    reembed: bool  # every image is embedded again (asked for, or the model changed)
+    workers: int | None
+    batch_size: int
+    max_pixels: int
+    progress: bool
+    checkpoint_every_s: float
+    neighbours: int
+
+
+@dataclass
+class IndexRun:
+    """One run: what it has open, and what its stages have found so far."""
+
+    root: Path
+    idx: Path
+    catalog: Catalog
+    encoder: Encoder
+    store: VectorStore
+    summary: IndexSummary
+    options: RunOptions
+    #: The sequence number the next store save records (see ImageRecord.vector_seq).
+    seq: int = 1
+    #: True once the store or the catalog's set of indexed images differs from the last publish.
+    changed: bool = False
+    #: Every image file found, by relative '/'-separated path, in path order.
+    seen: dict[str, tuple[Path, os.stat_result]] = field(default_factory=dict)
+    #: The catalog's rows as the run found them, by path.
+    rows: dict[str, ImageRecord] = field(default_factory=dict)
+    #: (content hash, None) or (None, why unreadable) of each new or changed file.
+    hashes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    #: embedded_at of every row this run embeds.
+    now: datetime = field(default_factory=utcnow)
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    def save_store(self) -> None:
+        """Save the store, then record that every row up to :attr:`seq` has its vector on disk."""
+        self.store.save(self.idx / STORE)
+        self.catalog.set_store_seq(self.seq)
+        self.seq += 1
