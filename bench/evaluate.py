@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search.evaluate import evaluate, to_markdown, write_report  # noqa: E402
+from search.evaluation import evaluate, to_markdown, write_report  # noqa: E402
 
 
 def main() -> None:

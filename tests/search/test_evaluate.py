@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from encoder import create_model, save_model
-from search.evaluate import (
+from search.evaluation import (
     NEAR_DUPLICATE_TRANSFORMS,
     EvaluationError,
     ModelSpec,
