@@ -29,7 +29,8 @@ K = 10
 def measure(index_dir: Path, n_queries: int, efs: list[int], seed: int) -> dict[str, Any]:
     import faiss
 
-    from indexer.vectors import STORE, Manifest, apply_search_params, read_search_index
+    from indexer.layout import STORE
+    from indexer.vectors import Manifest, apply_search_params, read_search_index
 
     faiss.omp_set_num_threads(1)
     manifest = Manifest.read(index_dir)

@@ -9,7 +9,7 @@ given, then measures in one run:
 - baseline: a plain single-process loop (Pillow open -> RGB -> resize to the
   model input), run before and after the rest so a noisy machine shows;
 - decode only: `encoder.decoding.decode_many` in one process and in workers;
-- hash only: `indexer.build.content_hash`, one thread;
+- hash only: `indexer.catalog.content_hash`, one thread;
 - embed only: `Encoder.embed_pixels` on already decoded pixels;
 - end to end: `build_index` on a fresh index (in a fresh process, so its peak
   memory is its own), with where its wall time went; then the no-change
@@ -154,7 +154,7 @@ def decode_only(paths: list[Path], size: int, workers: int, backend: str | None 
 
 
 def hash_only(paths: list[Path]) -> float:
-    from indexer.build import content_hash
+    from indexer.catalog import content_hash
 
     t0 = time.perf_counter()
     for p in paths:
@@ -191,8 +191,12 @@ class _Breakdown:
         self.save_store = 0.0
 
     def install(self) -> None:
+        import encoder.decoding as decoding
         import indexer.build as b
+        import indexer.embed as embed
         from encoder.inference import Encoder
+        from indexer.catalog import Catalog
+        from indexer.run import IndexRun
 
         def timed(owner, name: str, attr: str) -> None:
             fn = getattr(owner, name)
@@ -206,7 +210,7 @@ class _Breakdown:
 
             setattr(owner, name, wrapper)
 
-        orig_decode_many = b.decode_many
+        orig_decode_many = decoding.decode_many  # what decode_batches calls
 
         def decode_many(*a, **kw):
             self.t_decode_start = time.perf_counter()
@@ -221,12 +225,12 @@ class _Breakdown:
                 self.wait_decode += time.perf_counter() - t0
                 yield d
 
-        b.decode_many = decode_many
+        decoding.decode_many = decode_many
         timed(Encoder, "embed_pixels", "embed")
-        timed(b, "_embed_batch", "embed_batch")
+        timed(embed, "_embed_batch", "embed_batch")
         timed(b, "publish", "publish")
-        timed(b, "_refresh_duplicate_links", "dup_links")
-        timed(b, "_save_store", "save_store")
+        timed(Catalog, "refresh_duplicate_links", "dup_links")
+        timed(IndexRun, "save_store", "save_store")
 
     def report(self, wall: float) -> dict[str, float]:
         before = (self.t_decode_start - self.t_start) if self.t_decode_start else 0.0
