@@ -185,15 +185,25 @@ class VariationalAutoencoder(Autoencoder):
         self.to_stats = nn.Linear(self.trunk.out_features + self.label_width, 2 * cfg.latent_dim)
         self.head = ConvHead(cfg, cfg.latent_dim + self.label_width)
 
+    def condition(self, labels: Tensor | None, n: int, device: torch.device) -> Tensor | None:
+        """What the posterior and decoder see beside the image, resolved once a batch: none here."""
+        return None
+
     def posterior(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.to_stats(self._with_label(self.trunk(x), labels)).chunk(2, dim=1)
+        return self._posterior(x, self.condition(labels, x.shape[0], x.device))
+
+    def _posterior(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.to_stats(self._with_condition(self.trunk(x), cond)).chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.posterior(x)[0]
 
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.head(self._with_label(z, labels))
+        return self._decode(z, self.condition(labels, z.shape[0], z.device))
+
+    def _decode(self, z: Tensor, cond: Tensor | None) -> Tensor:
+        return self.head(self._with_condition(z, cond))
 
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.decode(self.posterior(x, labels)[0], labels)
@@ -204,16 +214,17 @@ class VariationalAutoencoder(Autoencoder):
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
         return self.decode(z, labels)
 
-    def _with_label(self, h: Tensor, labels: Tensor | None) -> Tensor:
+    def _with_condition(self, h: Tensor, cond: Tensor | None) -> Tensor:
         return h
 
     def training_loss(
         self, x: Tensor, target: Tensor | None = None, labels: Tensor | None = None
     ) -> tuple[Tensor, dict[str, float], Tensor]:
         target = x if target is None else target
-        mu, logvar = self.posterior(x, labels)
+        cond = self.condition(labels, x.shape[0], x.device)  # one draw a batch, shared by posterior and decoder
+        mu, logvar = self._posterior(x, cond)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        recon = self.decode(z, labels)
+        recon = self._decode(z, cond)
         mse = F.mse_loss(recon.float(), target.float())
         kl = gaussian_kl(mu.float(), logvar.float()).mean()
         loss = mse + self.config.beta * kl / target[0].numel()
@@ -254,22 +265,12 @@ class ConditionalVAE(VariationalAutoencoder):
             raise ValueError(f"unknown label {name!r}; this model knows: {known}")
         return self.config.labels.index(name)
 
-    def _with_label(self, h: Tensor, labels: Tensor | None) -> Tensor:
-        emb = self.label_embedding(self.label_ids(labels, h.shape[0], h.device)).to(h.dtype)
-        return torch.cat([h, emb], dim=1)
+    def condition(self, labels: Tensor | None, n: int, device: torch.device) -> Tensor:
+        return self.label_ids(labels, n, device)
 
-    def training_loss(
-        self, x: Tensor, target: Tensor | None = None, labels: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, float], Tensor]:
-        if labels is not None and self.training and self.label_dropout > 0:
-            # One dropout draw per batch, shared by the posterior and the decoder.
-            labels = self.label_ids(labels, x.shape[0], x.device)
-            self.label_dropout, saved = 0.0, self.label_dropout
-            try:
-                return super().training_loss(x, target, labels)
-            finally:
-                self.label_dropout = saved
-        return super().training_loss(x, target, labels)
+    def _with_condition(self, h: Tensor, cond: Tensor | None) -> Tensor:
+        assert cond is not None  # label ids, from condition()
+        return torch.cat([h, self.label_embedding(cond).to(h.dtype)], dim=1)
 
 
 # ---------------------------------------------------------------- vector-quantised

@@ -193,3 +193,27 @@ def test_conv_search_vector_is_multiscale_or_latent() -> None:
     assert ModelConfig.from_dict(multi.config.to_dict()).embedding == "multiscale"
     with pytest.raises(ValueError, match="embedding"):
         create_model("conv", embedding="nope", **TINY)
+
+
+def test_cvae_label_dropout_is_one_draw_a_batch_and_never_switched_off() -> None:
+    """training_loss draws the dropout once for the posterior and the decoder, without
+    touching ``label_dropout``: a call made while it runs (another thread, a hook) still drops."""
+    torch.manual_seed(0)
+    model = create_model("cvae", labels=("a", "b"), **TINY).train()
+    model.label_dropout = 0.5
+    seen: list[torch.Tensor] = []
+    during: list[float] = []
+
+    def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        seen.append(args[0].clone())
+        if len(seen) == 1:  # a nested call, mid-loss
+            ids = model.label_ids(torch.zeros(4000, dtype=torch.long), 4000, torch.device("cpu"))
+            during.append(float((ids == model.unknown).float().mean()))
+
+    model.label_embedding.register_forward_hook(hook)
+    labels = torch.tensor([0, 1] * 32)
+    model.training_loss(torch.rand(64, 3, 32, 32), None, labels)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])  # posterior and decoder: the same draw
+    assert 0.3 < float((seen[0] == model.unknown).float().mean()) < 0.7
+    assert during and 0.45 < during[0] < 0.55  # dropout stayed on for the nested call
+    assert model.label_dropout == 0.5
