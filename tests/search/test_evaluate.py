@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from encoder import create_model, save_model
+from encoder.errors import LookalikeError
 from search.evaluation import (
     NEAR_DUPLICATE_TRANSFORMS,
     EvaluationError,
@@ -143,3 +144,13 @@ def test_too_few_labels_is_an_error(tmp_path: Path) -> None:
         Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "one" / f"{i}.png")
     with pytest.raises(EvaluationError, match="2 labels"):
         evaluate(tmp_path, [], near_duplicates=0)
+
+
+def test_evaluation_errors_are_user_errors(tiny_folder: Path, tmp_path: Path) -> None:
+    # The CLI's user_errors wrapper turns a LookalikeError into a one-line message (exit 2); anything else is a bug.
+    assert issubclass(EvaluationError, LookalikeError)
+    with pytest.raises(LookalikeError, match="not a folder") as caught:
+        evaluate(tmp_path / "missing", [], near_duplicates=0)
+    assert isinstance(caught.value, EvaluationError) and "\n" not in str(caught.value)
+    with pytest.raises(LookalikeError, match="needs a work_dir"):
+        evaluate(tiny_folder, ["vae"], near_duplicates=0)
