@@ -230,10 +230,9 @@ def tune_search(
         chosen, recall = value, r
     apply_search_params(index, {key: chosen})
     params = {**plan.params, key: chosen, "recall_at_10": round(recall, 3)}
-    note = (
-        f"; {key} {chosen}: recall@10 {recall:.3f} on {len(qids)} sampled queries"
-        + ("" if recall >= target else f" (below the {target} target: the most this index type gives here)")
-    )
+    note = f"; {key} {chosen}: recall@10 {recall:.3f} on {len(qids)} sampled queries"
+    if recall < target:
+        note += f" (below the {target} target: the most this index type gives here)"
     return IndexPlan(plan.index_type, params, plan.reason + note)
 
 

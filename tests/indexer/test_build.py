@@ -231,10 +231,9 @@ def _recall(index, store: VectorStore, qids: np.ndarray, k: int = 10) -> float:
     q = store.get(qids)
     _, exact = store.index.search(q, k + 1)
     _, found = index.search(q, k + 1)
-    return float(np.mean([
-        len(set(e[e != i][:k].tolist()) & set(f[f != i][:k].tolist())) / k
-        for e, f, i in zip(exact, found, qids, strict=True)
-    ]))  # fmt: skip
+    found_per_query = zip(exact, found, qids, strict=True)
+    recalls = [len(set(e[e != i][:k].tolist()) & set(f[f != i][:k].tolist())) / k for e, f, i in found_per_query]
+    return float(np.mean(recalls))
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
@@ -247,7 +246,7 @@ def test_search_effort_is_tuned_to_the_recall_target(kind: str) -> None:
         apply_search_params,
         build_search_index,
         tune_search,
-    )  # fmt: skip
+    )
 
     store = _clustered(6000)
     if kind == "hnsw":  # a sparse graph, so that the default effort is not enough
@@ -329,8 +328,8 @@ def test_hit_rows_fast_path_matches_the_orm(tmp_path: Path) -> None:
     cat = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
     with cat.session() as s, s.begin():
         for i in range(1200):  # more than one 500-id chunk
-            s.add(ImageRecord(path=f"d/ü {i}.png", size=i, mtime_ns=i, width=i % 7 or None, height=3,
-                              status=STATUS_FAILED if i % 5 == 0 else STATUS_OK))  # fmt: skip
+            status = STATUS_FAILED if i % 5 == 0 else STATUS_OK
+            s.add(ImageRecord(path=f"d/ü {i}.png", size=i, mtime_ns=i, width=i % 7 or None, height=3, status=status))
     with cat.session() as s:
         expected = {r.id: (r.path, r.width, r.height) for r in s.query(ImageRecord).filter_by(status=STATUS_OK)}
     asked = [*range(1, 1300), 10**12]  # unknown ids are simply absent

@@ -145,8 +145,11 @@ def test_sigkill_while_training_resumes_the_training(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "search", "index", str(folder), "--workers", "0"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and not (model / "checkpoint" / "state.json").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
