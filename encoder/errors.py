@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 class LookalikeError(Exception):
     """Base of every error lookalike raises for bad input or a bad state on disk.
@@ -10,13 +12,30 @@ class LookalikeError(Exception):
     """
 
 
-class ImageLoadError(LookalikeError):
-    """An image could not be decoded. The message names the file and the reason."""
+class LoadFailure(str, enum.Enum):
+    """Why an image could not be loaded: what a caller branches on (an HTTP status, a retry),
+    where ``ImageLoadError.reason`` is the sentence for a person."""
 
-    def __init__(self, source: str, reason: str) -> None:
+    NOT_FOUND = "not_found"  # no such file
+    NOT_A_FILE = "not_a_file"  # a directory
+    UNREADABLE = "unreadable"  # the file is there but cannot be read (permissions, I/O error)
+    EMPTY = "empty"  # nothing to decode: 0 bytes, or an image 0 pixels wide or high
+    NOT_AN_IMAGE = "not_an_image"  # no image format Pillow recognises
+    TOO_LARGE = "too_large"  # over the pixel limit, or a decompression bomb
+    TRUNCATED = "truncated"  # the data stops before the image ends
+    CORRUPT = "corrupt"  # a recognised format whose data cannot be decoded
+    OUT_OF_MEMORY = "out_of_memory"  # decoding ran out of memory
+
+
+class ImageLoadError(LookalikeError):
+    """An image could not be decoded. The message names the file and the reason; `kind` says
+    which of the :class:`LoadFailure` cases it is."""
+
+    def __init__(self, source: str, reason: str, *, kind: LoadFailure) -> None:
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.kind = kind
 
 
 class CheckpointError(LookalikeError):

@@ -25,7 +25,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, LoadFailure
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO]  # noqa: UP007 - a runtime alias
 
@@ -63,20 +63,21 @@ def _describe(source: ImageSource) -> str:
 def _open_stream(source: ImageSource, name: str) -> BinaryIO:
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
-            raise ImageLoadError(name, "empty file (0 bytes)")
+            raise ImageLoadError(name, "empty file (0 bytes)", kind=LoadFailure.EMPTY)
         return io.BytesIO(source)
     if isinstance(source, (str, os.PathLike)):
         try:
             size = os.path.getsize(source)
             if size == 0:
-                raise ImageLoadError(name, "empty file (0 bytes)")
+                raise ImageLoadError(name, "empty file (0 bytes)", kind=LoadFailure.EMPTY)
             return open(source, "rb")  # noqa: SIM115 - closed by the caller
         except ImageLoadError:
             raise
         except IsADirectoryError:
-            raise ImageLoadError(name, "is a directory, not an image file") from None
+            raise ImageLoadError(name, "is a directory, not an image file", kind=LoadFailure.NOT_A_FILE) from None
         except OSError as exc:
-            raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
+            kind = LoadFailure.NOT_FOUND if isinstance(exc, FileNotFoundError) else LoadFailure.UNREADABLE
+            raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})", kind=kind) from None
     return source
 
 
@@ -144,18 +145,19 @@ def open_image(
             try:
                 img = Image.open(stream)
             except UnidentifiedImageError:
-                raise ImageLoadError(name, "not a recognised image format") from None
+                raise ImageLoadError(name, "not a recognised image format", kind=LoadFailure.NOT_AN_IMAGE) from None
             except Image.DecompressionBombError as exc:
-                raise ImageLoadError(name, f"too many pixels ({exc})") from None
+                raise ImageLoadError(name, f"too many pixels ({exc})", kind=LoadFailure.TOO_LARGE) from None
             info = ImageInfo(width=img.width, height=img.height, format=img.format)
             pixels = img.width * img.height
             if pixels > max_pixels:
                 raise ImageLoadError(
                     name,
                     f"image is {img.width}x{img.height} = {pixels:,} pixels, over the limit of {max_pixels:,}",
+                    kind=LoadFailure.TOO_LARGE,
                 )
             if pixels == 0:
-                raise ImageLoadError(name, "image has no pixels (0 width or height)")
+                raise ImageLoadError(name, "image has no pixels (0 width or height)", kind=LoadFailure.EMPTY)
             # Animated images (GIF, APNG, WebP): the first frame stands for the file.
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
@@ -169,14 +171,14 @@ def open_image(
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(name, f"too many pixels ({exc})") from None
+        raise ImageLoadError(name, f"too many pixels ({exc})", kind=LoadFailure.TOO_LARGE) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         text = str(exc) or type(exc).__name__
         if "truncated" in text.lower():
-            raise ImageLoadError(name, f"truncated image data ({text})") from None
-        raise ImageLoadError(name, f"corrupt image data ({text})") from None
+            raise ImageLoadError(name, f"truncated image data ({text})", kind=LoadFailure.TRUNCATED) from None
+        raise ImageLoadError(name, f"corrupt image data ({text})", kind=LoadFailure.CORRUPT) from None
     except MemoryError:
-        raise ImageLoadError(name, "not enough memory to decode this image") from None
+        raise ImageLoadError(name, "not enough memory to decode this image", kind=LoadFailure.OUT_OF_MEMORY) from None
     finally:
         if not isinstance(source, (bytes, bytearray)) and stream is not source:
             stream.close()

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.images import ImageLoadError, find_images, letterbox, load_image, load_image_with_info, open_image
+from encoder.errors import LoadFailure
+from encoder.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    find_images,
+    letterbox,
+    load_image,
+    load_image_with_info,
+    open_image,
+)
 
 S = 32
 
@@ -186,3 +195,61 @@ def test_find_images_skips_hidden_and_loops(tmp_path: Path) -> None:
     (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
     found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
     assert found == ["a/b/y.JPG", "a/x.png"]
+
+
+def _no_pixels(_stream: object) -> Image.Image:
+    return Image.new("RGB", (0, 5))
+
+
+def _out_of_memory(_img: Image.Image) -> Image.Image:
+    raise MemoryError
+
+
+@pytest.mark.parametrize(
+    "case,kind,reason",
+    [
+        ("empty", LoadFailure.EMPTY, "empty file (0 bytes)"),
+        ("empty_bytes", LoadFailure.EMPTY, "empty file (0 bytes)"),
+        ("no_pixels", LoadFailure.EMPTY, "image has no pixels"),
+        ("missing", LoadFailure.NOT_FOUND, "cannot read file ("),
+        ("under_a_file", LoadFailure.UNREADABLE, "cannot read file ("),  # (permissions: likewise, but root reads all)
+        ("directory", LoadFailure.NOT_A_FILE, "is a directory, not an image file"),
+        ("not_image", LoadFailure.NOT_AN_IMAGE, "not a recognised image format"),
+        ("over_the_limit", LoadFailure.TOO_LARGE, "over the limit of 10,000"),
+        ("bomb", LoadFailure.TOO_LARGE, "too many pixels"),
+        ("truncated_jpeg", LoadFailure.TRUNCATED, "truncated image data"),
+        ("truncated_png", LoadFailure.TRUNCATED, "truncated image data"),
+        ("bad_png_data", LoadFailure.CORRUPT, "corrupt image data"),
+        ("out_of_memory", LoadFailure.OUT_OF_MEMORY, "not enough memory to decode this image"),
+    ],
+)
+def test_every_failure_says_its_kind(
+    bad_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    kind: LoadFailure,
+    reason: str,
+) -> None:
+    """`kind` is what a caller branches on (the API's status); the reason text stays the sentence it was."""
+    good = _save(Image.new("RGB", (30, 30)), tmp_path / "good.png", "PNG")
+    sources = {
+        **bad_files,
+        "empty_bytes": b"",
+        "no_pixels": good,
+        "missing": tmp_path / "nope.jpg",
+        "directory": tmp_path,
+        "under_a_file": good / "x.png",
+        "over_the_limit": _save(Image.new("RGB", (300, 300)), tmp_path / "big.png", "PNG"),
+        "bomb": _png_claiming(100_000, 100_000),
+        "bad_png_data": _png_claiming(4, 4).replace(zlib.compress(b"\x00" * 64), b"not zlib data"),
+        "out_of_memory": good,
+    }
+    if case == "no_pixels":
+        monkeypatch.setattr("encoder.images.Image.open", _no_pixels)
+    if case == "out_of_memory":
+        monkeypatch.setattr("encoder.images.ImageOps.exif_transpose", _out_of_memory)
+    with pytest.raises(ImageLoadError) as err:
+        load_image(sources[case], S, max_pixels=10_000 if case == "over_the_limit" else DEFAULT_MAX_PIXELS)
+    assert err.value.kind is kind
+    assert reason in err.value.reason
