@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from encoder import Encoder
 from encoder.decoding import Decoded, decode_batches, default_backend
+from encoder.images import ImageInfo
 
 from .catalog import STATUS_OK, STATUS_PENDING, ImageRecord, content_hash, upsert_failed
 from .run import IndexRun
@@ -148,7 +149,9 @@ def add_copies(run: IndexRun, copies: list[tuple[str, str]]) -> None:
     run.changed = True
 
 
-def _set_indexed(run: IndexRun, row: ImageRecord, st: os.stat_result, digest: str, info) -> None:
+def _set_indexed(
+    run: IndexRun, row: ImageRecord, st: os.stat_result, digest: str, info: ImageInfo | ImageRecord
+) -> None:
     """Mark `row` indexed by this run: its file's size, mtime and hash, `info`'s width, height and format."""
     row.size, row.mtime_ns, row.content_hash = st.st_size, st.st_mtime_ns, digest
     row.width, row.height, row.format = info.width, info.height, info.format
