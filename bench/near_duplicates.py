@@ -13,7 +13,7 @@ in one run it measures:
 
 - the report itself (`search.reports.near_duplicates`), tier by tier: kNN pairs of the
   whitened vectors at or above the tier's cosine, or neighbours whose perceptual hashes
-  (of the letterboxed pixels, `search.report_scan`) differ in at most the tier's bits;
+  (of the letterboxed pixels, `search.reports.scan`) differ in at most the tier's bits;
 - the same two signals on a grid of (cosine, Hamming) thresholds, the whitened vectors
   alone, and the raw (unwhitened) cosine that searches use;
 - an 8x8 RGB pixel fingerprint (kNN pairs, same grouping), a cheap non-learned signal;
@@ -186,8 +186,11 @@ def grouped_metrics(labels: np.ndarray, family: np.ndarray, kind: np.ndarray) ->
         # pairs involving a k-variant: each k-variant's group-mates (pairs of two k-variants count twice: rare)
         mates = sum(int(group_size[lab[i]] - 1) for i in idx)
         good = sum(group_fam_size[int(lab[i]) * (fam.max() + 1) + int(fam[i])] - 1 for i in idx)
-        per[k] = {"recall": hits / len(idx) if len(idx) else 1.0, "precision": good / mates if mates else 1.0,
-                  "n": int(len(idx))}  # fmt: skip
+        per[k] = {
+            "recall": hits / len(idx) if len(idx) else 1.0,
+            "precision": good / mates if mates else 1.0,
+            "n": int(len(idx)),
+        }
     out["per_kind"] = per
     for name, kinds in TARGET_GROUPS.items():
         ks = [k for k in kinds if k in per]
@@ -307,8 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from encoder.decoding import decode_to_array
     from indexer import build_index
     from search.engine import Engine
-    from search.report_scan import hamming, scan_images
     from search.reports import TIERS, near_duplicates, similar_pairs, whiten
+    from search.reports.scan import hamming, scan_images
 
     workers = args.workers or os.cpu_count() or 1
     t0 = time.perf_counter()
@@ -321,10 +324,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     engine = Engine(index_dir)
     snap = engine.snapshot()
-    from search.reports import _canonical_ids
+    from search.reports import canonical_ids
 
     store_ids = __import__("faiss").vector_to_array(snap.store.id_map).astype(np.int64)
-    canon = np.isin(store_ids, _canonical_ids(engine))
+    canon = np.isin(store_ids, canonical_ids(engine))
     from indexer import VectorStore
 
     ids, vecs = VectorStore(snap.store.d, snap.store).all_vectors()
@@ -337,9 +340,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths = [work / "images" / r for r in rel]
     print(f"{n} distinct images, {len(set(family))} families, {int((kind != 'original').sum())} variants")
 
-    results: dict[str, Any] = {"command": command_line(), "machine": machine(), "model": str(model),
-                               "model_id": snap.manifest.model_id, "images": n, "variants": VARIANTS,
-                               "originals_with_variants": args.originals, "k": args.k}  # fmt: skip
+    results: dict[str, Any] = {
+        "command": command_line(),
+        "machine": machine(),
+        "model": str(model),
+        "model_id": snap.manifest.model_id,
+        "images": n,
+        "variants": VARIANTS,
+        "originals_with_variants": args.originals,
+        "k": args.k,
+    }
 
     # ---- the report itself, tier by tier: whitened-vector kNN pairs, or neighbours with close pHashes
     t1 = time.perf_counter()
@@ -353,8 +363,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for g in near.groups[tier.name]:
             members = [pos[m.id] for m in g.members]
             labels[members] = min(members)
-        report_rows[tier.name] = {"threshold": tier.threshold, "hamming": tier.hamming,
-                                  **grouped_metrics(labels, family, kind)}  # fmt: skip
+        report_rows[tier.name] = {
+            "threshold": tier.threshold,
+            "hamming": tier.hamming,
+            **grouped_metrics(labels, family, kind),
+        }
     results["report"] = report_rows
 
     # ---- the same signals on a grid, for calibration
@@ -371,8 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             combo[f"{t:.3f}|{d}"] = grouped_metrics(components_at(n, ci, cj, (cs >= t) | (cd <= d)), family, kind)
     results["combined"] = combo
     i, j, s = similar_pairs(vecs, min(RAW_COSINES), args.k)
-    results["ae_raw"] = {f"{t:.3f}": grouped_metrics(components_at(n, i, j, s >= t), family, kind)
-                         for t in RAW_COSINES}  # fmt: skip
+    results["ae_raw"] = {f"{t:.3f}": grouped_metrics(components_at(n, i, j, s >= t), family, kind) for t in RAW_COSINES}
     results["ae_similarity_percentiles"] = percentiles(white, family, kind)
 
     # ---- a pixel-space fingerprint: 8x8 RGB of the 32 px letterboxed image, mean removed, unit length
@@ -382,8 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fp = pixel_fingerprint(px)
     results["pixels_seconds"] = round(time.perf_counter() - t1, 1)
     pi, pj, ps = similar_pairs(fp, min(COSINES), args.k)
-    results["pixels"] = {f"{t:.3f}": grouped_metrics(components_at(n, pi, pj, ps >= t), family, kind)
-                         for t in COSINES}  # fmt: skip
+    results["pixels"] = {f"{t:.3f}": grouped_metrics(components_at(n, pi, pj, ps >= t), family, kind) for t in COSINES}
 
     # ---- pHash, all pairs
     t1 = time.perf_counter()
@@ -438,17 +449,42 @@ def report(r: dict[str, Any]) -> None:
     print(table(rows, ["method", "precision", "recall", "largest", *groups]))
     print("\nbest recall per variant group at precision >= 0.95 (threshold, recall, precision)")
     rows = [
-        [g, *_best(r["combined"], g, 0.95), *_best(r["ae"], g, 0.95), *_best(r["pixels"], g, 0.95),
-         *_best(r["phash"], g, 0.95)]
+        [
+            g,
+            *_best(r["combined"], g, 0.95),
+            *_best(r["ae"], g, 0.95),
+            *_best(r["pixels"], g, 0.95),
+            *_best(r["phash"], g, 0.95),
+        ]
         for g in groups
-    ]  # fmt: skip
-    print(table(rows, ["variants", "AE|pHash", "recall", "prec", "AE cos", "recall", "prec", "pixels cos", "recall",
-                       "prec", "pHash d", "recall", "prec"]))  # fmt: skip
+    ]
+    print(
+        table(
+            rows,
+            [
+                "variants",
+                "AE|pHash",
+                "recall",
+                "prec",
+                "AE cos",
+                "recall",
+                "prec",
+                "pixels cos",
+                "recall",
+                "prec",
+                "pHash d",
+                "recall",
+                "prec",
+            ],
+        )
+    )
     print("\nwhitened AE cosine, (original, variant) pairs, percentiles 1/5/50; nearest other family 50..99.9:")
     for k, v in r["ae_similarity_percentiles"].items():
         print(f"  {k:<22} {v}")
-    print("\nsuggested tiers, 'cosine|hamming' with the best recall at grouped-pair precision >= "
-          f"{PRECISION_LEVELS}: {r['suggested_tiers']}")  # fmt: skip
+    print(
+        "\nsuggested tiers, 'cosine|hamming' with the best recall at grouped-pair precision >= "
+        f"{PRECISION_LEVELS}: {r['suggested_tiers']}"
+    )
 
 
 if __name__ == "__main__":

@@ -86,10 +86,27 @@ def build(n: int, workdir: Path) -> Path:
     con = sqlite3.connect(idx / "catalog.sqlite")
     rng = np.random.default_rng(1)
     sides = rng.integers(64, 2049, (n, 2))
-    rows = ((i + 1, f"set{i // 1000:04d}/img_{i:07d}.jpg", int(sides[i, 0] * sides[i, 1] // 4), 0,
-             f"{i:040x}", int(sides[i, 0]), int(sides[i, 1]), "JPEG", "ok", mid, 1) for i in range(n))  # fmt: skip
-    con.executemany("INSERT INTO images (id, path, size, mtime_ns, content_hash, width, height, format, status, "
-                    "model_id, vector_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)  # fmt: skip
+    rows = (
+        (
+            i + 1,
+            f"set{i // 1000:04d}/img_{i:07d}.jpg",
+            int(sides[i, 0] * sides[i, 1] // 4),
+            0,
+            f"{i:040x}",
+            int(sides[i, 0]),
+            int(sides[i, 1]),
+            "JPEG",
+            "ok",
+            mid,
+            1,
+        )
+        for i in range(n)
+    )
+    con.executemany(
+        "INSERT INTO images (id, path, size, mtime_ns, content_hash, width, height, format, status, "
+        "model_id, vector_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
     con.commit()
     con.close()
     store = VectorStore(DIM)
@@ -100,8 +117,12 @@ def build(n: int, workdir: Path) -> Path:
     cat = Catalog.for_directory(idx)
     publish(idx, store, plan, mid, None, catalog=cat)
     cat.close()
-    info = {"n": n, "index_type": plan.index_type, "build_s": round(time.perf_counter() - t0, 1),
-            "publish_s": round(time.perf_counter() - t1, 1)}  # fmt: skip
+    info = {
+        "n": n,
+        "index_type": plan.index_type,
+        "build_s": round(time.perf_counter() - t0, 1),
+        "publish_s": round(time.perf_counter() - t1, 1),
+    }
     (idx / "build.json").write_text(json.dumps(info))
     return idx
 
@@ -177,24 +198,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out_dir = args.workdir / f"out-{n}"
         out_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.run([sys.executable, __file__, "--child", str(idx), str(args.k), str(out_dir)],
-                              capture_output=True, text=True, env=env, check=False)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(idx), str(args.k), str(out_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         if proc.returncode != 0:
             print(proc.stderr[-3000:])
             raise SystemExit(f"report on {n} vectors failed")
-        run = {"n": n, **json.loads(proc.stdout.strip().splitlines()[-1]),
-               **{"index": json.loads((idx / "build.json").read_text())}}  # fmt: skip
+        run = {
+            "n": n,
+            **json.loads(proc.stdout.strip().splitlines()[-1]),
+            **{"index": json.loads((idx / "build.json").read_text())},
+        }
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
         write_json(args.out, results)
     print(f"\n{describe_machine(results['machine'])}; k={args.k}")
     rows = [
-        [r["n"], r["index"]["index_type"], r["method"], r["near_s"], r["total_s"], r["peak_rss_mib"], r["pairs"],
-         sum(r["groups"].values()), f"{r['planted_pairs_grouped']}/{r['planted_pairs']}"]
+        [
+            r["n"],
+            r["index"]["index_type"],
+            r["method"],
+            r["near_s"],
+            r["total_s"],
+            r["peak_rss_mib"],
+            r["pairs"],
+            sum(r["groups"].values()),
+            f"{r['planted_pairs_grouped']}/{r['planted_pairs']}",
+        ]
         for r in results["runs"]
-    ]  # fmt: skip
-    print(table(rows, ["vectors", "index", "pairs from", "near-dup s", "total s", "peak MiB", "pairs", "groups",
-                       "planted found"]))  # fmt: skip
+    ]
+    print(
+        table(
+            rows,
+            ["vectors", "index", "pairs from", "near-dup s", "total s", "peak MiB", "pairs", "groups", "planted found"],
+        )
+    )
     return results
 
 

@@ -15,7 +15,7 @@ the same run, measures these endpoints of that one server:
 - ``healthz``: ``GET /healthz``, the server's own constant JSON answer (an
   ``async def`` route behind the app's middleware);
 - ``by-id``: ``GET /images/{id}/similar?k=10`` with random ids, answered by the
-  fast lane (search/fast_lane.py) from the precomputed neighbour table
+  fast lane (search/api/fast_lane.py) from the precomputed neighbour table
   (indexer/neighbours.py) and the published hit rows (indexer/hit_rows.py);
 - ``by-id-live``: the same with ``offset=32``, a page past the table, so a live
   search from the stored vector (exact scan or the tuned approximate index);
@@ -97,8 +97,9 @@ def retune(idx: Path) -> None:
     efSearch 96), and write the neighbour table and the hit rows (cached before they
     existed), as `lookalike index` would."""
     from indexer import Catalog, Manifest, VectorStore, read_search_index
-    from indexer.hit_rows import HIT_ROWS, read_hit_rows
-    from indexer.vectors import STORE, IndexPlan, republish_derived, tune_search
+    from indexer.hit_rows import read_hit_rows
+    from indexer.layout import HIT_ROWS, STORE
+    from indexer.vectors import IndexPlan, republish_derived, tune_search
 
     m = Manifest.read(idx)
     if m is None:
@@ -334,20 +335,41 @@ def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for layout in layouts:
             by1 = run(res, "by-id", 1, layout)
             if by1 and n >= 1_000_000:
-                checks.append({"n": n, "layout": layout, "target": "by-id p50 <= 5 ms at 1M (c=1)",
-                               "value": by1["p50_ms"], "met": by1["p50_ms"] <= TARGETS["by_id_p50_ms_1m"]})  # fmt: skip
+                checks.append(
+                    {
+                        "n": n,
+                        "layout": layout,
+                        "target": "by-id p50 <= 5 ms at 1M (c=1)",
+                        "value": by1["p50_ms"],
+                        "met": by1["p50_ms"] <= TARGETS["by_id_p50_ms_1m"],
+                    }
+                )
             conc = max(r["concurrency"] for r in res["runs"])
             by8 = run(res, "by-id", conc, layout)
             for ceiling in ("trivial-async", "trivial-sync", "healthz"):
                 top = run(res, ceiling, conc, layout)
                 if by8 and top and top["requests_per_s"]:
                     ratio = round(by8["requests_per_s"] / top["requests_per_s"], 3)
-                    checks.append({"n": n, "layout": layout, "target": f"by-id req/s >= 0.5 x {ceiling} (c={conc})",
-                                   "value": ratio, "met": ratio >= TARGETS["by_id_vs_healthz_throughput"]})  # fmt: skip
+                    checks.append(
+                        {
+                            "n": n,
+                            "layout": layout,
+                            "target": f"by-id req/s >= 0.5 x {ceiling} (c={conc})",
+                            "value": ratio,
+                            "met": ratio >= TARGETS["by_id_vs_healthz_throughput"],
+                        }
+                    )
             up1 = run(res, "upload", 1, layout)
             if up1:
-                checks.append({"n": n, "layout": layout, "target": "upload p50 <= 25 ms (c=1)",
-                               "value": up1["p50_ms"], "met": up1["p50_ms"] <= TARGETS["upload_p50_ms"]})  # fmt: skip
+                checks.append(
+                    {
+                        "n": n,
+                        "layout": layout,
+                        "target": "upload p50 <= 25 ms (c=1)",
+                        "value": up1["p50_ms"],
+                        "met": up1["p50_ms"] <= TARGETS["upload_p50_ms"],
+                    }
+                )
     return checks
 
 
@@ -359,14 +381,31 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="Time cap per measurement.")
     ap.add_argument("--warmup", type=int, default=200, help="Warm-up requests before each measurement.")
     ap.add_argument("--concurrency", default="1,8", help="Comma-separated concurrency levels.")
-    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
-                    help="Also measure with server and client pinned to different cores.")  # fmt: skip
-    ap.add_argument("--routed", action="store_true",
-                    help="Also measure by-id on a server with the fast lane off (LOOKALIKE_FAST_LANE=0).")  # fmt: skip
-    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                    help="Extra environment for the server (e.g. OMP_NUM_THREADS=1); repeatable.")  # fmt: skip
-    ap.add_argument("--index-dir", action="append", default=[], metavar="N=DIR",
-                    help="Measure size N on this prepared index instead of random vectors; repeatable.")  # fmt: skip
+    ap.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also measure with server and client pinned to different cores.",
+    )
+    ap.add_argument(
+        "--routed",
+        action="store_true",
+        help="Also measure by-id on a server with the fast lane off (LOOKALIKE_FAST_LANE=0).",
+    )
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra environment for the server (e.g. OMP_NUM_THREADS=1); repeatable.",
+    )
+    ap.add_argument(
+        "--index-dir",
+        action="append",
+        default=[],
+        metavar="N=DIR",
+        help="Measure size N on this prepared index instead of random vectors; repeatable.",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "search_latency.json")
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -381,8 +420,18 @@ def main() -> None:
     results = [bench_size(n, args, model_dir, jpeg, env) for n in sizes]
     checks = check_targets(results)
 
-    header = ["vectors", "index", "layout", "endpoint", "conc", "requests", "p50 ms", "p99 ms", "req/s",
-              "server CPU ms/req"]  # fmt: skip
+    header = [
+        "vectors",
+        "index",
+        "layout",
+        "endpoint",
+        "conc",
+        "requests",
+        "p50 ms",
+        "p99 ms",
+        "req/s",
+        "server CPU ms/req",
+    ]
     rows = [
         [
             res["n"],
@@ -395,20 +444,32 @@ def main() -> None:
             r["p99_ms"],
             r["requests_per_s"],
             r["server_cpu_ms_per_req"],
-        ]  # fmt: skip
+        ]
         for res in results
         for r in res["runs"]
     ]
     print()
     print(table(rows, header))
     print()
-    print(table([[c["n"], c["layout"], c["target"], c["value"], "yes" if c["met"] else "NO"] for c in checks],
-                ["vectors", "layout", "target", "value", "met"]))  # fmt: skip
-    path = write_json(args.out, {
-        "command": command_line(), "machine": info, "jpeg_bytes": len(jpeg), "server_env": env,
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "results": results, "targets": checks,
-        "table": {"header": header, "rows": rows},
-    })  # fmt: skip
+    print(
+        table(
+            [[c["n"], c["layout"], c["target"], c["value"], "yes" if c["met"] else "NO"] for c in checks],
+            ["vectors", "layout", "target", "value", "met"],
+        )
+    )
+    path = write_json(
+        args.out,
+        {
+            "command": command_line(),
+            "machine": info,
+            "jpeg_bytes": len(jpeg),
+            "server_env": env,
+            "settings": {k: v for k, v in vars(args).items() if k != "out"},
+            "results": results,
+            "targets": checks,
+            "table": {"header": header, "rows": rows},
+        },
+    )
     print(f"\nwrote {path}")
 
 

@@ -28,12 +28,11 @@ from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
 from encoder.errors import LookalikeError
 from encoder.images import open_image
 from indexer import Catalog, ImageRecord, Manifest
-from indexer.build import bytes_hash
-from indexer.catalog import STATUS_OK
-from indexer.hit_rows import HIT_ROWS, HitRows, read_hit_rows
-from indexer.layout import MODEL_DIR
-from indexer.neighbours import NEIGHBOURS, lookup, read_neighbours
-from indexer.vectors import STORE, read_search_index
+from indexer.catalog import STATUS_OK, bytes_hash
+from indexer.hit_rows import HitRows, read_hit_rows
+from indexer.layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, STORE, THUMBNAILS
+from indexer.neighbours import lookup, read_neighbours
+from indexer.vectors import read_search_index
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class Engine:
         reload_in_background: bool = False,
     ) -> None:
         self.index_dir = Path(index_dir).resolve()
-        if not (self.index_dir / "manifest.json").exists():
+        if not (self.index_dir / MANIFEST).exists():
             raise EngineError(f"{self.index_dir}: no index here; run `lookalike index FOLDER` first")
         self.catalog = Catalog.for_directory(self.index_dir, catalog_url, read_only=True)
         self.device = device
@@ -113,12 +112,12 @@ class Engine:
         self._snapshot = self._open()
         root = self.catalog.get_meta("root")
         self.root = Path(root) if root else self.index_dir.parent
-        self.thumb_dir = self.index_dir / "thumbnails"
+        self.thumb_dir = self.index_dir / THUMBNAILS
 
     # ---------------------------------------------------------------- snapshots
 
     def _open(self) -> Snapshot:
-        self._manifest_mtime = (self.index_dir / "manifest.json").stat().st_mtime
+        self._manifest_mtime = (self.index_dir / MANIFEST).stat().st_mtime
         manifest = Manifest.read(self.index_dir)
         if manifest is None:
             raise EngineError(f"{self.index_dir}: manifest.json vanished")
@@ -149,7 +148,7 @@ class Engine:
         if now - self._checked_at >= self.reload_check_s:
             self._checked_at = now
             try:
-                mtime = (self.index_dir / "manifest.json").stat().st_mtime
+                mtime = (self.index_dir / MANIFEST).stat().st_mtime
             except FileNotFoundError:
                 mtime = self._manifest_mtime
             if mtime != self._manifest_mtime:
@@ -299,7 +298,7 @@ class Engine:
         n = snap.search.ntotal
         if n == 0:
             return []
-        faiss.omp_set_num_threads(_query_threads)  # per thread in OpenMP: set it on the one searching
+        faiss.omp_set_num_threads(QUERY_THREADS)  # per thread in OpenMP: set it on the one searching
         if path_prefix:
             ids = self._ids_with_prefix(path_prefix)
             if not ids:
@@ -469,16 +468,5 @@ class Engine:
 #: FAISS OpenMP threads per query. One: a query is a single vector, which gains little from
 #: more, and a server runs queries side by side; with more, OpenMP's spin-waiting threads
 #: fight the other requests for the cores (on 2 busy cores a 10k-vector query took 28 ms, not 2).
-_query_threads = 1
-
-
-def configure_threads(n: int | None) -> None:
-    """FAISS's OpenMP threads for each query (a server handles concurrency itself).
-
-    OpenMP keeps this setting per thread, so :meth:`Engine.search_vector` applies it on the
-    thread that searches (a server's worker thread), not only on the one calling this.
-    """
-    global _query_threads
-    if n:
-        _query_threads = n
-        faiss.omp_set_num_threads(n)
+#: OpenMP keeps the setting per thread, so each search sets it on the thread that searches.
+QUERY_THREADS = 1

@@ -26,9 +26,8 @@ from conftest import REPO, fill_folder, train_tiny, write_jpeg
 from fastapi.testclient import TestClient
 
 from indexer import build_index
-from search.api import create_app
+from search.api import Settings, create_app
 from search.engine import Engine
-from search.settings import Settings
 
 #: Paths in the shared corpus whose folder names hold SQL LIKE wildcards, and one that the wildcards would match.
 WILDCARD_PATHS = ("odd%dir/w1.jpg", "odd_dir/w2.jpg", "oddXdir/w3.jpg")

@@ -22,8 +22,8 @@ from conftest import fill_folder, sample_images, write_jpeg
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from search.api import Settings
 from search.engine import Engine
-from search.settings import Settings
 
 from .conftest import SERVER_MAX_UPLOAD, TOKEN, Corpus, Server, index_ids
 
@@ -44,8 +44,10 @@ def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -132,8 +134,15 @@ def test_stats_and_health(client: TestClient, ids: dict[str, int]) -> None:
 
 def test_openapi_and_docs(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    assert {"/search", "/images/{image_id}/similar", "/images/{image_id}", "/images/{image_id}/thumbnail",
-            "/images/{image_id}/file", "/stats", "/healthz"} <= set(spec["paths"])  # fmt: skip
+    assert {
+        "/search",
+        "/images/{image_id}/similar",
+        "/images/{image_id}",
+        "/images/{image_id}/thumbnail",
+        "/images/{image_id}/file",
+        "/stats",
+        "/healthz",
+    } <= set(spec["paths"])
     assert all(op.get("summary") for ops in spec["paths"].values() for op in ops.values())
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
@@ -201,9 +210,21 @@ def test_unknown_id_is_404(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["k=0", "k=abc", "k=-3", "k=1001", "k=1.5", "offset=-1", "offset=x", "min_similarity=2", "min_similarity=-1.5",
-     "min_similarity=nan", "min_similarity=abc", "path_prefix=" + "a" * 2000],
-)  # fmt: skip
+    [
+        "k=0",
+        "k=abc",
+        "k=-3",
+        "k=1001",
+        "k=1.5",
+        "offset=-1",
+        "offset=x",
+        "min_similarity=2",
+        "min_similarity=-1.5",
+        "min_similarity=nan",
+        "min_similarity=abc",
+        "path_prefix=" + "a" * 2000,
+    ],
+)
 def test_bad_parameters_are_422(client: TestClient, ids: dict[str, int], query: str) -> None:
     r = client.get(f"/images/{ids[BIRD]}/similar?{query}")
     assert r.status_code == 422, r.text
@@ -229,8 +250,12 @@ def test_malformed_requests_are_4xx_never_500(app_client: Callable[..., TestClie
         ("POST", "/search", {"files": {"file": ("", b"abc", "image/png")}}, 422),  # no file name: a text field
         ("POST", "/search", {"content": b"{}", "headers": {"content-type": "application/json"}}, 422),
         ("POST", "/search", {"content": b"garbage", "headers": ct}, 400),  # not multipart at all
-        ("POST", "/search", {"content": b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n",
-                             "headers": ct}, 422),  # truncated: no complete file field; fmt: skip
+        (
+            "POST",
+            "/search",
+            {"content": b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n', "headers": ct},
+            422,
+        ),  # truncated: no complete file field; fmt: skip
         ("GET", "/search", {}, 405),
         ("DELETE", f"/images/{ids[BIRD]}", {}, 405),
         ("GET", f"/images/{ids[BIRD]}/similar?path_prefix=%00", {}, 200),
@@ -375,8 +400,13 @@ def test_real_server_endpoints(server: Server, live: Corpus) -> None:
     assert server.get(f"/images/{ids[rel]}/similar?k=3")[0] == 200
     assert server.get(f"/images/{MISSING}/similar")[0] == 404
     assert server.get(f"/images/{ids['link.jpg']}/file")[0] == 404  # the symlink out of the folder
-    status, body = raw_request(server, "POST", "/search?k=3", multipart((live.folder / rel).read_bytes()),
-                               {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})  # fmt: skip
+    status, body = raw_request(
+        server,
+        "POST",
+        "/search?k=3",
+        multipart((live.folder / rel).read_bytes()),
+        {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
     assert status == 200 and b'"results"' in body
     assert b'id="file-input"' in server.get("/")[1]
 
@@ -402,8 +432,10 @@ BOUNDARY = "lookalike-test-boundary"
 
 
 def multipart(data: bytes, name: str = "query.png") -> bytes:
-    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
@@ -431,8 +463,13 @@ def post_chunked(server: Server, body: bytes, chunk: int = 16 * 1024) -> tuple[i
 def test_real_server_upload_caps(server: Server, live: Corpus) -> None:
     big = multipart(os.urandom(SERVER_MAX_UPLOAD + 200_000))
     # with a Content-Length over the cap: refused up front
-    status, body = raw_request(server, "POST", "/search", big[:1000], {
-        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "Content-Length": str(len(big))})  # fmt: skip
+    status, body = raw_request(
+        server,
+        "POST",
+        "/search",
+        big[:1000],
+        {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "Content-Length": str(len(big))},
+    )
     assert status == 413 and b"limit" in body
     # chunked, no Content-Length: counted as it streams in
     status, body = post_chunked(server, big)
@@ -516,7 +553,7 @@ def test_page_is_plain_and_self_contained() -> None:
     for p in static.rglob("*"):
         if p.is_file():
             text = p.read_text().replace("http://www.w3.org/2000/svg", "")
-            for marker in ("http://", "https://", "//cdn", "@import", "src=\"//"):
+            for marker in ("http://", "https://", "//cdn", "@import", 'src="//'):
                 assert marker not in text, (p.name, marker)
 
 

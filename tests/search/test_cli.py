@@ -79,7 +79,7 @@ def test_query_grid_picture(tiny_folder: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     from encoder.images import letterbox, open_image
-    from search.result_grid import PAD, TILE
+    from search.cli.result_grid import PAD, TILE
 
     model = tmp_path / "model"
     args = ["train", str(tiny_folder), "--out", str(model), "--image-size", "32", "--latent-dim", "8", "--epochs", "1"]
@@ -87,8 +87,9 @@ def test_query_grid_picture(tiny_folder: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, ["index", str(tiny_folder), "--model", str(model)]).exit_code == 0
     query_img = sorted(tiny_folder.rglob("*.png"))[0]
     pic = tmp_path / "grid.png"
-    res = runner.invoke(app, ["query", str(query_img), "--index", str(tiny_folder), "-k", "4", "--json",
-                              "--grid", str(pic)])  # fmt: skip
+    res = runner.invoke(
+        app, ["query", str(query_img), "--index", str(tiny_folder), "-k", "4", "--json", "--grid", str(pic)]
+    )
     assert res.exit_code == 0, res.output
     hits = json.loads(res.stdout)["results"]  # stdout stays pure JSON
     grid = np.asarray(Image.open(pic).convert("RGB")).astype(int)
@@ -104,8 +105,20 @@ def test_query_grid_picture(tiny_folder: Path, tmp_path: Path) -> None:
     assert np.abs(tile(0) - expected(query_img)).mean() < 3  # the query itself
     for i, h in enumerate(hits, 1):  # each result in rank order (thumbnails are JPEG: a little off)
         assert np.abs(tile(i) - expected(tiny_folder / h["path"])).mean() < 12
-    res = runner.invoke(app, ["query", "--id", str(hits[0]["id"]), "--index", str(tiny_folder), "-k", "2",
-                              "--grid", str(tmp_path / "by-id.png")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "query",
+            "--id",
+            str(hits[0]["id"]),
+            "--index",
+            str(tiny_folder),
+            "-k",
+            "2",
+            "--grid",
+            str(tmp_path / "by-id.png"),
+        ],
+    )
     assert res.exit_code == 0 and "wrote" in res.output
     assert Image.open(tmp_path / "by-id.png").size[0] == PAD + 3 * (TILE + PAD)
 

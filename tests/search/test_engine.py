@@ -354,7 +354,7 @@ def test_hits_from_the_published_rows_and_from_the_catalog_agree(tmp_path: Path,
     """Hits read their path and size from hit_rows.bin; without it (an older index, a damaged file),
     from the catalog, with the same answers."""
     from indexer import build_index
-    from indexer.hit_rows import HIT_ROWS
+    from indexer.layout import HIT_ROWS
 
     folder = fill_folder(tmp_path / "images")
     build_index(folder, model_dir=search_model, progress=False, workers=1)

@@ -1,4 +1,4 @@
-"""The fast lane (search/fast_lane.py): plain by-id queries answered before FastAPI's routing.
+"""The fast lane (search/api/fast_lane.py): plain by-id queries answered before FastAPI's routing.
 
 It must answer exactly what the route answers, byte for byte, and leave every
 other request (errors, filters, deep pages, a missing token) to the route.
@@ -15,10 +15,9 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from indexer import build_index
-from search.api import create_app, get_paging
+from search.api import Settings, create_app
+from search.api.deps import get_paging
 from search.engine import Engine
-from search.fast_lane import K_MAX, OFFSET_MAX
-from search.settings import Settings
 
 from .conftest import TOKEN
 
@@ -102,11 +101,21 @@ def test_the_lane_checks_the_token(engine: Engine, ids: list[int]) -> None:
         assert c.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401  # the route's
 
 
-def test_the_lane_and_the_route_have_the_same_bounds(engine: Engine) -> None:
-    with client(engine) as c:
-        spec = c.get("/openapi.json").json()["paths"]["/images/{image_id}/similar"]["get"]
-    schema = {p["name"]: p["schema"] for p in spec["parameters"]}
-    assert (schema["k"]["minimum"], schema["k"]["maximum"]) == (1, K_MAX)
-    assert (schema["offset"]["minimum"], schema["offset"]["maximum"]) == (0, OFFSET_MAX)
-    similarity = schema["min_similarity"]["anyOf"][0]
-    assert (similarity["minimum"], similarity["maximum"]) == (-1, 1)
+def test_the_lane_and_the_route_have_the_same_bounds(engine: Engine, ids: list[int]) -> None:
+    """The documented bounds (literal numbers: the API's contract) are what both paths enforce:
+    a request at a bound is answered, one just past it gets the route's 422, lane on or off."""
+    with client(engine, fast_lane=True) as fast, client(engine, fast_lane=False) as routed:
+        spec = fast.get("/openapi.json").json()["paths"]["/images/{image_id}/similar"]["get"]
+        schema = {p["name"]: p["schema"] for p in spec["parameters"]}
+        assert (schema["k"]["minimum"], schema["k"]["maximum"]) == (1, 1000)
+        assert (schema["offset"]["minimum"], schema["offset"]["maximum"]) == (0, 100_000)
+        similarity = schema["min_similarity"]["anyOf"][0]
+        assert (similarity["minimum"], similarity["maximum"]) == (-1, 1)
+        inside = ["k=1", "k=1000", "offset=0&k=1", "offset=100000&k=1", "k=1&min_similarity=-1", "k=1&min_similarity=1"]
+        outside = ["k=0", "k=1001", "offset=-1&k=1", "offset=100001&k=1", "k=1&min_similarity=-1.01",
+                   "k=1&min_similarity=1.01"]  # fmt: skip
+        for c in (fast, routed):
+            for query in inside:
+                assert _get(c, ids[0], query)[0] == 200, query
+            for query in outside:
+                assert _get(c, ids[0], query)[0] == 422, query

@@ -17,7 +17,6 @@ from PIL import Image
 from encoder import ModelConfig, TrainConfig, train
 from indexer import VectorStore, build_index
 from search.engine import Engine
-from search.report_scan import hamming, perceptual_hash
 from search.reports import (
     CACHE_FILE,
     SCHEMA,
@@ -35,6 +34,7 @@ from search.reports import (
     whiten,
     write_report,
 )
+from search.reports.scan import hamming, perceptual_hash
 
 TINY = ModelConfig(image_size=32, channels=(8, 16), latent_dim=16)
 
@@ -56,8 +56,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     img = Image.open(root / rel[1]).convert("RGBA")
     white = Image.new("RGBA", img.size, "white")
     white.alpha_composite(img)
-    white.convert("RGB").resize((img.width * 4 // 5, img.height * 4 // 5)).save(root / "copies" / "smaller.jpg",
-                                                                                quality=85)  # fmt: skip
+    white.convert("RGB").resize((img.width * 4 // 5, img.height * 4 // 5)).save(
+        root / "copies" / "smaller.jpg", quality=85
+    )
     (root / "odd").mkdir()
     noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # the model's size: no blur
     Image.fromarray(noise).save(root / "odd" / "noise.png")
@@ -212,7 +213,7 @@ def test_perceptual_hash_is_the_imagehash_phash() -> None:
 
 
 def test_hash_distance_limit_follows_how_alike_the_collection_hashes_are() -> None:
-    from search.report_scan import HASH_MARGIN, NO_HASH, hash_distance_limit
+    from search.reports.scan import HASH_MARGIN, NO_HASH, hash_distance_limit
 
     rng = np.random.default_rng(0)
     uniform = rng.integers(-(2**63), 2**63 - 1, 5000, dtype=np.int64)  # unrelated natural images, roughly
@@ -229,7 +230,7 @@ def test_hash_distance_limit_follows_how_alike_the_collection_hashes_are() -> No
 
 
 def test_untrustworthy_hashes_are_not_used(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import search.report_scan as rs
+    import search.reports.scan as rs
 
     monkeypatch.setattr(rs, "HASH_MIN_IMAGES", 2)
     monkeypatch.setattr(rs, "HASH_MARGIN", 64)  # as if every pair of images hashed alike
@@ -334,8 +335,15 @@ def test_html_report_renders_in_chromium(full_report, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     eng, rep = full_report
     page_file = write_report(rep, tmp_path / "r.html", engine=eng)
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=args)
         try:
@@ -366,14 +374,29 @@ def test_html_report_renders_in_chromium(full_report, tmp_path: Path) -> None:
 def test_cli_report_writes_each_format(planted: dict, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    import search.cli_report  # noqa: F401  (registers `report` if search/cli.py has not)
     from search.cli import app
 
     runner = CliRunner()
     for fmt in ("json", "csv", "html"):
         out = tmp_path / f"r.{fmt}"
-        args = ["report", "--index", str(planted["index"]), "--duplicates", "--near", "0.5", "--outliers", "3",
-                "--queries", "1,2", "--workers", "1", "--format", fmt, "--out", str(out)]  # fmt: skip
+        args = [
+            "report",
+            "--index",
+            str(planted["index"]),
+            "--duplicates",
+            "--near",
+            "0.5",
+            "--outliers",
+            "3",
+            "--queries",
+            "1,2",
+            "--workers",
+            "1",
+            "--format",
+            fmt,
+            "--out",
+            str(out),
+        ]
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
         assert "exact duplicates: 1 groups, 1 copies" in res.output and out.stat().st_size > 0
@@ -386,8 +409,7 @@ def test_cli_report_writes_each_format(planted: dict, tmp_path: Path) -> None:
 def test_http_reports_paginate(planted: dict) -> None:
     from fastapi.testclient import TestClient
 
-    from search.api import create_app
-    from search.settings import Settings
+    from search.api import Settings, create_app
 
     eng = Engine(planted["index"])
     with TestClient(create_app(Settings(index=planted["index"]), engine=eng)) as client:
@@ -422,8 +444,7 @@ def test_http_reports_paginate(planted: dict) -> None:
 def test_http_reports_need_the_token_when_one_is_set(planted: dict) -> None:
     from fastapi.testclient import TestClient
 
-    from search.api import create_app
-    from search.settings import Settings
+    from search.api import Settings, create_app
 
     eng = Engine(planted["index"])
     with TestClient(create_app(Settings(index=planted["index"], api_token="s3cret"), engine=eng)) as client:

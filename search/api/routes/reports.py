@@ -14,9 +14,9 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from .api import EngineDep
-from .engine import Engine
-from .reports import DEFAULT_K, TIERS, exact_duplicates, near_duplicates, neighbours_of_ids, outliers, scan_images
+from ...engine import Engine
+from ...reports import DEFAULT_K, TIERS, exact_duplicates, near_duplicates, neighbours_of_ids, outliers, scan_images
+from ..deps import EngineDep
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
@@ -46,8 +46,12 @@ def _page(items: list, offset: int, limit: int) -> list:
 
 @router.get("/tiers", summary="The near-duplicate tiers and their similarity thresholds")
 def tiers() -> dict:
-    return {"tiers": [{"name": t.name, "threshold": t.threshold, "hamming": t.hamming, "description": t.description}
-                      for t in TIERS]}  # fmt: skip
+    return {
+        "tiers": [
+            {"name": t.name, "threshold": t.threshold, "hamming": t.hamming, "description": t.description}
+            for t in TIERS
+        ]
+    }
 
 
 @router.get("/duplicates", summary="Groups of exact or near-duplicate images, one tier at a time")
@@ -74,8 +78,14 @@ def duplicates(
         groups, threshold = near.groups[tier], TIERS[names.index(tier)].threshold
     else:
         raise HTTPException(422, f"unknown tier {tier!r}: exact, {', '.join(names)}")
-    return {"tier": tier, "threshold": threshold, "total": len(groups), "offset": offset, "limit": limit,
-            "groups": [g.as_dict() for g in _page(groups, offset, limit)]}  # fmt: skip
+    return {
+        "tier": tier,
+        "threshold": threshold,
+        "total": len(groups),
+        "offset": offset,
+        "limit": limit,
+        "groups": [g.as_dict() for g in _page(groups, offset, limit)],
+    }
 
 
 @router.get("/neighbours", summary="The top-k of each of a set of indexed images")
@@ -87,8 +97,13 @@ def neighbours(
     limit: int = Query(50, ge=1, le=1000),
 ) -> dict:
     page = _page(ids, offset, limit)
-    return {"k": k, "total": len(ids), "offset": offset, "limit": limit,
-            "queries": [q.as_dict() for q in neighbours_of_ids(engine, page, k)]}  # fmt: skip
+    return {
+        "k": k,
+        "total": len(ids),
+        "offset": offset,
+        "limit": limit,
+        "queries": [q.as_dict() for q in neighbours_of_ids(engine, page, k)],
+    }
 
 
 @router.get("/outliers", summary="The images the autoencoder reconstructs worst, with the rule and a histogram")

@@ -13,9 +13,9 @@ from typing import TextIO
 
 from encoder import ImageLoadError, open_image
 
-from .engine import Engine, EngineError
-from .report_scan import Outliers
-from .reports import Group, Report
+from ..engine import Engine, EngineError
+from .model import Group, Report
+from .outliers import Outliers
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,11 @@ def _groups(out: _Out, thumbs: _Thumbs, groups: list[Group], max_groups: int, ex
     for g in groups[:max_groups]:
         cards = [_member_card(thumbs, m, i == 0, exact) for i, m in enumerate(g.members)]
         label = g.tier + ("" if exact else f", min similarity {g.min_similarity:.4f}")
-        out.append(f'<div class="group" data-tier="{html.escape(g.tier)}" aria-label="{html.escape(label)}">'
-                   + "".join(cards) + "</div>")  # fmt: skip
+        out.append(
+            f'<div class="group" data-tier="{html.escape(g.tier)}" aria-label="{html.escape(label)}">'
+            + "".join(cards)
+            + "</div>"
+        )
     if len(groups) > max_groups:
         out.append(f'<p class="more">{len(groups) - max_groups} more groups: see the JSON or CSV report.</p>')
 
@@ -119,9 +122,11 @@ def histogram_svg(o: Outliers, width: int = 640, height: int = 220) -> str:
     counts, edges = o.histogram_counts, o.histogram_edges
     pad_l, pad_b, pad_t = 40, 36, 12
     w, h = width - pad_l - 10, height - pad_b - pad_t
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{height}" fill="white"/>']  # fmt: skip
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
     if counts:
         lo, hi = math.log10(edges[0]), math.log10(edges[-1])
         span = (hi - lo) or 1.0
@@ -132,17 +137,23 @@ def histogram_svg(o: Outliers, width: int = 640, height: int = 220) -> str:
 
         for c, e0, e1 in zip(counts, edges[:-1], edges[1:], strict=True):
             bh = c / peak * h
-            parts.append(f'<rect x="{x(e0):.1f}" y="{pad_t + h - bh:.1f}" width="{max(0.5, x(e1) - x(e0) - 1):.1f}" '
-                         f'height="{bh:.1f}" fill="#4a7bd0"/>')  # fmt: skip
+            parts.append(
+                f'<rect x="{x(e0):.1f}" y="{pad_t + h - bh:.1f}" width="{max(0.5, x(e1) - x(e0) - 1):.1f}" '
+                f'height="{bh:.1f}" fill="#4a7bd0"/>'
+            )
         if edges[0] <= o.threshold_score <= edges[-1]:
             tx = x(o.threshold_score)
-            parts.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#c33" '
-                         f'stroke-width="2"/><text x="{tx + 3:.1f}" y="{pad_t + 10}" fill="#c33">z = '
-                         f'{o.threshold_z}</text>')  # fmt: skip
+            parts.append(
+                f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#c33" '
+                f'stroke-width="2"/><text x="{tx + 3:.1f}" y="{pad_t + 10}" fill="#c33">z = '
+                f"{o.threshold_z}</text>"
+            )
         for v, anchor in ((edges[0], "start"), (math.sqrt(edges[0] * edges[-1]), "middle"), (edges[-1], "end")):
             parts.append(f'<text x="{x(v):.1f}" y="{height - 20}" text-anchor="{anchor}">{v:.3g}</text>')
-        parts.append(f'<text x="{pad_l + w / 2:.0f}" y="{height - 4}" text-anchor="middle">reconstruction error '
-                     f'(log scale)</text><text x="4" y="{pad_t + 10}">{peak}</text>')  # fmt: skip
+        parts.append(
+            f'<text x="{pad_l + w / 2:.0f}" y="{height - 4}" text-anchor="middle">reconstruction error '
+            f'(log scale)</text><text x="4" y="{pad_t + 10}">{peak}</text>'
+        )
     parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{pad_t + h}" y2="{pad_t + h}" stroke="#333"/></svg>')
     return "".join(parts)
 
@@ -155,34 +166,44 @@ def write_html(
     thumbs = _Thumbs(engine, thumb_size)
     esc = html.escape
     out = _Out(fh)  # written as it is made: the page is never held whole in memory
-    out += [f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lookalike report</title>'
-           f'<style>{STYLE}</style></head><body style="--w:{thumb_size + 24}px">',
-           f"<h1>lookalike report</h1><p class=\"meta\">index {esc(report.index)} · model "
-           f"{esc(str(report.model_id))} · {report.images} images · {esc(report.generated_at)}</p>"]  # fmt: skip
+    out += [
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lookalike report</title>'
+        f'<style>{STYLE}</style></head><body style="--w:{thumb_size + 24}px">',
+        f'<h1>lookalike report</h1><p class="meta">index {esc(report.index)} · model '
+        f"{esc(str(report.model_id))} · {report.images} images · {esc(report.generated_at)}</p>",
+    ]
     if report.exact is not None:
         n_files = sum(len(g.others) for g in report.exact)
-        out.append(f'<section id="exact"><h2>Exact duplicates</h2><p>{len(report.exact)} groups of byte-identical '
-                   f"files; {n_files} copies could go. The keeper is the first indexed.</p>")  # fmt: skip
+        out.append(
+            f'<section id="exact"><h2>Exact duplicates</h2><p>{len(report.exact)} groups of byte-identical '
+            f"files; {n_files} copies could go. The keeper is the first indexed.</p>"
+        )
         _groups(out, thumbs, report.exact, max_groups, exact=True)
         out.append("</section>")
     if report.near is not None:
         nd = report.near
-        out.append(f'<section id="near"><h2>Near-duplicates</h2><p>Similarity: {esc(nd.similarity)}; '
-                   f"{nd.vectors} images, {nd.k} neighbours each ({esc(nd.method)}), {nd.pairs} pairs. A group is "
-                   "shown at the strictest tier at which it holds together. The keeper (largest resolution) is "
-                   "outlined; each other image shows its similarity to it.</p>")  # fmt: skip
+        out.append(
+            f'<section id="near"><h2>Near-duplicates</h2><p>Similarity: {esc(nd.similarity)}; '
+            f"{nd.vectors} images, {nd.k} neighbours each ({esc(nd.method)}), {nd.pairs} pairs. A group is "
+            "shown at the strictest tier at which it holds together. The keeper (largest resolution) is "
+            "outlined; each other image shows its similarity to it.</p>"
+        )
         for t in nd.tiers:
             groups = nd.groups[t.name]
             rule = f"similarity &ge; {t.threshold:g}" + (
                 f" or hash distance &le; {t.hamming}" if t.hamming is not None else ""
             )
-            out.append(f'<h3 id="tier-{esc(t.name)}">{esc(t.name)} ({rule}): '
-                       f'{len(groups)} groups</h3><p class="meta">{esc(t.description)}</p>')  # fmt: skip
+            out.append(
+                f'<h3 id="tier-{esc(t.name)}">{esc(t.name)} ({rule}): '
+                f'{len(groups)} groups</h3><p class="meta">{esc(t.description)}</p>'
+            )
             _groups(out, thumbs, groups, max_groups, exact=False)
         out.append("</section>")
     if report.neighbours is not None:
-        out.append(f'<section id="neighbours"><h2>Neighbours of the query set</h2><p>{len(report.neighbours)} '
-                   f"queries, top {report.neighbours_k} each.</p>")  # fmt: skip
+        out.append(
+            f'<section id="neighbours"><h2>Neighbours of the query set</h2><p>{len(report.neighbours)} '
+            f"queries, top {report.neighbours_k} each.</p>"
+        )
         for q in report.neighbours[:max_groups]:
             label = str(q.query.get("path") or q.query.get("id"))
             uri = thumbs.of_id(q.query["id"]) if "id" in q.query else thumbs.of_file(label)
@@ -192,8 +213,14 @@ def write_html(
             if q.error:
                 lines.append(f'<span class="bad">{esc(q.error)}</span>')
             cards = [_card(uri, label, lines, "keeper"), '<span class="arrow">&rarr;</span>']
-            cards += [_card(thumbs.of_id(h.id), h.path, [esc(h.path), f'<span class="meta">#{h.id} · similarity '
-                            f"{h.similarity:.4f}</span>"]) for h in q.neighbours]  # fmt: skip
+            cards += [
+                _card(
+                    thumbs.of_id(h.id),
+                    h.path,
+                    [esc(h.path), f'<span class="meta">#{h.id} · similarity {h.similarity:.4f}</span>'],
+                )
+                for h in q.neighbours
+            ]
             out.append('<div class="group query">' + "".join(cards) + "</div>")
         if len(report.neighbours) > max_groups:
             out.append(f'<p class="more">{len(report.neighbours) - max_groups} more queries: see the JSON or CSV.</p>')
@@ -201,11 +228,13 @@ def write_html(
     if report.outliers is not None:
         o = report.outliers
         svg = base64.b64encode(histogram_svg(o).encode()).decode("ascii")
-        out.append(f'<section id="outliers"><h2>Outliers</h2><p>Reconstruction error of the autoencoder for '
-                   f"{o.count} distinct images. Rule: robust z-score of log(error) (median and MAD) above "
-                   f"{o.threshold_z}, i.e. error &gt; {o.threshold_score:.4g}: {o.flagged} flagged.</p>"
-                   f'<img id="histogram" src="data:image/svg+xml;base64,{svg}" alt="histogram of reconstruction '
-                   'errors">')  # fmt: skip
+        out.append(
+            f'<section id="outliers"><h2>Outliers</h2><p>Reconstruction error of the autoencoder for '
+            f"{o.count} distinct images. Rule: robust z-score of log(error) (median and MAD) above "
+            f"{o.threshold_z}, i.e. error &gt; {o.threshold_score:.4g}: {o.flagged} flagged.</p>"
+            f'<img id="histogram" src="data:image/svg+xml;base64,{svg}" alt="histogram of reconstruction '
+            'errors">'
+        )
         cards = []
         for o_ in o.top:
             lines = [esc(o_.path), f'<span class="meta">#{o_.id} · error {o_.score:.4g} · z {o_.z:.2f}</span>']

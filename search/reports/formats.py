@@ -1,5 +1,5 @@
 """Writing a report to disk: JSON (a documented schema, streamed group by group), CSV
-(one row per image) and HTML (see :mod:`search.report_html`)."""
+(one row per image) and HTML (see :mod:`.html`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from .reports import FORMATS, SCHEMA, Group, Report, ReportError
+from .model import FORMATS, SCHEMA, Group, Report, ReportError
 
 
 def write_report(report: Report, out: str | os.PathLike, fmt: str | None = None, **kw) -> Path:
@@ -29,7 +29,7 @@ def write_report(report: Report, out: str | os.PathLike, fmt: str | None = None,
             elif fmt == "csv":
                 write_csv(report, fh)
             else:
-                from .report_html import write_html
+                from .html import write_html
 
                 write_html(report, fh, **kw)
         os.replace(tmp, out)
@@ -59,8 +59,13 @@ def write_json(report: Report, fh) -> None:
     (perceptual-hash bits that differ from the keeper's, or null)}. A hit (neighbour) is
     {id, path, similarity, width, height}; an outlier {id, path, score, z, flagged}.
     """
-    head = {"schema": SCHEMA, "index": report.index, "model_id": report.model_id, "images": report.images,
-            "generated_at": report.generated_at}  # fmt: skip
+    head = {
+        "schema": SCHEMA,
+        "index": report.index,
+        "model_id": report.model_id,
+        "images": report.images,
+        "generated_at": report.generated_at,
+    }
     fh.write(json.dumps(head)[:-1])
     fh.write(',\n "exact_duplicates": ')
     if report.exact is None:
@@ -94,8 +99,23 @@ def write_json(report: Report, fh) -> None:
     fh.write("\n}\n")
 
 
-CSV_COLUMNS = ("section", "tier", "group", "role", "rank", "id", "path", "width", "height", "size", "similarity",
-               "score", "z", "flagged", "query")  # fmt: skip
+CSV_COLUMNS = (
+    "section",
+    "tier",
+    "group",
+    "role",
+    "rank",
+    "id",
+    "path",
+    "width",
+    "height",
+    "size",
+    "similarity",
+    "score",
+    "z",
+    "flagged",
+    "query",
+)
 
 
 def csv_rows(report: Report) -> Iterator[dict]:
@@ -111,11 +131,24 @@ def csv_rows(report: Report) -> Iterator[dict]:
                 yield {"section": section, "tier": tier, "group": g_no, "role": role, "rank": rank, **m.as_dict()}
     for q_no, q in enumerate(report.neighbours or [], 1):
         label = q.query.get("path") or q.query.get("id")
-        yield {"section": "neighbours", "group": q_no, "role": "query", "rank": 0, "id": q.query.get("id"),
-               "path": q.query.get("path"), "query": label}  # fmt: skip
+        yield {
+            "section": "neighbours",
+            "group": q_no,
+            "role": "query",
+            "rank": 0,
+            "id": q.query.get("id"),
+            "path": q.query.get("path"),
+            "query": label,
+        }
         for rank, h in enumerate(q.neighbours, 1):
-            yield {"section": "neighbours", "group": q_no, "role": "neighbour", "rank": rank, "query": label,
-                   **h.as_dict()}  # fmt: skip
+            yield {
+                "section": "neighbours",
+                "group": q_no,
+                "role": "neighbour",
+                "rank": rank,
+                "query": label,
+                **h.as_dict(),
+            }
     if report.outliers is not None:
         for rank, o in enumerate(report.outliers.top, 1):
             yield {"section": "outliers", "role": "outlier", "rank": rank, **o.as_dict()}

@@ -23,15 +23,13 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..engine import EngineError, Hit
 from .auth import bearer_matches
-from .engine import EngineError, Hit
+from .deps import K_MAX, OFFSET_MAX
 
 _PATH = re.compile(r"/images/(0|[1-9][0-9]{0,17})/similar")
 _INT = re.compile(r"0|[1-9][0-9]{0,6}")
 _FLOAT = re.compile(r"-?[0-9]{1,3}(\.[0-9]{1,17})?")
-# The bounds of the by-id parameters, for the route (search.api.get_paging) and the lane alike.
-K_MAX = 1000
-OFFSET_MAX = 100_000
 _KNOWN = frozenset({"k", "offset", "min_similarity", "path_prefix"})
 _HEADERS = [(b"content-type", b"application/json")]
 

@@ -7,9 +7,7 @@ batches. Results are cached in ``report_cache.sqlite`` in the index directory, k
 (content hash, model id): a second report, or the HTTP endpoint, decodes only what is
 new. A read-only index still works; results are then not kept.
 
-Outlier rule: robust z-score of log(score), z = 0.6745 (x - median) / MAD (Iglewicz and
-Hoaglin), above :data:`OUTLIER_Z`. The log because errors are skewed: a few images
-reconstruct much worse than the rest, none much better.
+The outlier rule over the scores is :mod:`search.reports.outliers`.
 
 Perceptual hash: the DCT hash of Zauner (as in the `imagehash` package's ``phash``):
 greyscale, resized to 32x32 (Lanczos), 2-D DCT-II, the 8x8 lowest frequencies, one bit
@@ -20,9 +18,8 @@ sees, so one decode serves both.
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +27,17 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
-from encoder.decoding import decode_many, default_workers
+from encoder.decoding import decode_batches, default_workers
 from indexer import ImageRecord
-from indexer.catalog import STATUS_OK
+from indexer.catalog import STATUS_OK, in_chunks
+from indexer.layout import REPORT_CACHE
 
-from .engine import Engine
+from ..engine import Engine
 
 log = logging.getLogger(__name__)
 
-CACHE_FILE = "report_cache.sqlite"
+CACHE_FILE = REPORT_CACHE
 #: Outlier rule: robust z-score of log(reconstruction error) above this.
-OUTLIER_Z = 3.5
 NO_HASH = -1  # a perceptual hash that could not be computed (never equal to a real one here)
 
 _N = 32
@@ -112,8 +109,8 @@ class ScanCache:
         out: dict[str, tuple[float, int]] = {}
         if self.conn is None:
             return out
-        for start in range(0, len(hashes), 500):
-            chunk = list(hashes[start : start + 500])
+        for part in in_chunks(hashes):
+            chunk = list(part)
             marks = ",".join("?" * len(chunk))
             q = f"SELECT content_hash, score, phash FROM scan WHERE model_id = ? AND content_hash IN ({marks})"
             out.update({h: (s, p) for h, s, p in self.conn.execute(q, [model_id, *chunk])})
@@ -161,25 +158,17 @@ def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int =
         known = store.get(enc.model_id, [h for _, _, h in rows if h])
         todo = [r for r in rows if r[2] not in known]
         workers = workers if workers is not None else (1 if len(todo) < 64 else default_workers())
-        batch: list = []
-
-        def flush() -> None:
+        files = [engine.root / p for _, p, _ in todo]
+        for batch in decode_batches(files, enc.image_size, batch_size, workers=workers, max_pixels=engine.max_pixels):
             good = [d for d in batch if d.pixels is not None]
             if good:
                 pixels = np.stack([d.pixels for d in good])
                 errs, hashes = enc.reconstruction_error(pixels), perceptual_hash(pixels)
                 fresh.update({todo[d.index][0]: (float(e), int(h)) for d, e, h in zip(good, errs, hashes, strict=True)})
-            failed.extend({"id": todo[d.index][0], "path": todo[d.index][1], "reason": d.error}
-                          for d in batch if d.pixels is None)  # fmt: skip
+            failed.extend(
+                {"id": todo[d.index][0], "path": todo[d.index][1], "reason": d.error} for d in batch if d.pixels is None
+            )
             store.put(enc.model_id, {todo[d.index][2]: fresh[todo[d.index][0]] for d in good if todo[d.index][2]})
-            batch.clear()
-
-        files = [engine.root / p for _, p, _ in todo]
-        for d in decode_many(files, enc.image_size, workers=workers, max_pixels=engine.max_pixels):
-            batch.append(d)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
     finally:
         store.close()
     got = [(i, known[h] if h in known else fresh[i]) for i, _, h in rows if h in known or i in fresh]
@@ -190,102 +179,3 @@ def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int =
         failed,
         enc.model_id,
     )
-
-
-def _paths(engine: Engine, ids: Iterable[int]) -> dict[int, str]:
-    ids = [int(i) for i in ids]
-    out: dict[int, str] = {}
-    with engine.catalog.session() as s:
-        for start in range(0, len(ids), 500):
-            q = select(ImageRecord.id, ImageRecord.path).where(ImageRecord.id.in_(ids[start : start + 500]))
-            out.update(dict(s.execute(q).all()))
-    return out
-
-
-@dataclass
-class Outlier:
-    id: int
-    path: str
-    score: float
-    z: float
-    flagged: bool
-
-    def as_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "score": float(f"{self.score:.6g}"), "z": round(self.z, 3),
-                "flagged": self.flagged}  # fmt: skip
-
-
-@dataclass
-class Outliers:
-    """Outlier scores of every distinct image: the worst `top`, the rule, and a histogram."""
-
-    count: int
-    median: float
-    mad: float
-    threshold_z: float
-    threshold_score: float
-    flagged: int
-    histogram_edges: list[float]
-    histogram_counts: list[int]
-    top: list[Outlier]
-    failed: list[dict]
-    model_id: str | None = None
-
-    def header(self) -> dict:
-        return {
-            "count": self.count,
-            "model_id": self.model_id,
-            "rule": {
-                "statistic": "robust z-score of log(reconstruction error): 0.6745 * (log s - median) / MAD",
-                "threshold_z": self.threshold_z,
-                "threshold_score": float(f"{self.threshold_score:.6g}"),
-                "median_log_score": round(self.median, 6),
-                "mad_log_score": round(self.mad, 6),
-            },
-            "flagged": self.flagged,
-            "histogram": {"edges": [float(f"{e:.6g}") for e in self.histogram_edges], "counts": self.histogram_counts},
-            "failed": self.failed,
-        }
-
-
-def robust_z(scores: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(z, median, MAD) of log(scores): z = 0.6745 (x - median) / MAD."""
-    x = np.log(np.maximum(scores, 1e-12))
-    med = float(np.median(x)) if len(x) else 0.0
-    mad = float(np.median(np.abs(x - med))) if len(x) else 0.0
-    if mad <= 1e-12:  # half the scores equal: fall back to the mean absolute deviation
-        mad = float(np.mean(np.abs(x - med))) / 0.7979 * 0.6745 if len(x) else 0.0
-    z = 0.6745 * (x - med) / mad if mad > 1e-12 else np.zeros_like(x)
-    return z, med, mad
-
-
-def outliers(
-    engine: Engine,
-    top: int = 20,
-    *,
-    offset: int = 0,
-    bins: int = 40,
-    scan: Scan | None = None,
-    **kw,
-) -> Outliers:
-    """The worst-reconstructed images (`offset`..`offset+top`), the robust-z rule and a
-    histogram of all scores. `scan`: the result of :func:`scan_images`, if at hand."""
-    scan = scan if scan is not None else scan_images(engine, **kw)
-    ids, scores, failed = scan.ids, scan.scores, scan.failed
-    z, med, mad = robust_z(scores)
-    threshold_score = math.exp(med + OUTLIER_Z * mad / 0.6745) if mad > 0 else float("inf")
-    if len(scores):
-        logs = np.log10(np.maximum(scores, 1e-12))
-        counts, edges = np.histogram(logs, bins=bins)
-        edges = 10.0**edges
-    else:
-        counts, edges = np.zeros(0, int), np.zeros(0)
-    order = np.argsort(-scores, kind="stable")[offset : offset + max(0, top)]
-    paths = _paths(engine, ids[order])
-    worst = [
-        Outlier(int(ids[o]), paths[int(ids[o])], float(scores[o]), float(z[o]), bool(z[o] > OUTLIER_Z))
-        for o in order
-        if int(ids[o]) in paths
-    ]
-    return Outliers(len(scores), med, mad, OUTLIER_Z, threshold_score, int((z > OUTLIER_Z).sum()),
-                    edges.tolist(), counts.tolist(), worst, failed, engine.snapshot().manifest.model_id)  # fmt: skip

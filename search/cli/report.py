@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from search.cli import _index_for, app, user_errors
+from .common import index_for, user_errors
 
 
 def _queries(value: str | None) -> str | list[int] | None:
@@ -21,7 +21,6 @@ def _queries(value: str | None) -> str | list[int] | None:
     return value
 
 
-@app.command()
 @user_errors
 def report(
     out: Path = typer.Option(..., "--out", "-o", help="File to write (.html, .json or .csv)."),
@@ -58,7 +57,7 @@ def report(
 
     if not (duplicates or near or queries or outliers is not None):
         duplicates, near = True, "all"
-    engine = Engine(_index_for(index_dir))
+    engine = Engine(index_for(index_dir))
     try:
         rep = build_report(
             engine,

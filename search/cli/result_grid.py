@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from encoder.images import ImageSource, letterbox, open_image
 
-from .engine import Engine, Hit
+from ..engine import Engine, Hit
 
 TILE = 160
 CAPTION = 28  # pixels under each tile for two lines of text

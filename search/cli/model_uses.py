@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from search.cli import app, user_errors
+from .common import UsageError, user_errors
 
 MODEL_HELP = "Model directory (as written by `lookalike train`)."
 
@@ -47,7 +47,7 @@ def compression_report(model, pixels: np.ndarray) -> dict[str, Any]:
     from encoder.images import to_tensor_batch
 
     if not hasattr(model, "codes"):
-        raise ValueError(f"a {model.config.kind!r} model has no discrete codes; train one with --kind vqvae")
+        raise UsageError(f"a {model.config.kind!r} model has no discrete codes; train one with --kind vqvae")
     img = Image.fromarray(pixels)
     sizes = {}
     for fmt, opts in (("png", {"optimize": True}), ("jpeg", {"quality": 75})):
@@ -72,7 +72,6 @@ def compression_report(model, pixels: np.ndarray) -> dict[str, Any]:
     }
 
 
-@app.command()
 @user_errors
 def denoise(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="Image to clean up."),
@@ -91,7 +90,6 @@ def denoise(
     typer.echo(f"denoised: {out}")
 
 
-@app.command()
 @user_errors
 def reconstruct(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="Image to reconstruct."),
@@ -115,7 +113,6 @@ def reconstruct(
     typer.echo(f"reconstruction error (MSE) {float(((recon.float() - x) ** 2).mean()):.5f}: {out}")
 
 
-@app.command()
 @user_errors
 def generate(
     model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help=MODEL_HELP),
@@ -132,11 +129,11 @@ def generate(
 
     net = _load(model, device)
     if not hasattr(net, "sample"):
-        raise ValueError(f"a {net.config.kind!r} model cannot generate; train one with --kind vae or --kind cvae")
+        raise UsageError(f"a {net.config.kind!r} model cannot generate; train one with --kind vae or --kind cvae")
     labels = None
     if label is not None:
         if not hasattr(net, "label_id"):
-            raise ValueError("--label needs a conditional model (--kind cvae)")
+            raise UsageError("--label needs a conditional model (--kind cvae)")
         labels = torch.full((n,), net.label_id(label), dtype=torch.long)
     gen = torch.Generator(device=next(net.parameters()).device).manual_seed(seed)
     with torch.no_grad():
@@ -147,7 +144,6 @@ def generate(
     typer.echo(f"{n} samples{f' of {label!r}' if label else ''}: {out}")
 
 
-@app.command()
 @user_errors
 def compress(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="Image to compress."),
@@ -180,7 +176,6 @@ def compress(
     )
 
 
-@app.command()
 @user_errors
 def evaluate(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Labelled folder: subfolder = label."),
@@ -197,8 +192,8 @@ def evaluate(
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
 ) -> None:
     """Retrieval quality by label (precision@1, precision@10, mAP@10) against raw-pixel and PCA baselines."""
-    from search.evaluate import evaluate as run_evaluation
-    from search.evaluate import to_markdown, write_report
+    from search.evaluation import evaluate as run_evaluation
+    from search.evaluation import to_markdown, write_report
 
     report = run_evaluation(
         folder,
@@ -214,3 +209,11 @@ def evaluate(
     typer.echo(to_markdown(report))
     typer.echo(f"{report.images} images, {report.labels} labels ({report.label_source}), {report.seconds:.0f} s")
     typer.echo(f"report: {paths['json']}, {paths['markdown']}, {paths['chart']}")
+
+
+def models() -> None:
+    """List the autoencoder variants `--kind` accepts."""
+    from encoder import list_models
+
+    for name in list_models():
+        typer.echo(name)

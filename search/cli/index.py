@@ -1,70 +1,16 @@
-"""The `lookalike` command: a thin shell over the library.
-
-Each command parses options, calls one library function, and turns the
-library's own exceptions into a one-line message and exit code 2.
-"""
+"""`lookalike train`, `index` and `up`: learn a folder, index it, and the whole main job."""
 
 from __future__ import annotations
 
-import logging
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import typer
 
-# Only light imports at module level: decoding worker processes re-import the main
-# module, and torch/faiss would cost each of them seconds and hundreds of MiB.
-from encoder.errors import LookalikeError
-from indexer.layout import NEIGHBOURS_K, default_index_dir
+from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
-app = typer.Typer(
-    name="lookalike",
-    help="Self-hosted semantic image search: learn your images with an autoencoder, find look-alikes.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-#: Library errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    LookalikeError,
-    FileNotFoundError,
-    NotADirectoryError,
-    ValueError,
-)
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a library error into `error: message` on stderr and exit code 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(message)s" if verbose else "%(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    logging.getLogger("PIL").setLevel(logging.WARNING)
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # "Loading faiss." on every command
-
-
-@app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail.")) -> None:
-    setup_logging(verbose)
+from .common import UsageError, user_errors
+from .serve import serve_index
 
 
 def model_config_from_options(options: dict[str, Any]) -> Any:
@@ -74,7 +20,7 @@ def model_config_from_options(options: dict[str, Any]) -> Any:
     cfg = ModelConfig()
     kind = options.get("kind") or cfg.kind
     if kind not in list_models():
-        raise ValueError(f"unknown --kind {kind!r}; known: {', '.join(list_models())}")
+        raise UsageError(f"unknown --kind {kind!r}; known: {', '.join(list_models())}")
     for key, value in options.items():
         if value is not None:
             setattr(cfg, key, value)
@@ -83,7 +29,6 @@ def model_config_from_options(options: dict[str, Any]) -> Any:
     return cfg
 
 
-@app.command()
 @user_errors
 def train(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images (searched recursively)."),
@@ -128,7 +73,7 @@ def train(
     )
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment}
     tcfg = TrainConfig(seed=seed, device=device, **{k: v for k, v in given.items() if v is not None})
-    out = out or default_index_dir(folder) / "model"
+    out = out or default_index_dir(folder) / MODEL_DIR
     result = train_model(folder, out, mcfg, tcfg, resume=resume)
     for path, why in result.skipped:
         typer.echo(f"skipped {path}: {why}", err=True)
@@ -139,7 +84,6 @@ def train(
     typer.echo(f"model: {out}\nloss curve: {out / 'loss.png'}\nreconstructions: {out / 'reconstructions.png'}")
 
 
-@app.command()
 @user_errors
 def index(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images to index."),
@@ -214,7 +158,6 @@ def print_index_summary(summary: Any) -> None:
     typer.echo(f"index: {summary.index_dir}")
 
 
-@app.command()
 @user_errors
 def up(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images."),
@@ -231,101 +174,7 @@ def up(
     summary = build_index(folder, device=device, train_config=TrainConfig(seed=seed, device=device))
     print_index_summary(summary)
     if summary.trained:
-        model_dir = Path(summary.index_dir) / "model"
+        model_dir = Path(summary.index_dir) / MODEL_DIR
         typer.echo(f"model pictures: {model_dir / 'loss.png'}, {model_dir / 'reconstructions.png'}")
     if not no_serve:
         serve_index(Path(summary.index_dir), None, port, device)
-
-
-def _index_for(folder_or_index: Path | None) -> Path:
-    """Accept an index directory, or a folder that has one in .lookalike/."""
-    path = folder_or_index or Path(".")
-    if (path / "manifest.json").exists():
-        return path
-    if (default_index_dir(path) / "manifest.json").exists():
-        return default_index_dir(path)
-    raise FileNotFoundError(f"no index at {path} or {default_index_dir(path)}; run `lookalike index FOLDER` first")
-
-
-@app.command()
-@user_errors
-def query(
-    image: Path | None = typer.Argument(None, help="Query image file (need not be indexed)."),
-    image_id: int | None = typer.Option(None, "--id", help="Query by the id of an indexed image instead."),
-    index_dir: Path | None = typer.Option(
-        None, "--index", help="Index directory, or the folder it indexes [default: .]"
-    ),
-    k: int = typer.Option(10, "-k", min=1, help="How many results."),
-    min_similarity: float | None = typer.Option(None, help="Drop results below this cosine similarity."),
-    path_prefix: str | None = typer.Option(None, help="Only images whose path starts with this."),
-    as_json: bool = typer.Option(False, "--json", help="JSON for scripts instead of a table."),
-    grid: Path | None = typer.Option(None, "--grid", help="Also write a picture of the query and its results."),
-) -> None:
-    """Find the indexed images most like IMAGE (or like indexed image --id N)."""
-    from search.engine import Engine
-
-    if (image is None) == (image_id is None):
-        raise ValueError("give either an IMAGE or --id N")
-    engine = Engine(_index_for(index_dir))
-    opts = {"k": k, "min_similarity": min_similarity, "path_prefix": path_prefix}
-    hits = engine.search_id(image_id, **opts) if image_id is not None else engine.search_image(image, **opts)
-    if grid is not None:
-        from search.result_grid import save_result_grid
-
-        written = save_result_grid(engine, image_id if image_id is not None else image, hits, grid)
-        typer.echo(f"wrote {written}", err=as_json)  # keep stdout pure JSON with --json
-    if as_json:
-        import json
-
-        query_desc = {"id": image_id} if image_id is not None else {"path": str(image)}
-        typer.echo(json.dumps({"query": query_desc, "results": [h.as_dict() for h in hits]}, indent=2))
-        return
-    if not hits:
-        typer.echo("no results")
-    typer.echo(f"{'rank':>4}  {'similarity':>10}  {'id':>7}  path")
-    for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank:>4}  {h.similarity:>10.4f}  {h.id:>7}  {h.path}")
-
-
-@app.command()
-@user_errors
-def serve(
-    index_dir: Path | None = typer.Option(
-        None, "--index", help="Index directory, or the folder it indexes [default: .]"
-    ),
-    host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1, this machine only]."),
-    port: int | None = typer.Option(None, help="Port [default: 8000]."),
-    device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
-) -> None:
-    """Serve the search API and web page (LOOKALIKE_* environment variables set the defaults)."""
-    serve_index(_index_for(index_dir), host, port, device)
-
-
-def serve_index(index: Path, host: str | None, port: int | None, device: str | None) -> None:
-    import uvicorn
-
-    from search.api import create_app
-    from search.settings import Settings
-
-    overrides = {k: v for k, v in {"host": host, "port": port, "device": device}.items() if v is not None}
-    settings = Settings(index=index, **overrides)
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
-        typer.echo(
-            f"warning: serving on {settings.host} without LOOKALIKE_API_TOKEN: anyone who can reach it can search",
-            err=True,
-        )
-    typer.echo(f"serving {index} at http://{settings.host}:{settings.port}/  (Ctrl+C stops)")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-
-
-@app.command()
-def models() -> None:
-    """List the autoencoder variants `--kind` accepts."""
-    from encoder import list_models
-
-    for name in list_models():
-        typer.echo(name)
-
-
-# Commands that live in their own modules register themselves on `app` when imported.
-from search import cli_model_uses, cli_report  # noqa: E402,F401

@@ -8,12 +8,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoder import DEFAULT_MAX_PIXELS
+from indexer.layout import DEFAULT_INDEX_DIR
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore")
 
-    index: Path = Field(Path(".lookalike"), description="Index directory to serve.")
+    index: Path = Field(Path(DEFAULT_INDEX_DIR), description="Index directory to serve.")
     host: str = Field("127.0.0.1", description="Address to bind; 127.0.0.1 keeps the server on this machine.")
     port: int = Field(8000, ge=0, le=65535)
     api_token: str | None = Field(None, description="If set, data endpoints require 'Authorization: Bearer <token>'.")

@@ -1,0 +1,71 @@
+"""The HTTP API: a thin FastAPI layer over :class:`search.engine.Engine`.
+
+The engine is opened once in the lifespan handler and handed to routes via a
+dependency, so tests can pass their own (``create_app(settings, engine=...)``).
+Every error a client can cause comes back as JSON ``{"detail": ...}`` with a
+4xx status that says what to fix; no path from a request ever reaches the
+filesystem (images are addressed by catalog id only). The app imports the
+routers; nothing imports the app back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..engine import Engine, EngineError, NotFound
+from .deps import require_token
+from .fast_lane import FastLaneMiddleware
+from .limits import MaxBodySizeMiddleware
+from .routes import images, reports, service
+from .settings import Settings
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app. With no `engine`, one is opened on `settings.index` at start-up."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = engine is None
+        app.state.engine = engine or Engine(
+            settings.index,
+            device=settings.device,
+            catalog_url=settings.catalog_url,
+            max_pixels=settings.max_pixels,
+            reload_in_background=True,  # a new generation must not stall the event loop while it opens
+        )
+        try:
+            yield
+        finally:
+            if own:
+                app.state.engine.close()
+
+    app = FastAPI(
+        title="lookalike",
+        summary="Find look-alike images in your own collection.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    if engine is not None:
+        app.state.engine = engine
+    app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.fast_lane:
+        app.add_middleware(FastLaneMiddleware)  # added last: the outermost, so it sees requests first
+
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    app.include_router(service.router)
+    app.include_router(images.router)
+    app.include_router(reports.router, dependencies=[Depends(require_token)])
+    return app

@@ -1,0 +1,1 @@
+"""One router a resource: images (and upload search), reports, the service itself."""

@@ -1,0 +1,287 @@
+"""Exact duplicates and near-duplicates in tiers.
+
+No web framework here: ``lookalike report``, the ``/reports/...`` HTTP endpoints and
+the benchmarks call these functions. The decoding pass (outlier scores, perceptual
+hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.html`.
+
+- **Exact duplicates** come from the catalog: files with the same content hash.
+- **Near-duplicates** never build an all-pairs matrix: each image asks for its ``k``
+  nearest neighbours (exact kNN in BLAS batches up to :data:`EXACT_MAX` vectors, else
+  the index's own HNSW/IVF), so memory grows with n*k. A pair of neighbours joins a
+  tier when the cosine of their *whitened* vectors (:func:`whiten`) reaches the tier's
+  threshold, or when their perceptual hashes differ in at most the tier's `hamming`
+  bits; each tier's groups are the connected components of its pairs. A group is shown
+  at the strictest tier at which it holds together; a looser tier shows a group only
+  when it adds images. Each group names a keeper (largest resolution, then largest
+  file, then lowest id) and lists the others with their similarity to it.
+
+Byte-identical copies count once in the near-duplicate and outlier sections (they
+are the exact-duplicate section's business). The tiers were calibrated with
+``bench/near_duplicates.py`` (docs/benchmarks.md, "Reports") and live in :data:`TIERS`
+alone; that script prints suggested values for a new default model.
+
+JSON schema ("lookalike.report/1"): :func:`search.reports.formats.write_json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import faiss
+import numpy as np
+from sqlalchemy import func, select
+
+from indexer import ImageRecord
+from indexer.catalog import STATUS_OK
+
+from ..engine import Engine
+from .members import canonical_ids, keeper_order, members
+from .model import (
+    Group,
+    Member,
+    NearDuplicates,
+    ReportError,
+    Tier,
+)
+from .pairs import DEFAULT_K, connected_components, similar_pairs, whiten
+from .scan import NO_HASH, Scan, hamming, hash_distance_limit, scan_images
+
+log = logging.getLogger(__name__)
+
+
+#: Calibrated with bench/near_duplicates.py on the Tux Paint stamps and generated variants
+#: (docs/benchmarks.md, "Reports"): each is the (cosine, Hamming) pair with the best recall
+#: at grouped-pair precision >= 0.99, 0.95 and 0.80. Re-run it after changing the default
+#: model and copy its suggestions here.
+TIERS: tuple[Tier, ...] = (
+    Tier("near-identical", 0.97, "the same picture resized or recompressed", hamming=4),
+    Tier("near-duplicate", 0.90, "the same picture resized, recompressed, brightened or cropped a little", hamming=8),
+    Tier("similar", 0.80, "alike: edits, larger crops, or another picture of the same thing", hamming=10),
+)
+#: Below this cap (1% of unrelated pairs within 13 bits) a hash says too little to use at all:
+#: on MNIST digits the cap is 0 and identical hashes still joined 58 pairs of different digits.
+MIN_HASH_LIMIT = 2
+#: Up to this many vectors, pairs come from exact kNN (BLAS); above, from the index's HNSW/IVF.
+EXACT_MAX = 200_000
+
+
+def resolve_tiers(spec: str | float | None) -> tuple[Tier, ...]:
+    """`None`/"all": every tier; a tier name: the tiers down to that one; a number: the tiers
+    at or above it, plus a custom tier at exactly that similarity."""
+    if spec is None or spec == "all":
+        return TIERS
+    names = [t.name for t in TIERS]
+    if isinstance(spec, str) and spec in names:
+        return TIERS[: names.index(spec) + 1]
+    try:
+        x = float(spec)
+    except (TypeError, ValueError):
+        raise ReportError(f"unknown tier {spec!r}: give a similarity in [-1, 1] or one of {', '.join(names)}") from None
+    if not -1.0 <= x <= 1.0:
+        raise ReportError(f"near-duplicate threshold {x} is not a cosine similarity in [-1, 1]")
+    tiers = [t for t in TIERS if t.threshold >= x]
+    if not any(math.isclose(t.threshold, x) for t in tiers):
+        tiers.append(Tier(f"sim>={x:g}", x, "custom threshold"))
+    return tuple(tiers)
+
+
+# ---------------------------------------------------------------- exact duplicates
+
+
+def exact_duplicates(engine: Engine) -> list[Group]:
+    """Groups of byte-identical indexed files (same content hash), biggest first."""
+    with engine.catalog.session() as s:
+        ok = ImageRecord.status == STATUS_OK
+        dup = select(ImageRecord.content_hash).where(ok, ImageRecord.content_hash.is_not(None))
+        dup = dup.group_by(ImageRecord.content_hash).having(func.count(ImageRecord.id) > 1)
+        cols = (
+            ImageRecord.content_hash,
+            ImageRecord.id,
+            ImageRecord.path,
+            ImageRecord.width,
+            ImageRecord.height,
+            ImageRecord.size,
+        )
+        rows = s.execute(select(*cols).where(ok, ImageRecord.content_hash.in_(dup)).order_by(ImageRecord.id)).all()
+    by_hash: dict[str, list[Member]] = {}
+    for h, i, p, w, hh, sz in rows:
+        by_hash.setdefault(h, []).append(Member(i, p, w, hh, sz, 1.0))
+    groups = [Group("exact", ms[0], ms[1:], key=h) for h, ms in by_hash.items()]  # keeper: the first indexed
+    groups.sort(key=lambda g: (-len(g.others), g.keeper.id))
+    return groups
+
+
+# ---------------------------------------------------------------- near-duplicates
+
+
+@dataclass
+class _Candidates:
+    """What the tiers are decided on: the distinct images' vectors, their kNN pairs and hashes."""
+
+    ids: np.ndarray  # (n,) catalog ids
+    vecs: np.ndarray  # (n, d) unit vectors the similarities are cosines of
+    i: np.ndarray  # (p,) pair ends, positions into ids
+    j: np.ndarray
+    s: np.ndarray  # (p,) cosine of each pair
+    d: np.ndarray  # (p,) hash distance of each pair (255: not hashed)
+    codes: np.ndarray | None  # (n,) perceptual hashes, when used
+    method: str
+
+
+def _tier_mask(tier: Tier, s: np.ndarray, d: np.ndarray) -> np.ndarray:
+    m = s >= tier.threshold
+    if tier.hamming is not None:
+        m |= d <= tier.hamming
+    return m
+
+
+def near_duplicates(
+    engine: Engine,
+    tiers: Sequence[Tier] = TIERS,
+    *,
+    k: int = DEFAULT_K,
+    method: str = "auto",
+    whitened: bool = True,
+    phash: bool = True,
+    scan: Scan | None = None,
+    batch_size: int = 8192,
+) -> NearDuplicates:
+    """Near-duplicate groups of the indexed images, per tier. `method`: auto, exact or index.
+
+    Stages: the distinct images' vectors (:func:`_distinct_vectors`); their kNN pairs
+    (:func:`similar_pairs`); perceptual hashes, capped per collection (:func:`_hash_tiers`);
+    groups per tier (:func:`_tier_groups`); the groups as the catalog describes them (:func:`_describe`).
+
+    Similarities are cosines of the whitened search vectors (:func:`whiten`), unless
+    `whitened` is False (the raw cosine that searches use). With `phash` (and tiers that
+    set `hamming`), every image is also decoded once (:func:`scan_images`, cached) and a
+    pair of neighbours whose perceptual hashes are that close joins too: the vectors alone miss
+    brightness changes that the hash sees (docs/benchmarks.md, "Reports")."""
+    t0 = time.perf_counter()
+    tiers = tuple(sorted(tiers, key=lambda t: -t.threshold))
+    if not tiers:
+        raise ReportError("no near-duplicate tiers asked for")
+    ids, vecs, raw, index, method = _distinct_vectors(engine, method, whitened)
+    use_hash = phash and any(t.hamming is not None for t in tiers)
+    floor = -1.0 if use_hash else tiers[-1].threshold  # with hashes, every neighbour is a candidate
+    i, j, s = similar_pairs(vecs, floor, k, index=index, ids=ids, queries=raw, batch_size=batch_size)
+    del raw
+    codes = None
+    if use_hash:
+        codes = _hash_codes(engine, ids, scan)
+        d = hamming(codes[i], codes[j])
+        tiers = _hash_tiers(tiers, codes)
+        use_hash = any(t.hamming is not None for t in tiers)
+    else:
+        d = np.full(len(i), 255, dtype=np.int16)
+    keep = _tier_mask(tiers[-1], s, d)
+    cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], codes if use_hash else None, method)
+    groups = _describe(engine, cand, _tier_groups(cand, tiers), tiers)
+    sim = "cosine of the whitened search vectors" if whitened else "cosine of the search vectors"
+    sim += " (or perceptual hash distance)" if use_hash else ""
+    if phash and not use_hash:
+        sim += " (perceptual hashes were not used: unrelated images here have near-identical hashes)"
+    return NearDuplicates(tiers, groups, k, method, len(ids), len(cand.i), time.perf_counter() - t0, sim)
+
+
+def _distinct_vectors(engine: Engine, method: str, whitened: bool):
+    """(ids, vectors to compare, raw vectors, index to find neighbours with or None, method) of
+    the indexed images that are not byte-identical copies (those are the exact section's)."""
+    snap = engine.snapshot()
+    store_ids = faiss.vector_to_array(snap.store.id_map).astype(np.int64)
+    flat = faiss.downcast_index(snap.store.index)
+    vecs = faiss.rev_swig_ptr(flat.get_xb(), len(store_ids) * flat.d).reshape(len(store_ids), flat.d)
+    keep = np.isin(store_ids, canonical_ids(engine))
+    ids, raw = store_ids[keep], np.ascontiguousarray(vecs[keep])
+    approximate = snap.search is not snap.store and snap.search.ntotal == len(store_ids)
+    if method == "auto":
+        method = "index" if approximate and len(ids) > EXACT_MAX else "exact"
+    if method not in ("exact", "index"):
+        raise ReportError(f"unknown method {method!r}: auto, exact or index")
+    index = snap.search if method == "index" else None
+    if index is not None:
+        method = f"index ({snap.manifest.index_type})"
+    return ids, (whiten(raw) if whitened else raw), raw, index, method
+
+
+def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> np.ndarray:
+    """The perceptual hash of each of `ids` (NO_HASH where an image failed to decode)."""
+    scan = scan if scan is not None else scan_images(engine)
+    codes = np.full(len(ids), NO_HASH, dtype=np.int64)
+    if len(scan.ids):
+        where = np.searchsorted(scan.ids, ids).clip(0, len(scan.ids) - 1)
+        found = scan.ids[where] == ids
+        codes[found] = scan.phashes[where[found]]
+    return codes
+
+
+def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray) -> tuple[Tier, ...]:
+    """The tiers with their hash distances capped at what this collection's hashes can tell."""
+    limit = hash_distance_limit(codes)
+    if limit is None:  # too few images to judge: the tiers as they are
+        return tiers
+    off = limit < MIN_HASH_LIMIT
+    if off:
+        log.info("perceptual hashes do not tell images apart in this collection: vectors only")
+    return tuple(replace(t, hamming=None if t.hamming is None or off else min(t.hamming, limit)) for t in tiers)
+
+
+def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.ndarray]]:
+    """For each tier (strictest first): node arrays, each a group shown at that tier. A group a
+    stricter tier already shows whole (or inside one of its groups) is not shown again."""
+    out: dict[str, list[np.ndarray]] = {}
+    stricter = np.full(len(cand.ids), -1, dtype=np.int64)  # node -> its group at the tiers above
+    for tier in tiers:
+        m = _tier_mask(tier, cand.s, cand.d)
+        labels = connected_components(len(cand.ids), cand.i[m], cand.j[m])
+        order = np.argsort(labels, kind="stable")
+        groups = [g for g in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1) if len(g) > 1]
+        shown = [g for g in groups if (stricter[g] < 0).any() or len(np.unique(stricter[g])) > 1]
+        shown.sort(key=lambda g: (-len(g), int(g.min())))
+        out[tier.name] = shown
+        stricter[:] = -1  # the next tier compares against this tier's grouping
+        for n, g in enumerate(groups):
+            stricter[g] = n
+    return out
+
+
+def _describe(
+    engine: Engine, cand: _Candidates, node_groups: dict[str, list[np.ndarray]], tiers: Sequence[Tier]
+) -> dict[str, list[Group]]:
+    """Each group's members as the catalog has them, the keeper (largest resolution, then
+    file, then lowest id) first, the others by similarity to it."""
+    nodes = [np.concatenate(g) for g in node_groups.values() if g]
+    rows = members(engine, cand.ids[np.unique(np.concatenate(nodes))] if nodes else [])
+    codes = cand.codes
+    groups: dict[str, list[Group]] = {}
+    for tier in tiers:
+        out = []
+        for g in node_groups[tier.name]:
+            present = [int(p) for p in g if int(cand.ids[p]) in rows]  # rows deleted since the snapshot drop out
+            if len(present) < 2:
+                continue
+            ms = sorted((rows[int(cand.ids[p])] for p in present), key=keeper_order)
+            pos = {int(cand.ids[p]): p for p in present}
+            order = [pos[m.id] for m in ms]
+            sims = cand.vecs[order] @ cand.vecs[order[0]]
+            bits = hamming(codes[order], np.full(len(order), codes[order[0]])) if codes is not None else None
+            ms = [
+                Member(
+                    m.id,
+                    m.path,
+                    m.width,
+                    m.height,
+                    m.size,
+                    min(1.0, float(x)),
+                    None if bits is None or bits[n] == 255 else int(bits[n]),
+                )
+                for n, (m, x) in enumerate(zip(ms, sims, strict=True))
+            ]
+            ms[1:] = sorted(ms[1:], key=lambda m: (-(m.similarity or 0), m.id))
+            out.append(Group(tier.name, ms[0], ms[1:]))
+        groups[tier.name] = out
+    return groups
