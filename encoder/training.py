@@ -146,11 +146,9 @@ def _save_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimize
 
 
 def _load_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file as load_weights
-
     try:
         state = json.loads((path / "state.json").read_text())
-        model.load_state_dict(load_weights(str(path / "model.safetensors")))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
         flat = load_file(str(path / "optimizer.safetensors"))
     except (OSError, ValueError) as exc:
         raise TrainError(f"cannot resume from {path}: {exc}") from None
@@ -162,7 +160,7 @@ def _load_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimize
     return state
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- train: the recipe, in stages
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -182,7 +180,19 @@ def train(
     progress: bool = True,
     skip_dirs: tuple[str, ...] = (),
 ) -> TrainResult:
-    """Train an autoencoder on every image under `folder`; write the model and pictures into `out`."""
+    """Train an autoencoder on every image under `folder`; write the model and pictures into `out`.
+
+    The stages, in order:
+
+    1. :func:`_load_data`: find the images, decode each once into a uint8 cache, split
+       train/validation.
+    2. :func:`_start_run`: the model, the optimiser, the epoch budget and the learning-rate
+       schedule; :func:`_resume_run` restores a stopped run's state (``resume=True``).
+    3. :func:`_run_epochs`: each epoch :meth:`_Run.train_epoch` (the steps), then
+       :meth:`_Run.end_epoch`: validation, the best model saved, history, the resume state
+       (:meth:`_Run.save_resume_state`), early stopping.
+    4. :func:`_write_outputs`: the loss curve, reconstructions and ``train_log.json``.
+    """
     cfg = config or TrainConfig()
     mcfg = model_config or ModelConfig()
     root = Path(folder)
@@ -192,8 +202,45 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    cuda = device.type == "cuda"
 
+    data = _load_data(root, out_dir, mcfg, cfg, device, skip_dirs)
+    if mcfg.kind == "cvae":  # its labels are the folders
+        mcfg = dataclasses.replace(mcfg, labels=tuple(data.classes))
+    run = _start_run(mcfg, cfg, data, device)
+    if resume:
+        _resume_run(run, out_dir / RESUME_DIR)
+    _run_epochs(run, out_dir, progress)
+
+    result = run.result(out_dir)
+    show_idx = data.val_idx if len(data.val_idx) else data.train_idx
+    _write_outputs(result, run.cfg, mcfg, data.cache, show_idx, device, data.decode_s)
+    return result
+
+
+# ---------------------------------------------------------------- 1. data
+
+
+@dataclass
+class _Data:
+    """The training images, decoded once, and their train/validation split."""
+
+    root: Path
+    cache: torch.Tensor  # (N, 3, S, S) uint8, on the GPU when it fits
+    labels: torch.Tensor  # (N,) int64 folder ids
+    classes: list[str]  # folder names, by id
+    failed: list[tuple[Path, str]]  # files that did not decode, and why
+    decode_s: float
+    train_idx: np.ndarray
+    val_idx: np.ndarray  # empty for fewer than 10 images
+
+    @property
+    def n(self) -> int:
+        return len(self.cache)
+
+
+def _load_data(
+    root: Path, out_dir: Path, mcfg: ModelConfig, cfg: TrainConfig, device: torch.device, skip_dirs: tuple[str, ...]
+) -> _Data:
     paths = find_images(root, skip_dirs=(str(out_dir), *skip_dirs))
     if cfg.max_images:
         paths = paths[: cfg.max_images]
@@ -205,27 +252,156 @@ def train(
         raise TrainError(f"{root}: found {len(ok_paths)} decodable images, need at least 2 to train")
     decode_s = time.perf_counter() - t0
     classes, label_ids = folder_labels(ok_paths, root)
-    if mcfg.kind == "cvae":
-        mcfg = dataclasses.replace(mcfg, labels=tuple(classes))
 
     # The cache: decoded once, uint8 (a quarter of float32's size), on the GPU when it fits.
     cache = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
     labels = torch.from_numpy(label_ids)
-    if cuda and cache.numel() < 0.4 * torch.cuda.mem_get_info(device)[0]:
+    if device.type == "cuda" and cache.numel() < 0.4 * torch.cuda.mem_get_info(device)[0]:
         cache, labels = cache.to(device), labels.to(device)
-    elif cuda:
+    elif device.type == "cuda":
         cache = cache.pin_memory()
 
     n = len(ok_paths)
     order = np.random.default_rng(cfg.seed).permutation(n)
     n_val = 0 if n < 10 else max(1, int(round(n * cfg.val_fraction)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
+    return _Data(root, cache, labels, classes, failed, decode_s, train_idx=order[n_val:], val_idx=order[:n_val])
 
+
+# ---------------------------------------------------------------- 2. model, optimiser, budget; resume
+
+
+@dataclass
+class _Run:
+    """One training run: its moving parts, and the state that a checkpoint saves and a resume restores."""
+
+    cfg: TrainConfig  # with `epochs` decided
+    data: _Data
+    device: torch.device
+    model: Autoencoder
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator  # augmentation draws
+    steps_per_epoch: int
+    start_epoch: int = 0
+    epochs_run: int = 0
+    best_val: float = math.inf
+    best_epoch: int = 0
+    stale: int = 0  # epochs since validation last improved
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parts: dict[str, float] = field(default_factory=dict)  # the last step's loss parts
+    seen_total: int = 0
+    train_time_total: float = 0.0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, S, S) float in [0, 1] and their label ids (B,), on the device."""
+        i = torch.from_numpy(idx).to(self.data.cache.device)
+        x = self.data.cache[i].to(self.device, non_blocking=True).float().div_(255.0)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.data.labels[i].to(self.device, non_blocking=True)
+
+    def evaluate(self, idx: np.ndarray) -> float:
+        self.model.eval()
+        total = 0.0
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            for s in range(0, len(idx), 256):
+                x, y = self.batch(idx[s : s + 256])
+                loss, _, _ = self.model.training_loss(x, x, y)
+                total += float(loss) * len(x)
+        return total / max(1, len(idx))
+
+    def train_epoch(self, epoch: int, perm: np.ndarray, bar: Any) -> tuple[float, int, float]:
+        """One pass over `perm`; returns (mean training loss, images seen, seconds)."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        t_epoch = time.perf_counter()
+        running, seen = 0.0, 0
+        for s in range(0, len(perm), cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            x, y = self.batch(idx)
+            inp, target = augment_batch(x, cfg.augment, self.gen)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+                loss, self.parts, _ = model.training_loss(inp, target, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            self.opt.step()
+            self.sched.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            if bar is not None:
+                rate = seen / max(1e-9, time.perf_counter() - t_epoch)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.4f}", img_s=f"{rate:.0f}")
+                bar.update(1)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return running / max(1, seen), seen, time.perf_counter() - t_epoch
+
+    def end_epoch(self, epoch: int, train_loss: float, seen: int, seconds: float, out_dir: Path) -> bool:
+        """Validate, save the model if it is the best yet, log, save the resume state.
+
+        Returns True when the run should stop early."""
+        self.seen_total += seen
+        self.train_time_total += seconds
+        val_loss = self.evaluate(self.data.val_idx) if len(self.data.val_idx) else None
+        score = val_loss if val_loss is not None else train_loss
+        if score < self.best_val - 1e-6:
+            self.best_val, self.best_epoch, self.stale = score, epoch + 1, 0
+            save_model(self.model, out_dir, meta=_meta(self.cfg, self.data.root, self.data.n, epoch + 1, score))
+        else:
+            self.stale += 1
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "lr": self.opt.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+                "images_per_second": round(seen / max(seconds, 1e-9), 1),
+                **{k: v for k, v in self.parts.items() if k != "mse"},
+            }
+        )
+        self.epochs_run = epoch + 1
+        self.save_resume_state(out_dir / RESUME_DIR, epoch + 1)
+        return self.stale >= self.cfg.patience
+
+    def save_resume_state(self, path: Path, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+            "history": self.history,
+            "gen_state": self.gen.get_state().tolist(),
+        }
+        _save_resume_state(path, self.model, self.opt, state)
+
+    def result(self, out_dir: Path) -> TrainResult:
+        return TrainResult(
+            out=out_dir,
+            epochs_run=self.epochs_run,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val,
+            images=self.data.n,
+            skipped=[(str(p), why) for p, why in self.data.failed],
+            history=self.history,
+            images_per_second=self.seen_total / self.train_time_total if self.train_time_total else 0.0,
+        )
+
+
+def _start_run(mcfg: ModelConfig, cfg: TrainConfig, data: _Data, device: torch.device) -> _Run:
+    """The model and AdamW; the epoch budget (enough for `min_steps` unless `epochs` is set); warm-up + cosine."""
     model = create_model(mcfg).to(device)
-    if cuda:
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(data.train_idx) / cfg.batch_size))
     epochs = cfg.epochs or min(300, max(10, math.ceil(cfg.min_steps / steps_per_epoch)))
     cfg = dataclasses.replace(cfg, epochs=epochs)
     total_steps = epochs * steps_per_epoch
@@ -233,130 +409,51 @@ def train(
         opt, lambda s: _lr_factor(s, cfg.warmup_epochs * steps_per_epoch, total_steps)
     )
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    return _Run(cfg, data, device, model, opt, sched, gen, steps_per_epoch)
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best_val, best_epoch, stale = 0, math.inf, 0, 0
-    resume_dir = out_dir / RESUME_DIR
-    if resume and (resume_dir / "state.json").exists():
-        st = _load_resume_state(resume_dir, model, opt)
-        start_epoch, best_val, best_epoch, stale = st["epoch"], st["best_val"], st["best_epoch"], st["stale"]
-        history = st["history"]
-        sched.last_epoch = start_epoch * steps_per_epoch - 1
-        with warnings.catch_warnings():  # "scheduler stepped before optimizer": intended here
-            warnings.simplefilter("ignore", UserWarning)
-            sched.step()
-        if "gen_state" in st:
-            gen.set_state(torch.tensor(st["gen_state"], dtype=torch.uint8))
-        log.info("resumed at epoch %d", start_epoch)
 
-    def batch_of(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        i = torch.from_numpy(idx).to(cache.device)
-        x = cache[i].to(device, non_blocking=True).float().div_(255.0)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, labels[i].to(device, non_blocking=True)
+def _resume_run(run: _Run, resume_dir: Path) -> None:
+    """Continue from the last finished epoch saved in `resume_dir`, if there is one."""
+    if not (resume_dir / "state.json").exists():
+        return
+    st = _load_resume_state(resume_dir, run.model, run.opt)
+    run.start_epoch = run.epochs_run = st["epoch"]
+    run.best_val, run.best_epoch, run.stale = st["best_val"], st["best_epoch"], st["stale"]
+    run.history = st["history"]
+    run.sched.last_epoch = run.start_epoch * run.steps_per_epoch - 1
+    with warnings.catch_warnings():  # "scheduler stepped before optimizer": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        run.sched.step()
+    if "gen_state" in st:
+        run.gen.set_state(torch.tensor(st["gen_state"], dtype=torch.uint8))
+    log.info("resumed at epoch %d", run.start_epoch)
 
-    def evaluate(idx: np.ndarray) -> float:
-        model.eval()
-        total = 0.0
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            for s in range(0, len(idx), 256):
-                x, y = batch_of(idx[s : s + 256])
-                loss, _, _ = model.training_loss(x, x, y)
-                total += float(loss) * len(x)
-        return total / max(1, len(idx))
 
+# ---------------------------------------------------------------- 3. the epochs
+
+
+def _run_epochs(run: _Run, out_dir: Path, progress: bool) -> None:
+    """Epochs from `run.start_epoch` until the budget is spent or validation stops improving."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="batch", dynamic_ncols=True)
-    shuffle = np.random.default_rng(cfg.seed + 1)
-    for _ in range(start_epoch):
-        shuffle.permutation(train_idx)  # keep the shuffle stream aligned on resume
-    epochs_run = start_epoch
-    seen_total, train_time_total = 0, 0.0
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        perm = shuffle.permutation(train_idx)
-        t_epoch = time.perf_counter()
-        running, seen = 0.0, 0
-        for s in range(0, len(perm), cfg.batch_size):
-            idx = perm[s : s + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            x, y = batch_of(idx)
-            inp, target = augment_batch(x, cfg.augment, gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss, parts, _ = model.training_loss(inp, target, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            running += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            if bar is not None:
-                rate = seen / max(1e-9, time.perf_counter() - t_epoch)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.4f}", img_s=f"{rate:.0f}")
-                bar.update(1)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t_epoch
-        seen_total += seen
-        train_time_total += seconds
-        train_loss = running / max(1, seen)
-        val_loss = evaluate(val_idx) if n_val else None
-        score = val_loss if val_loss is not None else train_loss
-        improved = score < best_val - 1e-6
-        if improved:
-            best_val, best_epoch, stale = score, epoch + 1, 0
-            save_model(model, out_dir, meta=_meta(cfg, root, n, epoch + 1, score))
-        else:
-            stale += 1
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": round(seconds, 3),
-                "images_per_second": round(seen / max(seconds, 1e-9), 1),
-                **{k: v for k, v in parts.items() if k != "mse"},
-            }
-        )
-        epochs_run = epoch + 1
-        _save_resume_state(
-            resume_dir,
-            model,
-            opt,
-            {
-                "epoch": epoch + 1,
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "stale": stale,
-                "history": history,
-                "gen_state": gen.get_state().tolist(),
-            },
-        )
-        if stale >= cfg.patience:
-            log.info("early stop at epoch %d (best %d)", epoch + 1, best_epoch)
+        total_steps = run.cfg.epochs * run.steps_per_epoch
+        initial = run.start_epoch * run.steps_per_epoch
+        bar = tqdm(total=total_steps, initial=initial, unit="batch", dynamic_ncols=True)
+    shuffle = np.random.default_rng(run.cfg.seed + 1)
+    for _ in range(run.start_epoch):
+        shuffle.permutation(run.data.train_idx)  # keep the shuffle stream aligned on resume
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        train_loss, seen, seconds = run.train_epoch(epoch, shuffle.permutation(run.data.train_idx), bar)
+        if run.end_epoch(epoch, train_loss, seen, seconds, out_dir):
+            log.info("early stop at epoch %d (best %d)", epoch + 1, run.best_epoch)
             break
     if bar is not None:
         bar.close()
 
-    result = TrainResult(
-        out=out_dir,
-        epochs_run=epochs_run,
-        best_epoch=best_epoch,
-        best_val_loss=best_val,
-        images=n,
-        skipped=[(str(p), why) for p, why in failed],
-        history=history,
-        images_per_second=seen_total / train_time_total if train_time_total else 0.0,
-    )
-    _write_outputs(result, cfg, mcfg, cache, val_idx if n_val else train_idx, device, decode_s)
-    return result
+
+# ---------------------------------------------------------------- 4. outputs
 
 
 def _meta(cfg: TrainConfig, root: Path, n: int, epoch: int, val: float) -> dict[str, Any]:
