@@ -47,6 +47,13 @@ def up_stage(cin: int, cout: int, mode: str) -> nn.Sequential:
     return nn.Sequential(up, nn.BatchNorm2d(cout), nn.ReLU(inplace=True), conv_block(cout, cout))
 
 
+def up_stages(cfg: ModelConfig) -> nn.Sequential:
+    """The decoder's stages, the encoder's mirrored: (B, channels[-1], s, s) -> (B, channels[0], S, S)."""
+    rev = tuple(reversed(cfg.channels))
+    outs = (*rev[1:], rev[-1])
+    return nn.Sequential(*[up_stage(a, b, cfg.upsample) for a, b in zip(rev, outs, strict=True)])
+
+
 class ConvTrunk(nn.Module):
     """Convolutional encoder trunk: (B, 3, S, S) -> (B, C_last * s * s) features."""
 
@@ -78,10 +85,8 @@ class ConvHead(nn.Module):
         self.side = cfg.image_size // 2 ** len(cfg.channels)
         self.c0 = cfg.channels[-1]
         self.fc = nn.Linear(in_dim, self.c0 * self.side**2)
-        rev = tuple(reversed(cfg.channels))
-        outs = (*rev[1:], rev[-1])
-        self.stages = nn.Sequential(*[up_stage(a, b, cfg.upsample) for a, b in zip(rev, outs, strict=False)])
-        self.out = nn.Conv2d(outs[-1], cfg.in_channels, 3, padding=1)
+        self.stages = up_stages(cfg)
+        self.out = nn.Conv2d(cfg.channels[0], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
         h = F.relu(self.fc(z)).view(-1, self.c0, self.side, self.side)

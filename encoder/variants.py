@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .model import Autoencoder, ConvAutoencoder, ConvHead, ConvTrunk, up_stage
+from .model import Autoencoder, ConvAutoencoder, ConvHead, ConvTrunk, up_stages
 from .registry import register
 
 # ---------------------------------------------------------------- dense
@@ -84,11 +84,8 @@ class DenoisingAutoencoder(ConvAutoencoder):
     def training_loss(
         self, x: Tensor, target: Tensor | None = None, labels: Tensor | None = None
     ) -> tuple[Tensor, dict[str, float], Tensor]:
-        target = x if target is None else target
         inp = self.corrupt(x) if self.training else x
-        recon = self.reconstruct(inp, labels)
-        loss = F.mse_loss(recon.float(), target.float())
-        return loss, {"mse": float(loss.detach())}, recon
+        return super().training_loss(inp, x if target is None else target, labels)  # target: the clean image
 
 
 # ---------------------------------------------------------------- sparse
@@ -334,10 +331,8 @@ class VQVAE(Autoencoder):
         self.post_quant = nn.Sequential(
             nn.Conv2d(cfg.code_dim, c_last, 3, padding=1, bias=False), nn.BatchNorm2d(c_last), nn.ReLU(inplace=True)
         )
-        rev = tuple(reversed(cfg.channels))
-        outs = (*rev[1:], rev[-1])
-        self.up = nn.Sequential(*[up_stage(a, b, cfg.upsample) for a, b in zip(rev, outs, strict=True)])
-        self.out = nn.Conv2d(outs[-1], cfg.in_channels, 3, padding=1)
+        self.up = up_stages(cfg)
+        self.out = nn.Conv2d(cfg.channels[0], cfg.in_channels, 3, padding=1)
 
     @property
     def embedding_dim(self) -> int:
@@ -392,21 +387,21 @@ class VQVAE(Autoencoder):
         recon = self._decoder(straight_through)
         mse = F.mse_loss(recon.float(), target.float())
         loss = mse + self.config.commitment * commit
-        counts = torch.bincount(idx, minlength=self.config.codebook_size).float()
-        p = counts / counts.sum()
-        perplexity = float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
+        usage = self._usage(idx)
         parts = {
             "mse": float(mse.detach()),
             "commitment": float(commit.detach()),
-            "perplexity": perplexity,
-            "codes_used": float((counts > 0).float().mean()),
+            "perplexity": usage["perplexity"],
+            "codes_used": usage["codes_used"],
         }
         return loss, parts, recon
 
     @torch.no_grad()
     def codebook_usage(self, x: Tensor) -> dict[str, float]:
         """How much of the codebook a batch of images uses: share of codes used and perplexity."""
-        idx = self.codes(x).flatten()
+        return self._usage(self.codes(x).flatten())
+
+    def _usage(self, idx: Tensor) -> dict[str, float]:
         counts = torch.bincount(idx, minlength=self.config.codebook_size).float()
         p = counts / counts.sum()
         return {
