@@ -10,10 +10,11 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
   the index's own HNSW/IVF), so memory grows with n*k. A pair of neighbours joins a
   tier when the cosine of their *whitened* vectors (:func:`whiten`) reaches the tier's
   threshold, or when their perceptual hashes differ in at most the tier's `hamming`
-  bits; each tier's groups are the connected components of its pairs. A group is shown
-  at the strictest tier at which it holds together; a looser tier shows a group only
-  when it adds images. Each group names a keeper (largest resolution, then largest
-  file, then lowest id) and lists the others with their similarity to it.
+  bits. Groups never chain: every two members of a group pass the tier's rule
+  (:mod:`.grouping`), so every member passes against the keeper. A group is shown at
+  the strictest tier at which it holds together; a looser tier shows a group only when
+  it adds images. Each group names a keeper (largest resolution, then largest file,
+  then lowest id) and lists the others with their similarity and hash distance to it.
 
 Byte-identical copies count once in the near-duplicate and outlier sections (they
 are the exact-duplicate section's business). The tiers were calibrated with
@@ -39,6 +40,7 @@ from indexer import ImageRecord
 from indexer.catalog import STATUS_OK
 
 from ..engine import Engine
+from .grouping import Rule, complete_groups
 from .members import canonical_ids, keeper_order, members
 from .model import (
     Group,
@@ -47,7 +49,7 @@ from .model import (
     ReportError,
     Tier,
 )
-from .pairs import DEFAULT_K, connected_components, similar_pairs, whiten
+from .pairs import DEFAULT_K, similar_pairs, whiten
 from .scan import NO_HASH, Scan, hamming, hash_distance_limit, scan_images
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,17 @@ class _Candidates:
     codes: np.ndarray | None  # (n,) perceptual hashes, when used
     method: str
 
+    def passes(self, tier: Tier) -> Rule:
+        """The tier's rule between one image and several, computed from vectors and hashes."""
+
+        def rule(node: int, others: np.ndarray) -> np.ndarray:
+            ok = self.vecs[others] @ self.vecs[node] >= tier.threshold
+            if tier.hamming is not None and self.codes is not None:
+                ok |= hamming(self.codes[others], np.full(len(others), self.codes[node])) <= tier.hamming
+            return ok
+
+        return rule
+
 
 def _tier_mask(tier: Tier, s: np.ndarray, d: np.ndarray) -> np.ndarray:
     m = s >= tier.threshold
@@ -154,12 +167,13 @@ def near_duplicates(
 
     Stages: the distinct images' vectors (:func:`_distinct_vectors`); their kNN pairs
     (:func:`similar_pairs`); perceptual hashes, capped per collection (:func:`_hash_tiers`);
-    groups per tier (:func:`_tier_groups`); the groups as the catalog describes them (:func:`_describe`).
+    groups per tier in which every two members pass the tier's rule (:func:`_tier_groups`,
+    :mod:`.grouping`); the groups as the catalog describes them (:func:`_describe`).
 
     Similarities are cosines of the whitened search vectors (:func:`whiten`), unless
     `whitened` is False (the raw cosine that searches use). With `phash` (and tiers that
     set `hamming`), every image is also decoded once (:func:`scan_images`, cached) and a
-    pair of neighbours whose perceptual hashes are that close joins too: the vectors alone miss
+    pair whose perceptual hashes are that close passes too: the vectors alone miss
     brightness changes that the hash sees (docs/benchmarks.md, "Reports")."""
     t0 = time.perf_counter()
     tiers = tuple(sorted(tiers, key=lambda t: -t.threshold))
@@ -174,7 +188,7 @@ def near_duplicates(
     if use_hash:
         codes = _hash_codes(engine, ids, scan)
         d = hamming(codes[i], codes[j])
-        tiers = _hash_tiers(tiers, codes)
+        tiers = _hash_tiers(tiers, codes, vecs)
         use_hash = any(t.hamming is not None for t in tiers)
     else:
         d = np.full(len(i), 255, dtype=np.int16)
@@ -219,9 +233,10 @@ def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> np.ndarra
     return codes
 
 
-def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray) -> tuple[Tier, ...]:
-    """The tiers with their hash distances capped at what this collection's hashes can tell."""
-    limit = hash_distance_limit(codes)
+def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, vecs: np.ndarray) -> tuple[Tier, ...]:
+    """The tiers with their hash distances capped at what this collection's hashes can tell
+    about images that its vectors do not already call alike (the loosest tier's cosine)."""
+    limit = hash_distance_limit(codes, vectors=vecs, alike=tiers[-1].threshold)
     if limit is None:  # too few images to judge: the tiers as they are
         return tiers
     off = limit < MIN_HASH_LIMIT
@@ -237,9 +252,8 @@ def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.
     stricter = np.full(len(cand.ids), -1, dtype=np.int64)  # node -> its group at the tiers above
     for tier in tiers:
         m = _tier_mask(tier, cand.s, cand.d)
-        labels = connected_components(len(cand.ids), cand.i[m], cand.j[m])
-        order = np.argsort(labels, kind="stable")
-        groups = [g for g in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1) if len(g) > 1]
+        closeness = cand.s[m] - np.where(cand.d[m] == 255, 0, cand.d[m]) / 64.0
+        groups = complete_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier))
         shown = [g for g in groups if (stricter[g] < 0).any() or len(np.unique(stricter[g])) > 1]
         shown.sort(key=lambda g: (-len(g), int(g.min())))
         out[tier.name] = shown

@@ -50,24 +50,44 @@ _POPCOUNT = np.array([bin(x).count("1") for x in range(256)], dtype=np.uint8)
 #: icons, line art) many unrelated pictures share nearly the same hash: on 10,000 MNIST
 #: digits, hash distance <= 8 chained 7,251 different digits into one "near-duplicate"
 #: group. So the tiers' hash distances are capped per collection at the 1st percentile of
-#: random pairs' distances less this margin (docs/benchmarks.md, "Reports"): Tux Paint's
+#: unrelated pairs' distances less this margin (docs/benchmarks.md, "Reports"): Tux Paint's
 #: 1st percentile is 20 (cap 8, the tiers unchanged), MNIST's 12 (cap 0). For hashes of
 #: unrelated natural images (about Binomial(64, 1/2)) the 1st percentile is ~22.
+#:
+#: "Unrelated" is judged by the vectors: random pairs the vectors call alike are left out
+#: of the sample. Without that, a folder where duplicates are common (10 copies of each
+#: photo) has duplicates among its random pairs, their small distances set the cap, and
+#: the hashes are switched off exactly where they are needed.
 HASH_MARGIN = 12
 HASH_SAMPLE_PAIRS = 200_000
 HASH_MIN_IMAGES = 50  # fewer: too few pairs to judge the collection; the tiers are kept as they are
 
 
-def hash_distance_limit(codes: np.ndarray, *, pairs: int = HASH_SAMPLE_PAIRS, seed: int = 0) -> int | None:
+def hash_distance_limit(
+    codes: np.ndarray,
+    *,
+    vectors: np.ndarray | None = None,
+    alike: float = 1.0,
+    pairs: int = HASH_SAMPLE_PAIRS,
+    seed: int = 0,
+) -> int | None:
     """The largest hash distance still trusted in this collection (negative: none is), from
-    random pairs of `codes`; None when there are too few hashes to say."""
-    valid = np.asarray(codes, np.int64)
-    valid = valid[valid != NO_HASH]
+    random pairs of `codes`; None when there are too few hashes to say.
+
+    With `vectors` (unit rows, one per code), random pairs whose cosine is `alike` or more
+    are not counted as unrelated: they may be duplicates."""
+    codes = np.asarray(codes, np.int64)
+    valid = np.flatnonzero(codes != NO_HASH)
     if len(valid) < HASH_MIN_IMAGES:
         return None
     rng = np.random.default_rng(seed)
-    a, b = rng.integers(0, len(valid), pairs), rng.integers(0, len(valid), pairs)
-    d = hamming(valid[a[a != b]], valid[b[a != b]])
+    a, b = rng.choice(valid, pairs), rng.choice(valid, pairs)
+    a, b = a[a != b], b[a != b]
+    if vectors is not None:
+        unrelated = np.einsum("nd,nd->n", vectors[a], vectors[b]) < alike
+        if unrelated.sum() >= HASH_MIN_IMAGES:  # else every pair looks alike: judge the hashes alone
+            a, b = a[unrelated], b[unrelated]
+    d = hamming(codes[a], codes[b])
     return int(np.percentile(d, 1)) - HASH_MARGIN
 
 
