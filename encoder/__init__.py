@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import CheckpointError, ImageLoadError, LoadFailure, LookalikeError, TrainError
+from .errors import CheckpointError, ConfigError, ImageLoadError, LoadFailure, LookalikeError, TrainError
 
 _LAZY = {
     "DEFAULT_MAX_PIXELS": "images",
@@ -38,7 +38,7 @@ _LAZY = {
 #: Importing these registers their model kinds; the registry's names are handed out after them.
 _MODEL_MODULES = ("model", "variants")
 
-__all__ = ["CheckpointError", "ImageLoadError", "LoadFailure", "LookalikeError", "TrainError", *_LAZY]
+__all__ = ["CheckpointError", "ConfigError", "ImageLoadError", "LoadFailure", "LookalikeError", "TrainError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -60,7 +62,7 @@ class ModelConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(data) - set(known)
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
         # Saved before `embedding` existed: those models searched by the latent, and their
         # indexes hold latent vectors, so they must keep doing so.
@@ -70,14 +72,14 @@ class ModelConfig:
     def validate(self) -> None:
         stages = len(self.channels)
         if stages < 1:
-            raise ValueError("channels needs at least one stage")
+            raise ConfigError("channels needs at least one stage")
         if self.image_size % (2**stages) != 0:
-            raise ValueError(f"image_size {self.image_size} must be divisible by 2**{stages} = {2**stages}")
+            raise ConfigError(f"image_size {self.image_size} must be divisible by 2**{stages} = {2**stages}")
         if self.latent_dim < 1:
-            raise ValueError("latent_dim must be positive")
+            raise ConfigError("latent_dim must be positive")
         if self.downsample not in ("stride", "pool"):
-            raise ValueError(f"downsample must be 'stride' or 'pool', not {self.downsample!r}")
+            raise ConfigError(f"downsample must be 'stride' or 'pool', not {self.downsample!r}")
         if self.upsample not in ("transpose", "bilinear"):
-            raise ValueError(f"upsample must be 'transpose' or 'bilinear', not {self.upsample!r}")
+            raise ConfigError(f"upsample must be 'transpose' or 'bilinear', not {self.upsample!r}")
         if self.embedding not in ("multiscale", "latent", "hybrid"):
-            raise ValueError(f"embedding must be 'multiscale', 'latent' or 'hybrid', not {self.embedding!r}")
+            raise ConfigError(f"embedding must be 'multiscale', 'latent' or 'hybrid', not {self.embedding!r}")

@@ -38,6 +38,13 @@ class ImageLoadError(LookalikeError):
         self.kind = kind
 
 
+class ConfigError(LookalikeError, ValueError):
+    """A setting is unknown or out of range (a model kind, a size, a device...).
+
+    Also a ValueError, which is what a bad argument is; the CLI reports it in one line
+    because it is a LookalikeError, while a plain ValueError stays a bug with its traceback."""
+
+
 class CheckpointError(LookalikeError):
     """A model directory is missing, incomplete or inconsistent."""
 

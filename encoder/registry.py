@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .model import Autoencoder
@@ -43,7 +44,7 @@ def create_model(name_or_config: str | ModelConfig, **overrides: Any) -> Autoenc
     else:
         cfg = ModelConfig(kind=name_or_config, **overrides)
     if cfg.kind not in _REGISTRY:
-        raise ValueError(f"unknown model kind {cfg.kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"unknown model kind {cfg.kind!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[cfg.kind](cfg)
 
 

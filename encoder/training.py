@@ -30,7 +30,7 @@ from .checkpoint import save_model
 from .config import ModelConfig
 from .decoding import decode_to_array
 from .device import pick_device
-from .errors import TrainError
+from .errors import ConfigError, TrainError
 from .images import DEFAULT_MAX_PIXELS, find_images
 from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
@@ -119,7 +119,7 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> tuple[tor
     if mode == "flip":
         return x, x
     if mode != "invariant":
-        raise ValueError(f"unknown augment mode {mode!r}")
+        raise ConfigError(f"unknown augment mode {mode!r}")
     view = _random_affine(x, gen, max_shift=0.08, min_scale=0.85)
     b = x.shape[0]
     gain = torch.empty(b, 1, 1, 1, device=x.device).uniform_(0.75, 1.25, generator=gen)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .errors import ConfigError
 from .model import Autoencoder, ConvAutoencoder, ConvHead, ConvTrunk, up_stages
 from .registry import register
 
@@ -79,7 +80,7 @@ class DenoisingAutoencoder(ConvAutoencoder):
             # Masking noise: a random `mask_prob` of pixel positions (all channels) set to 0.
             keep = torch.rand_like(x[:, :1]) >= cfg.mask_prob
             return x * keep
-        raise ValueError(f"noise must be 'gaussian' or 'mask', not {cfg.noise!r}")
+        raise ConfigError(f"noise must be 'gaussian' or 'mask', not {cfg.noise!r}")
 
     def training_loss(
         self, x: Tensor, target: Tensor | None = None, labels: Tensor | None = None
@@ -107,7 +108,7 @@ class SparseAutoencoder(ConvAutoencoder):
             return torch.sigmoid(a)
         if self.config.sparsity == "l1":
             return F.relu(a)
-        raise ValueError(f"sparsity must be 'l1' or 'kl', not {self.config.sparsity!r}")
+        raise ConfigError(f"sparsity must be 'l1' or 'kl', not {self.config.sparsity!r}")
 
     def training_loss(
         self, x: Tensor, target: Tensor | None = None, labels: Tensor | None = None
@@ -259,7 +260,7 @@ class ConditionalVAE(VariationalAutoencoder):
     def label_id(self, name: str) -> int:
         if name not in self.config.labels:
             known = ", ".join(repr(label) for label in self.config.labels)
-            raise ValueError(f"unknown label {name!r}; this model knows: {known}")
+            raise ConfigError(f"unknown label {name!r}; this model knows: {known}")
         return self.config.labels.index(name)
 
     def condition(self, labels: Tensor | None, n: int, device: torch.device) -> Tensor:

@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from encoder.atomic import atomic_write_json, atomic_write_via
+from encoder.errors import ConfigError
 
 from .catalog import Catalog
 from .hit_rows import HitRows, write_hit_rows
@@ -52,7 +53,7 @@ class IndexPlan:
 def plan_index(n: int, dim: int, requested: str = "auto") -> IndexPlan:
     """Choose the search index for `n` vectors of `dim` (see the module doc)."""
     if requested not in INDEX_TYPES:
-        raise ValueError(f"unknown index type {requested!r}; choose from {', '.join(INDEX_TYPES)}")
+        raise ConfigError(f"unknown index type {requested!r}; choose from {', '.join(INDEX_TYPES)}")
     if requested == "auto":
         if n <= FLAT_MAX:
             return IndexPlan("flat", {}, f"{n} vectors <= {FLAT_MAX:,}: exact search is fast and exact")

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
-from encoder import ImageLoadError
+from encoder import ImageLoadError, LoadFailure
 
 from ..engine import Engine
 from .auth import bearer_matches
@@ -78,11 +78,12 @@ PagingDep = Annotated[Paging, Depends(get_paging)]
 
 
 def image_error(exc: ImageLoadError) -> HTTPException:
+    """The HTTP answer to an upload that could not be decoded, by what went wrong."""
     reason = exc.reason
-    if "not a recognised image format" in reason:
+    if exc.kind is LoadFailure.NOT_AN_IMAGE:
         return HTTPException(
             415, f"the upload is not an image Pillow can read ({reason}); send a JPEG, PNG, GIF, WebP, BMP or TIFF"
         )
-    if "over the limit" in reason or "too many pixels" in reason:
+    if exc.kind is LoadFailure.TOO_LARGE:
         return HTTPException(413, f"the image is too large: {reason}")
     return HTTPException(400, f"the upload could not be decoded: {reason}")

@@ -26,7 +26,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     LookalikeError,
     FileNotFoundError,
     NotADirectoryError,
-    ValueError,
 )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encoder import ModelConfig, TrainConfig
+from encoder import ConfigError, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def spec_from_arg(arg: str) -> ModelSpec:
     for item in filter(None, opts.split(",")):
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"bad model option {item!r} in {arg!r}; expected key=value")
+            raise ConfigError(f"bad model option {item!r} in {arg!r}; expected key=value")
         value = _parse_value(raw)
         (train_over if key in train_fields else overrides)[key] = value
     return ModelSpec(name=arg, kind=kind, overrides=overrides, train_overrides=train_over)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import REPO, write_jpeg
 
 from indexer import Catalog, Manifest, VectorStore
@@ -85,7 +84,6 @@ def kill_when(proc: subprocess.Popen, index_dir: Path, moment: str) -> bool:
     return True
 
 
-@pytest.mark.slow
 def test_sigkill_at_several_points(tmp_path: Path, tiny_model: Path) -> None:
     folder = tmp_path / "pics"
     for i in range(N):

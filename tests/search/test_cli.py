@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from search.cli import app
@@ -39,6 +40,20 @@ def test_train_user_error_is_one_line(tmp_path: Path) -> None:
     assert "error:" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["train", str(tmp_path / "empty"), "--kind", "nope"])
     assert res.exit_code == 2 and "unknown --kind" in res.output
+
+
+def test_bad_settings_are_one_line_but_library_bugs_keep_their_traceback(tiny_folder: Path, tmp_path: Path) -> None:
+    from search.cli.common import user_errors
+
+    res = runner.invoke(app, ["train", str(tiny_folder), "--out", str(tmp_path / "m"), "--image-size", "30"])
+    assert res.exit_code == 2 and "error:" in res.output and "divisible" in res.output  # a ConfigError
+
+    @user_errors
+    def buggy() -> None:
+        raise ValueError("a bug, not the user's mistake")
+
+    with pytest.raises(ValueError, match="a bug"):  # not turned into "error: ..." and exit 2
+        buggy()
 
 
 def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
