@@ -46,3 +46,56 @@ def test_every_encoder_module_loads_without_faiss_sql_or_web() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """Project modules that `path` imports when it runs (at the top or inside a function),
+    less ``if TYPE_CHECKING:`` blocks, which hold imports for annotations only."""
+    name = _module_name(path)
+    package = name if path.stem == "__init__" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in child.names:  # `from pkg import submodule` imports the submodule
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_import_cycle_anywhere() -> None:
+    """No module reaches itself through imports, eager or lazy (a lazy import that goes back is
+    a cycle waiting for the first call that triggers it)."""
+    paths = [p for pkg in ("encoder", "indexer", "search") for p in sorted((REPO / pkg).rglob("*.py"))]
+    modules = {_module_name(p) for p in paths}
+    graph = {_module_name(p): _runtime_imports(p, modules) for p in paths}
+    # A package's __init__ importing its own submodules is how a package exports; a submodule
+    # importing its package back is the cycle.
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, " -> ".join((*path, module))
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
