@@ -25,6 +25,7 @@ import numpy as np
 from sqlalchemy import select
 
 from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
+from encoder.atomic import atomic_write_bytes
 from encoder.errors import LookalikeError
 from encoder.images import open_image
 from indexer import Catalog, ImageRecord, Manifest
@@ -451,10 +452,7 @@ class Engine:
         img.save(buf, "JPEG", quality=82, optimize=True)
         data = buf.getvalue()
         try:
-            self.thumb_dir.mkdir(exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
+            atomic_write_bytes(cached, data)
         except OSError as exc:  # a read-only index still serves thumbnails, uncached
             log.debug("thumbnail cache not written: %s", exc)
         return data

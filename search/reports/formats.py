@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+
+from encoder.atomic import atomic_writer
 
 from .model import FORMATS, SCHEMA, Group, Report, ReportError
 
@@ -20,22 +22,18 @@ def write_report(report: Report, out: str | os.PathLike, fmt: str | None = None,
     fmt = (fmt or out.suffix.lstrip(".") or "html").lower()
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}: {', '.join(FORMATS)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            if fmt == "json":
-                write_json(report, fh)
-            elif fmt == "csv":
-                write_csv(report, fh)
-            else:
-                from .html import write_html
+    with atomic_writer(out) as raw:
+        fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        if fmt == "json":
+            write_json(report, fh)
+        elif fmt == "csv":
+            write_csv(report, fh)
+        else:
+            from .html import write_html
 
-                write_html(report, fh, **kw)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            write_html(report, fh, **kw)
+        fh.flush()
+        fh.detach()  # the atomic writer closes the file itself
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import sample_images
@@ -51,7 +52,11 @@ def test_generate_from_vae_and_cvae_label(tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
     res = runner.invoke(app, ["generate", "-m", str(_model(tmp_path, "vae")), "--n", "4", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert out.stat().st_size > 0
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    assert grid.shape == (2 + 2 * 34, 2 + 2 * 34, 3)  # 4 samples of 32 px: 2 x 2 tiles, 2 px apart
+    tiles = [grid[2 + r * 34 : 34 + r * 34, 2 + c * 34 : 34 + c * 34] for r in range(2) for c in range(2)]
+    assert all(t.std() > 0 for t in tiles)  # drawn, not blank
+    assert len({t.tobytes() for t in tiles}) == 4  # four different samples of the prior
     cvae = str(_model(tmp_path, "cvae", labels=("birds", "chess")))
     res = runner.invoke(app, ["generate", "-m", cvae, "--n", "3", "--label", "chess", "-o", str(out)])
     assert res.exit_code == 0 and "'chess'" in res.output, res.output
