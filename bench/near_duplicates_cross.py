@@ -1,0 +1,524 @@
+"""Near-duplicates across corpora (issue 13 item 3): the report with ONE set of defaults
+on several labelled corpora, side by side with imagehash's pHash alone.
+
+    .venv/bin/python bench/near_duplicates_cross.py [--corpora a,b] [--seeds 0,1] [--model DIR]
+                                                    [--originals 150] [--quick] [--workdir DIR]
+
+Corpora (bench/dedupe_corpora.py; built once per seed in --workdir, cached): Tux Paint
+stamps with generated edits and distractors (``tuxpaint-edits``), the wallpapers, whose
+crops/resolutions of one picture are duplicates but whose light/dark variants are only
+similar, with edits (``wallpapers-edits``), a photo folder with many duplicates
+(``many-duplicates``: 12 pictures with 9 edited copies each and 40 drawings) and
+MNIST digits, where nothing is a duplicate (``mnist``).
+
+The product path, per corpus: ``build_index(folder)`` (no model: the default model is
+trained on the folder, minutes on 2 cores, cached with the index inside the folder;
+``--model DIR`` reuses one model for every corpus instead), ``Engine(index)``,
+``near_duplicates(engine)`` with its defaults. Only the report's result is used: each
+tier's groups as the user sees them (a tier's own groups, plus the stricter tiers'
+groups it does not supersede), with byte-identical copies (the report's exact section)
+joined to their copy's group.
+
+Baseline: pHash (imagehash, 64 bits, of the image composited on white) of every image,
+all pairs at Hamming distance <= 4, 8 and 10, grouped by connected components (``cc``)
+and by keeper-centred stars (``star``: the best remaining image by resolution, then
+file size, takes every remaining image within the distance).
+
+Metrics per tier (:func:`evaluate_groups`): grouped-pair precision and recall (a pair
+is true when of one family; for the "similar" tier, light/dark pairs count as true too),
+recall of (source, edit) pairs per edit, the largest group and the largest true family
+inside it, the number of groups; per report tier also each member's similarity to its
+keeper against the tier's threshold. Targets (pass/fail): near-duplicate tier precision
+>= 0.95 and recall >= 0.90 over the core edits (resize, JPEG, crop, brightness; greyscale
+and mirror reported apart), on MNIST no near-duplicate group larger than 3, and in every
+tier the largest group no larger than the largest true family it contains + 1.
+
+Prints a table per corpus, writes JSON to bench/results/near_duplicates_cross.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import RESULTS, command_line, describe_machine, machine, table, write_json
+from dedupe_corpora import CORE_EDITS, CORPORA, EDITS, build_all, on_white
+
+REPO = Path(__file__).resolve().parent.parent
+PHASH_DISTANCES = (4, 8, 10)
+PRECISION_TARGET = 0.95
+RECALL_TARGET = 0.90
+MNIST_LARGEST = 3
+NEAR_TIER = "near-duplicate"
+PER_EDIT_COLUMNS = (*EDITS, "mirror-file", "siblings", "light/dark")
+
+Truth = dict[str, dict[str, Any]]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _pairs(n: int) -> int:
+    return n * (n - 1) // 2
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def _evaluate(groups: list[list[str]], truth: Truth, key: str) -> dict[str, Any]:
+    """One tier's groups (disjoint lists of paths) against `truth`; `key`: "family" or "similar"."""
+    label: dict[str, int] = {}
+    overlaps = 0
+    for gi, g in enumerate(groups):
+        for p in g:
+            if p not in truth:
+                raise KeyError(f"{p}: not in the truth table")
+            if p in label:
+                overlaps += 1
+            else:
+                label[p] = gi
+    sizes = [sum(1 for p in g if label[p] == gi) for gi, g in enumerate(groups)]
+    grouped = sum(_pairs(s) for s in sizes)
+    out: dict[str, Any] = {"groups": sum(1 for s in sizes if s > 1), "grouped_images": sum(s for s in sizes if s > 1),
+                           "grouped_pairs": grouped, "overlapping_members": overlaps}  # fmt: skip
+    for k, suffix in (("family", "_strict"), ("similar", "_similar")):
+        fam_total = Counter(v[k] for v in truth.values())
+        true_pairs = sum(_pairs(c) for c in fam_total.values())
+        good = 0
+        for gi, g in enumerate(groups):
+            good += sum(_pairs(c) for c in Counter(truth[p][k] for p in g if label[p] == gi).values())
+        out["precision" + suffix] = _ratio(good, grouped)
+        out["recall" + suffix] = _ratio(good, true_pairs)
+        out["true_pairs" + suffix] = true_pairs
+        out["false_pairs" + suffix] = grouped - good
+    own = "_strict" if key == "family" else "_similar"
+    out["precision"], out["recall"] = out["precision" + own], out["recall" + own]
+    # the largest group, and the largest true family inside it (by `key`)
+    largest, inside, worst_excess = 0, 0, 0
+    for gi, g in enumerate(groups):
+        members = [p for p in g if label[p] == gi]
+        if len(members) < 2:
+            continue
+        top = max(Counter(truth[p][key] for p in members).values())
+        worst_excess = max(worst_excess, len(members) - top)
+        if (len(members), -top) > (largest, -inside):  # the largest; of equals, the one with most strangers
+            largest, inside = len(members), top
+    out["largest_group"] = largest
+    out["largest_true_in_largest"] = inside
+    out["largest_excess"] = largest - inside
+    out["max_excess"] = worst_excess
+    # (source, edit) pairs per edit; pairs of originals of one family; light/dark pairs
+    hit: Counter[str] = Counter()
+    n: Counter[str] = Counter()
+    for p, v in truth.items():
+        if v["edit"] == "original" or v["source"] not in truth:
+            continue
+        n[v["edit"]] += 1
+        hit[v["edit"]] += int(p in label and label[p] == label.get(v["source"]))
+    originals: dict[str, list[str]] = {}
+    for p, v in truth.items():
+        if v["edit"] == "original":
+            originals.setdefault(v["similar"], []).append(p)
+    for ps in originals.values():
+        for a in range(len(ps)):
+            for b in range(a + 1, len(ps)):
+                kind = "siblings" if truth[ps[a]]["family"] == truth[ps[b]]["family"] else "light/dark"
+                n[kind] += 1
+                hit[kind] += int(ps[a] in label and label[ps[a]] == label.get(ps[b]))
+    out["per_edit"] = {e: {"recall": hit[e] / n[e], "n": n[e]} for e in sorted(n)}
+    for name, kinds in (("core", CORE_EDITS), ("all", EDITS)):
+        total = sum(n[e] for e in kinds)
+        out[f"recall_{name}_edits"] = _ratio(sum(hit[e] for e in kinds), total)
+    return out
+
+
+def evaluate_groups(groups_by_tier: dict[str, list[list[str]]], truth: Truth,
+                    similar_tiers: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Score each tier's groups (lists of paths, keys of `truth`; an image in no group is
+    alone) against the truth of bench/dedupe_corpora.py.
+
+    A pair of grouped images is true when both are of one ``family``, or, for the tiers in
+    `similar_tiers` (default: those whose name contains "similar"), of one ``similar``
+    family (light/dark variants). Both are reported either way: ``precision_strict`` /
+    ``recall_strict`` (family) and ``precision_similar`` / ``recall_similar``;
+    ``precision`` / ``recall`` are the tier's own. Also: groups, the largest group and the
+    largest true family inside it (``largest_excess`` = the difference; ``max_excess`` the
+    most strangers in any group), recall of (source, edit) pairs per edit (``per_edit``),
+    pooled over the core edits and over every edit, and for pairs of originals of one
+    family (``siblings``) and light/dark pairs (``light/dark``). Precision is None when
+    nothing is grouped, recall when there is nothing to find."""
+    out = {}
+    for tier, groups in groups_by_tier.items():
+        lenient = tier in similar_tiers if similar_tiers is not None else "similar" in tier
+        out[tier] = _evaluate(groups, truth, "similar" if lenient else "family")
+    return out
+
+
+def targets(metrics: dict[str, Any], near_tier: str, no_duplicates: bool) -> list[dict[str, Any]]:
+    """The issue's targets, each {name, value, target, pass}, for one method's tiers."""
+    out = []
+
+    def add(name: str, value: Any, target: str, ok: bool | None) -> None:
+        out.append({"name": name, "value": value, "target": target, "pass": ok})
+
+    m = metrics.get(near_tier)
+    if m is not None:
+        if no_duplicates:
+            add(f"{near_tier}: largest group", m["largest_group"], f"<= {MNIST_LARGEST}",
+                m["largest_group"] <= MNIST_LARGEST)  # fmt: skip
+        else:
+            p = m["precision"]
+            add(f"{near_tier}: pair precision", p, f">= {PRECISION_TARGET}", p is not None and p >= PRECISION_TARGET)
+            for key, label in (("recall_core_edits", "recall, core edits"), ("recall_all_edits", "recall, all edits")):
+                r = m[key]
+                if r is not None:
+                    add(f"{near_tier}: {label}", r, f">= {RECALL_TARGET}", r >= RECALL_TARGET)
+            for e in ("grey", "mirror", "mirror-file"):
+                if e in m["per_edit"]:
+                    r = m["per_edit"][e]["recall"]
+                    add(f"{near_tier}: recall, {e} (apart)", r, f">= {RECALL_TARGET}", r >= RECALL_TARGET)
+    for tier, t in metrics.items():
+        add(f"{tier}: largest group vs true family inside + 1",
+            f"{t['largest_group']} vs {t['largest_true_in_largest']}+1", "<=",
+            t["largest_group"] <= t["largest_true_in_largest"] + 1)  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- the report's groups
+
+
+def _rel(path: str, folder: Path) -> str:
+    p = Path(path)
+    return (p.resolve().relative_to(folder.resolve()) if p.is_absolute() else p).as_posix()
+
+
+def report_groups(near: Any, folder: Path, truth: Truth) -> tuple[dict[str, list[list[str]]], dict[str, Any]]:
+    """(each tier's groups as the user sees them, as lists of paths; keeper checks per tier).
+
+    A tier's view: its own groups, then each stricter tier's groups whose images it does
+    not already show (the report lists a group at the strictest tier at which it holds
+    together; a looser tier repeats it only when it grows). Byte-identical copies (the
+    exact-duplicate section's business, left out of the near-duplicate tiers) join their
+    copy's group, or form one of their own."""
+    by_hash: dict[str, list[str]] = {}
+    for p, v in truth.items():
+        by_hash.setdefault(v["sha1"], []).append(p)
+    twins = {p: ps for ps in by_hash.values() if len(ps) > 1 for p in ps}
+    names = [t.name for t in near.tiers]
+    views: dict[str, list[list[str]]] = {}
+    checks: dict[str, Any] = {}
+    for ti, tier in enumerate(near.tiers):
+        view: list[list[str]] = []
+        seen: set[str] = set()
+        for name in names[ti::-1]:  # this tier, then the stricter ones
+            for g in near.groups.get(name, []):
+                paths = [_rel(m.path, folder) for m in g.members]
+                rest = [p for p in paths if p not in seen]
+                if len(rest) >= 2:
+                    view.append(rest)
+                    seen.update(rest)
+        for g in view:  # byte-identical copies join their copy's group
+            for p in list(g):
+                for q in twins.get(p, ()):
+                    if q not in seen:
+                        g.append(q)
+                        seen.add(q)
+        for ps in by_hash.values():
+            rest = [p for p in ps if p not in seen]
+            if len(rest) >= 2:
+                view.append(rest)
+                seen.update(rest)
+        views[tier.name] = view
+        # each shown member's similarity to its keeper against the tier's rule
+        sims, below, unjustified, members = [], 0, 0, 0
+        for g in near.groups.get(tier.name, []):
+            for m in g.others:
+                members += 1
+                s = m.similarity
+                if s is None:
+                    continue
+                sims.append(s)
+                if s < tier.threshold:
+                    below += 1
+                    if tier.hamming is None or m.hamming is None or m.hamming > tier.hamming:
+                        unjustified += 1
+        checks[tier.name] = {
+            "threshold": tier.threshold, "hamming": tier.hamming, "shown_groups": len(near.groups.get(tier.name, [])),
+            "members": members, "min_similarity_to_keeper": round(min(sims), 4) if sims else None,
+            "below_threshold": below, "below_threshold_and_hash": unjustified,
+        }  # fmt: skip
+    return views, checks
+
+
+# ---------------------------------------------------------------- pHash
+
+
+def _phash_one(path: Path) -> tuple[int, int, int]:
+    import imagehash
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        img = on_white(im)
+    bits = imagehash.phash(img).hash.flatten()
+    code = int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return code, img.width * img.height, path.stat().st_size
+
+
+def phashes(base: Path, folder: Path, paths: list[str]) -> dict[str, tuple[int, int, int]]:
+    """{path: (64-bit pHash, pixels, file size)}, cached in base/phash.json."""
+    cache = base / "phash.json"
+    have: dict[str, list[int]] = json.loads(cache.read_text()) if cache.exists() else {}
+    missing = [p for p in paths if p not in have]
+    for p in missing:
+        have[p] = list(_phash_one(folder / p))
+    if missing:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(have))
+        tmp.replace(cache)
+    return {p: tuple(have[p]) for p in paths}  # type: ignore[misc]
+
+
+_POP8 = np.array([bin(x).count("1") for x in range(256)], dtype=np.uint8)
+
+
+def hamming_matrix(codes: np.ndarray) -> np.ndarray:
+    """(n, n) uint8 Hamming distances of (n,) uint64 codes (fine for a few thousand)."""
+    b = codes.astype(">u8").view(np.uint8).reshape(len(codes), 8)
+    out = np.empty((len(codes), len(codes)), dtype=np.uint8)
+    for s in range(0, len(codes), 256):
+        out[s : s + 256] = _POP8[b[s : s + 256, None, :] ^ b[None, :, :]].sum(axis=2, dtype=np.uint8)
+    return out
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(i.tolist(), j.tolist(), strict=True):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for x in range(n):
+        groups.setdefault(find(x), []).append(x)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def stars(dist: np.ndarray, limit: int, order: list[int]) -> list[list[int]]:
+    """Keeper-centred groups: in `order` (best keeper first), each image not yet grouped
+    takes every image not yet grouped within `limit` of it."""
+    free = np.ones(len(dist), dtype=bool)
+    out = []
+    for k in order:
+        if not free[k]:
+            continue
+        near = np.flatnonzero(free & (dist[k] <= limit))
+        free[near] = False
+        if len(near) > 1:
+            out.append([k, *(int(x) for x in near if x != k)])
+    return out
+
+
+def phash_groups(info: dict[str, tuple[int, int, int]]) -> dict[str, list[list[str]]]:
+    paths = sorted(info)
+    codes = np.array([info[p][0] for p in paths], dtype=np.uint64)
+    dist = hamming_matrix(codes)
+    order = sorted(range(len(paths)), key=lambda x: (-info[paths[x]][1], -info[paths[x]][2], paths[x]))
+    out = {}
+    for d in PHASH_DISTANCES:
+        i, j = np.nonzero(np.triu(dist <= d, 1))
+        out[f"pHash cc <={d}"] = [[paths[x] for x in g] for g in components(len(paths), i, j)]
+        out[f"pHash star <={d}"] = [[paths[x] for x in g] for g in stars(dist, d, order)]
+    return out
+
+
+# ---------------------------------------------------------------- one corpus
+
+
+def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None) -> dict[str, Any]:
+    from indexer import build_index
+    from search.engine import Engine
+    from search.reports import near_duplicates
+
+    base = folder.parent
+    result: dict[str, Any] = {"corpus": name, "folder": str(folder), "images": len(truth),
+                              "families": len({v["family"] for v in truth.values()}),
+                              "edits": dict(Counter(v["edit"] for v in truth.values()))}  # fmt: skip
+    t0 = time.perf_counter()
+    if model is None:  # the product path: the default model, trained on this folder
+        summary = build_index(folder, progress=False)
+    else:
+        tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]
+        summary = build_index(folder, base / f"index-{model.name}-{tag}", model, progress=False)
+    result["index"] = {"dir": summary.index_dir, "seconds": round(time.perf_counter() - t0, 1),
+                       "trained": summary.trained, "train_s": round(summary.train_s, 1), "total": summary.total,
+                       "embedded": summary.embedded, "exact_duplicates": summary.duplicates,
+                       "failed": [list(f) for f in summary.failed]}  # fmt: skip
+    how = f"training {summary.train_s:.0f} s" if summary.trained else "cached or given model"
+    print(f"  indexed {summary.total} images in {result['index']['seconds']} s ({how})", flush=True)
+    engine = Engine(summary.index_dir, device="cpu")
+    try:
+        result["model_id"] = engine.snapshot().manifest.model_id
+    except Exception:  # noqa: BLE001 - only a label
+        result["model_id"] = None
+    t1 = time.perf_counter()
+    near = near_duplicates(engine)
+    result["report_seconds"] = round(time.perf_counter() - t1, 1)
+    result["report_header"] = near.header()
+    result["tiers"] = [{"name": t.name, "threshold": t.threshold, "hamming": t.hamming} for t in near.tiers]
+    views, checks = report_groups(near, folder, truth)
+    close = getattr(engine, "close", None)
+    if close:
+        close()
+    result["report"] = evaluate_groups(views, truth)
+    for tier, c in checks.items():
+        result["report"][tier]["keeper"] = c
+    t1 = time.perf_counter()
+    info = phashes(base, folder, sorted(truth))
+    result["phash_seconds"] = round(time.perf_counter() - t1, 1)
+    result["phash"] = evaluate_groups(phash_groups(info), truth, similar_tiers=())
+    no_dups = result["report"][next(iter(result["report"]))]["true_pairs_strict"] == 0
+    near_tier = NEAR_TIER if NEAR_TIER in result["report"] else list(result["report"])[len(result["report"]) // 2]
+    result["targets"] = {"report": targets(result["report"], near_tier, no_dups)}
+    for d in PHASH_DISTANCES:
+        for how in ("cc", "star"):
+            key = f"pHash {how} <={d}"
+            result["targets"][key] = targets({key: result["phash"][key]}, key, no_dups)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+# ---------------------------------------------------------------- output
+
+
+def _f(x: Any) -> Any:
+    return "-" if x is None else round(x, 3) if isinstance(x, float) else x
+
+
+def print_corpus(r: dict[str, Any]) -> None:
+    print(f"\n== {r['corpus']}: {r['images']} images, {r['families']} families; model {r.get('model_id')}; "
+          f"index {r['index']['seconds']} s, report {r['report_seconds']} s")  # fmt: skip
+    print("   tiers: " + "; ".join(f"{t['name']} cos>={t['threshold']}" + (f"|ham<={t['hamming']}" if t["hamming"]
+                                    is not None else "") for t in r["tiers"]))  # fmt: skip
+    head = ["method", "groups", "largest", "true in it", "max strangers", "precision", "recall", "P strict",
+            "R strict", "R core", "R grey", "R mirror", "min sim", "below cos", "below cos+hash"]  # fmt: skip
+    rows = []
+    methods = [(f"report {k}", m) for k, m in r["report"].items()] + list(r["phash"].items())
+    for label, m in methods:
+        pe = m["per_edit"]
+        k = m.get("keeper", {})
+        rows.append([label, m["groups"], m["largest_group"], m["largest_true_in_largest"], m["max_excess"],
+                     _f(m["precision"]), _f(m["recall"]), _f(m["precision_strict"]), _f(m["recall_strict"]),
+                     _f(m["recall_core_edits"]), _f(pe.get("grey", {}).get("recall")),
+                     _f(pe.get("mirror", {}).get("recall")), _f(k.get("min_similarity_to_keeper")),
+                     k.get("below_threshold") if k else None, k.get("below_threshold_and_hash") if k else None])  # fmt: skip
+    print(table(rows, head))
+    cols = [c for c in PER_EDIT_COLUMNS if any(c in m["per_edit"] for _, m in methods)]
+    if cols:
+        first = methods[0][1]["per_edit"]
+        counts = ", ".join(f"{c} {first[c]['n']}" for c in cols if c in first)
+        print(f"   recall of (source, edit) pairs per edit (n: {counts})")
+        rows = [[label, *(_f(m["per_edit"].get(c, {}).get("recall")) for c in cols)] for label, m in methods]
+        print(table(rows, ["method", *cols]))
+    print("   targets:")
+    for who, ts in r["targets"].items():
+        if who != "report" and "<=8" not in who:  # pHash: the middle distance only, on screen
+            continue
+        for t in ts:
+            mark = "PASS" if t["pass"] else "FAIL"
+            v, name = _f(t["value"]), t["name"].removeprefix(who + ": ")
+            print(f"   {mark}  {who}: {name} = {v} (target {t['target']})")
+
+
+def summary_rows(runs: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for seed, corpora in runs.items():
+        for name, r in corpora.items():
+            near = r["report"].get(NEAR_TIER) or list(r["report"].values())[len(r["report"]) // 2]
+            ph = r["phash"]["pHash star <=8"]
+            failed = sum(1 for t in r["targets"]["report"] if not t["pass"])
+            rows.append([name, seed, near["groups"], near["largest_group"], _f(near["precision"]),
+                         _f(near["recall_core_edits"]), _f(near["per_edit"].get("grey", {}).get("recall")),
+                         _f(near["per_edit"].get("mirror", {}).get("recall")), ph["groups"], ph["largest_group"],
+                         _f(ph["precision"]), _f(ph["recall_core_edits"]),
+                         f"{len(r['targets']['report']) - failed}/{len(r['targets']['report'])}"])  # fmt: skip
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--corpora", default=",".join(CORPORA), help=f"comma list of: {', '.join(CORPORA)}")
+    ap.add_argument("--seed", type=int, default=None, help="one seed (as --seeds N)")
+    ap.add_argument("--seeds", default="0", help="comma list of seeds: corpora (and models) per seed")
+    ap.add_argument("--workdir", type=Path, default=RESULTS / "near_duplicates_cross", help="corpora and indexes")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="one model for every corpus [default: the product path, a model trained per folder]",
+    )
+    ap.add_argument("--originals", type=int, default=150, help="tuxpaint-edits: stamps that get edits")
+    ap.add_argument("--distractors", type=int, default=250, help="tuxpaint-edits: other stamps")
+    ap.add_argument("--mnist", type=int, default=2000, help="mnist: digits")
+    ap.add_argument("--quick", action="store_true", help="a small run: 30 originals, 60 distractors, 300 digits")
+    ap.add_argument("--out", type=Path, default=RESULTS / "near_duplicates_cross.json", help="JSON results")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.originals, args.distractors, args.mnist = 30, 60, 300
+    args.seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.corpora = [c.strip() for c in args.corpora.split(",") if c.strip()]
+    unknown = set(args.corpora) - set(CORPORA)
+    if unknown:
+        ap.error(f"unknown corpora {sorted(unknown)}: choose from {', '.join(CORPORA)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"command": command_line(), "machine": machine(), "model": str(args.model or
+                               "default model trained per corpus (product path)"), "seeds": args.seeds,
+                               "corpora": args.corpora, "originals": args.originals, "distractors": args.distractors,
+                               "mnist": args.mnist, "edits": EDITS, "core_edits": CORE_EDITS,
+                               "phash_distances": PHASH_DISTANCES, "runs": {}}  # fmt: skip
+    print(describe_machine(results["machine"]), flush=True)
+    for seed in args.seeds:
+        t1 = time.perf_counter()
+        built = build_all(args.workdir, seed, args.corpora, originals=args.originals, distractors=args.distractors,
+                          mnist=args.mnist)  # fmt: skip
+        print(f"seed {seed}: corpora ready in {time.perf_counter() - t1:.1f} s", flush=True)
+        runs = results["runs"].setdefault(str(seed), {})
+        for name, (folder, truth) in built.items():
+            print(f"{name} (seed {seed}): {len(truth)} images", flush=True)
+            runs[name] = run_corpus(name, folder, truth, args.model)
+            print_corpus(runs[name])
+            results["seconds"] = round(time.perf_counter() - t0, 1)
+            write_json(args.out, results)  # after each corpus: a long run keeps what it measured
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(args.out, results)
+    print(f"\nsummary (report: the {NEAR_TIER} tier; pHash: keeper-centred stars at Hamming <= 8), "
+          f"{results['seconds']} s in all")  # fmt: skip
+    print(table(summary_rows(results["runs"]), ["corpus", "seed", "groups", "largest", "precision", "R core",
+                                                 "R grey", "R mirror", "pHash groups", "pHash largest",
+                                                 "pHash P", "pHash R core", "targets met"]))  # fmt: skip
+    print(f"JSON: {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
