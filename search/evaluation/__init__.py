@@ -20,7 +20,7 @@ One module a job:
 
 - ``corpus``: the labelled folder (and a folder of links to a subset of it);
 - ``metrics``: nearest neighbours, retrieval metrics, near-duplicate queries and recall;
-- ``baselines``: raw pixels and PCA;
+- ``baselines``: raw pixels, PCA, and HOG + colour histogram (hand-crafted, no learning);
 - ``models``: model specs from the command line, training the kinds;
 - ``run``: ``evaluate``, the whole run, stage by stage, and its report;
 - ``outputs``: ratios to the baselines, markdown, the bar chart, the report files;
@@ -29,7 +29,7 @@ One module a job:
 
 from __future__ import annotations
 
-from .baselines import fit_pca, fit_pixels
+from .baselines import fit_hog_colour, fit_pca, fit_pixels, hog_colour_features
 from .corpus import LabelledFolder, read_labelled_folder
 from .errors import EvaluationError
 from .metrics import (
@@ -56,8 +56,10 @@ __all__ = [
     "MethodResult",
     "ModelSpec",
     "evaluate",
+    "fit_hog_colour",
     "fit_pca",
     "fit_pixels",
+    "hog_colour_features",
     "near_duplicate_bytes",
     "near_duplicate_queries",
     "near_duplicate_recall",

@@ -12,16 +12,18 @@ from .run import EvaluationReport
 
 
 def ratios(report: EvaluationReport, metric: str = "map_at_10") -> dict[str, dict[str, float]]:
-    """Each model's `metric` over its own pixel and PCA baselines."""
+    """Each model's `metric` over its own pixel, PCA and HOG + colour baselines."""
     out = {}
     for m in report.methods:
         if m.kind != "model":
             continue
         pix = next(b for b in report.methods if b.kind == "pixels" and b.image_size == m.image_size)
         pca = next(b for b in report.methods if b.kind == "pca" and b.name == f"pca-{m.dim} {m.image_size}px")
+        hc = next(b for b in report.methods if b.kind == "hog" and b.image_size == m.image_size)
         out[m.name] = {
             "vs_pixels": m.metrics[metric] / max(pix.metrics[metric], 1e-12),
             "vs_pca": m.metrics[metric] / max(pca.metrics[metric], 1e-12),
+            "vs_hog_colour": m.metrics[metric] / max(hc.metrics[metric], 1e-12),
         }
     return out
 
@@ -30,8 +32,8 @@ def to_markdown(report: EvaluationReport) -> str:
     """One row per method: retrieval metrics, near-duplicate recall, ratios to the baselines."""
     rel = ratios(report)
     lines = [
-        "| method | size | dim | P@1 | P@10 | mAP@10 | x pixels | x PCA | near-dup R@1 | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | size | dim | P@1 | P@10 | mAP@10 | x pixels | x PCA | x HOG+colour | near-dup R@1 | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in report.methods:
         r = rel.get(m.name)
@@ -45,6 +47,7 @@ def to_markdown(report: EvaluationReport) -> str:
             f"{m.metrics['map_at_10']:.3f}",
             f"{r['vs_pixels']:.2f}" if r else "",
             f"{r['vs_pca']:.2f}" if r else "",
+            f"{r['vs_hog_colour']:.2f}" if r else "",
             f"{dup['mean']:.3f}" if dup else "",
             f"{m.train_seconds:.0f}" if m.train_seconds else "",
         ]

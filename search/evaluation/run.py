@@ -15,7 +15,7 @@ import numpy as np
 from encoder import Encoder, ModelConfig
 from encoder.decoding import decode_to_array
 
-from .baselines import fit_pca, fit_pixels
+from .baselines import fit_hog_colour, fit_pca, fit_pixels
 from .corpus import LabelledFolder, read_labelled_folder, subset_folder
 from .errors import EvaluationError
 from .metrics import Embedder, near_duplicate_queries, near_duplicate_recall, retrieval_metrics
@@ -191,9 +191,8 @@ def near_duplicate_set(paths: Sequence[Path], sizes: Sequence[int], n: int, seed
 
 
 def score_methods(models: Sequence[tuple[TrainedModel, Encoder]], gallery: Gallery, seed: int) -> list[MethodResult]:
-    """Each model, each followed by the pixel and PCA baselines at its input size and dimension (once each).
-
-    Without models, the two baselines at the one input size, PCA to 128 dimensions.
+    """Each model, each followed by the pixel, PCA and HOG + colour baselines at its input size and
+    dimension (once each). Without models, the three baselines at the one input size, PCA to 128 dimensions.
     """
     methods: list[MethodResult] = []
     baselines_done: set[tuple[str, int, int]] = set()
@@ -217,10 +216,15 @@ def score_methods(models: Sequence[tuple[TrainedModel, Encoder]], gallery: Galle
             baselines_done.add(("pca", size, dim))
             pca = fit_pca(gallery.pixels[size], dim, seed)
             methods.append(gallery.score(f"pca-{dim} {size}px", "pca", size, pca, baseline_for=name))
+        if ("hog", size, 0) not in baselines_done:
+            baselines_done.add(("hog", size, 0))
+            hc = fit_hog_colour(gallery.pixels[size])
+            methods.append(gallery.score(f"hog+colour {size}px", "hog", size, hc, baseline_for=name))
     if not models:
         size = min(gallery.pixels)
         methods.append(gallery.score(f"pixels {size}px", "pixels", size, fit_pixels(gallery.pixels[size])))
         methods.append(gallery.score(f"pca-128 {size}px", "pca", size, fit_pca(gallery.pixels[size], 128, seed)))
+        methods.append(gallery.score(f"hog+colour {size}px", "hog", size, fit_hog_colour(gallery.pixels[size])))
     return methods
 
 

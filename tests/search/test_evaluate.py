@@ -101,6 +101,30 @@ def test_baselines() -> None:
     assert centred.shape == (20, 192) and np.allclose(centred.mean(axis=0), 0, atol=1e-5)
 
 
+def test_hog_colour_baseline_sees_shape_and_colour_apart() -> None:
+    """HOG (scikit-image's) ignores a colour swap; the histogram ignores a shift; the search
+    vector is both parts, centred and at unit length each."""
+    from skimage.feature import hog
+
+    from search.evaluation import fit_hog_colour, hog_colour_features
+
+    img = np.full((32, 32, 3), 255, np.uint8)
+    img[8:24, 8:16] = (200, 30, 30)  # a red bar
+    swapped = img[..., ::-1].copy()  # the same bar in blue
+    shifted = np.roll(img, 8, axis=1)  # the red bar moved right
+    (h, c) = hog_colour_features(np.stack([img, swapped, shifted]))
+    grey = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+    expected = np.sqrt(hog(grey, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)))
+    assert np.allclose(h[0], expected / np.linalg.norm(expected), atol=1e-5)
+    assert np.allclose(c[0], c[2]) and not np.allclose(c[0], c[1])  # colour: the shift is invisible
+    assert not np.allclose(h[0], h[2])  # shape: the shift is seen
+    rng = np.random.default_rng(0)
+    corpus = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    v = fit_hog_colour(corpus)(np.stack([img, swapped]))
+    assert v.shape == (2, len(h[0]) + 512)
+    assert np.allclose(np.linalg.norm(v, axis=1), np.sqrt(2), atol=1e-5)  # two unit-length parts
+
+
 def test_spec_parsing(tmp_path: Path) -> None:
     spec = spec_from_arg("vae:beta=0.5,channels=16/32,min_steps=50,augment=none")
     assert spec.kind == "vae" and spec.overrides == {"beta": 0.5, "channels": (16, 32)}
@@ -125,7 +149,7 @@ def test_a_whole_evaluation_is_repeatable(tiny_folder: Path, tmp_path: Path) -> 
         for i in range(2)
     ]
     names = [m.name for m in runs[0].methods]
-    assert names == ["saved", "pixels 32px", "pca-24 32px", "tiny-vae", "pca-8 32px"]
+    assert names == ["saved", "pixels 32px", "pca-24 32px", "hog+colour 32px", "tiny-vae", "pca-8 32px"]
     for a, b in zip(runs[0].methods, runs[1].methods, strict=True):
         assert a.metrics == b.metrics and a.near_duplicate_recall_at_1 == b.near_duplicate_recall_at_1
     saved = runs[0].method("saved")
