@@ -420,12 +420,12 @@ def print_corpus(r: dict[str, Any]) -> None:
     methods = [(f"report {k}", m) for k, m in r["report"].items()] + list(r["phash"].items())
     for label, m in methods:
         pe = m["per_edit"]
-        k = m.get("keeper", {})
+        k = m.get("keeper") or {}
         rows.append([label, m["groups"], m["largest_group"], m["largest_true_in_largest"], m["max_excess"],
                      _f(m["precision"]), _f(m["recall"]), _f(m["precision_strict"]), _f(m["recall_strict"]),
                      _f(m["recall_core_edits"]), _f(pe.get("grey", {}).get("recall")),
                      _f(pe.get("mirror", {}).get("recall")), _f(k.get("min_similarity_to_keeper")),
-                     k.get("below_threshold") if k else None, k.get("below_threshold_and_hash") if k else None])  # fmt: skip
+                     k.get("below_threshold"), k.get("below_threshold_and_hash")])  # fmt: skip
     print(table(rows, head))
     cols = [c for c in PER_EDIT_COLUMNS if any(c in m["per_edit"] for _, m in methods)]
     if cols:
