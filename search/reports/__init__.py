@@ -19,7 +19,7 @@ from .duplicates import EXACT_MAX, MIN_HASH_LIMIT, TIERS, exact_duplicates, near
 from .members import canonical_ids
 from .model import FORMATS, SCHEMA, Group, Member, NearDuplicates, QueryResult, Report, ReportError, Tier
 from .outliers import OUTLIER_Z, Outlier, Outliers, outliers, robust_z
-from .pairs import DEFAULT_K, WHITEN_SHRINK, connected_components, similar_pairs, whiten
+from .pairs import DEFAULT_K, connected_components, similar_pairs, whiten
 from .scan import CACHE_FILE, Scan, hamming, hash_distance_limit, perceptual_hash, scan_images
 from .sets import neighbours_of_folder, neighbours_of_ids
 
@@ -32,7 +32,6 @@ __all__ = [
     "OUTLIER_Z",
     "SCHEMA",
     "TIERS",
-    "WHITEN_SHRINK",
     "Group",
     "Member",
     "NearDuplicates",

@@ -235,8 +235,8 @@ def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> np.ndarra
 
 def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, vecs: np.ndarray) -> tuple[Tier, ...]:
     """The tiers with their hash distances capped at what this collection's hashes can tell
-    about images that its vectors do not already call alike (the loosest tier's cosine)."""
-    limit = hash_distance_limit(codes, vectors=vecs, alike=tiers[-1].threshold)
+    apart: judged on random pairs that its vectors call unrelated."""
+    limit = hash_distance_limit(codes, vectors=vecs)
     if limit is None:  # too few images to judge: the tiers as they are
         return tiers
     off = limit < MIN_HASH_LIMIT
@@ -246,20 +246,19 @@ def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, vecs: np.ndarray) ->
 
 
 def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.ndarray]]:
-    """For each tier (strictest first): node arrays, each a group shown at that tier. A group a
-    stricter tier already shows whole (or inside one of its groups) is not shown again."""
+    """For each tier (strictest first): node arrays, each a group shown at that tier. Each tier
+    merges the groups of the one above (:mod:`.grouping`); a group it only repeats is not shown again."""
     out: dict[str, list[np.ndarray]] = {}
-    stricter = np.full(len(cand.ids), -1, dtype=np.int64)  # node -> its group at the tiers above
+    stricter: list[np.ndarray] = []
     for tier in tiers:
         m = _tier_mask(tier, cand.s, cand.d)
         closeness = cand.s[m] - np.where(cand.d[m] == 255, 0, cand.d[m]) / 64.0
-        groups = complete_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier))
-        shown = [g for g in groups if (stricter[g] < 0).any() or len(np.unique(stricter[g])) > 1]
+        groups = complete_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), stricter)
+        seen = {tuple(sorted(g.tolist())) for g in stricter}
+        shown = [g for g in groups if tuple(sorted(g.tolist())) not in seen]
         shown.sort(key=lambda g: (-len(g), int(g.min())))
         out[tier.name] = shown
-        stricter[:] = -1  # the next tier compares against this tier's grouping
-        for n, g in enumerate(groups):
-            stricter[g] = n
+        stricter = groups
     return out
 
 

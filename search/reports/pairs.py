@@ -6,42 +6,23 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from encoder.calibration import fit_whitening
+
 #: Neighbours asked for per image when looking for near-duplicate pairs (itself included).
 DEFAULT_K = 16
-#: Whitening keeps axes with less than this fraction of the largest variance from dominating.
-WHITEN_SHRINK = 1e-4
 
 
-def whiten(vectors: np.ndarray, shrink: float = WHITEN_SHRINK) -> np.ndarray:
-    """Centre `vectors` on their mean, rescale each principal axis to unit variance, L2-normalise.
+def whiten(vectors: np.ndarray) -> np.ndarray:
+    """Centre `vectors` on their mean, whiten with the Ledoit-Wolf-shrunk covariance, L2-normalise
+    (:mod:`encoder.calibration`).
 
     An autoencoder's vectors share a large common component, so the raw cosine of two
     unrelated images is already high; whitening with the collection's own statistics
-    spreads them out (measured in bench/near_duplicates.py). `shrink` (a fraction of the
-    largest variance) keeps near-empty axes from amplifying noise. With fewer than two
-    vectors per dimension the covariance is not trusted: the vectors are only centred.
+    spreads them out (measured in bench/near_duplicates.py). The shrinkage is estimated from
+    the vectors themselves: on a small folder whitening fades into plain centring instead of
+    amplifying the noise of a covariance it cannot estimate.
     """
-    x = np.asarray(vectors, dtype=np.float32)
-    n, d = x.shape
-    if n < 2:
-        return x.copy()
-    mean = x.mean(axis=0, dtype=np.float64)
-    cov = np.zeros((d, d))
-    for s in range(0, n, 65536):  # float64 accumulation in chunks: no n x d float64 copy
-        c = x[s : s + 65536].astype(np.float64) - mean
-        cov += c.T @ c
-    cov /= n
-    if n >= 2 * d:
-        var, axes = np.linalg.eigh(cov)
-        var = np.maximum(var, 0.0)
-        proj = (axes / np.sqrt(var + shrink * var.max() + 1e-12)).astype(np.float32)
-    else:
-        proj = np.eye(d, dtype=np.float32)
-    out = np.empty_like(x)
-    for s in range(0, n, 65536):
-        w = (x[s : s + 65536] - mean.astype(np.float32)) @ proj
-        out[s : s + 65536] = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
-    return out
+    return fit_whitening(vectors).apply(vectors)
 
 
 def similar_pairs(

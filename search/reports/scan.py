@@ -54,10 +54,14 @@ _POPCOUNT = np.array([bin(x).count("1") for x in range(256)], dtype=np.uint8)
 #: 1st percentile is 20 (cap 8, the tiers unchanged), MNIST's 12 (cap 0). For hashes of
 #: unrelated natural images (about Binomial(64, 1/2)) the 1st percentile is ~22.
 #:
-#: "Unrelated" is judged by the vectors: random pairs the vectors call alike are left out
-#: of the sample. Without that, a folder where duplicates are common (10 copies of each
-#: photo) has duplicates among its random pairs, their small distances set the cap, and
-#: the hashes are switched off exactly where they are needed.
+#: "Unrelated" is judged by the vectors: only random pairs in the less similar half by cosine
+#: are sampled. Without that, a folder where duplicates are common (10 copies of each photo)
+#: has duplicates among its random pairs, their small distances set the cap, and the hashes
+#: are switched off exactly where they are needed; excluding only the pairs the vectors call
+#: alike is not enough, because edits the vectors miss (brightness, greyscale) are the ones
+#: the hash is there to catch. Below-median pairs are unrelated in any collection where
+#: duplicates are less than half of all pairs, and on low-detail images (digits) they still
+#: show how alike unrelated images hash.
 HASH_MARGIN = 12
 HASH_SAMPLE_PAIRS = 200_000
 HASH_MIN_IMAGES = 50  # fewer: too few pairs to judge the collection; the tiers are kept as they are
@@ -67,15 +71,14 @@ def hash_distance_limit(
     codes: np.ndarray,
     *,
     vectors: np.ndarray | None = None,
-    alike: float = 1.0,
     pairs: int = HASH_SAMPLE_PAIRS,
     seed: int = 0,
 ) -> int | None:
     """The largest hash distance still trusted in this collection (negative: none is), from
     random pairs of `codes`; None when there are too few hashes to say.
 
-    With `vectors` (unit rows, one per code), random pairs whose cosine is `alike` or more
-    are not counted as unrelated: they may be duplicates."""
+    With `vectors` (unit rows, one per code), only the random pairs in the less similar half
+    by cosine count as unrelated: the others may be duplicates."""
     codes = np.asarray(codes, np.int64)
     valid = np.flatnonzero(codes != NO_HASH)
     if len(valid) < HASH_MIN_IMAGES:
@@ -84,9 +87,9 @@ def hash_distance_limit(
     a, b = rng.choice(valid, pairs), rng.choice(valid, pairs)
     a, b = a[a != b], b[a != b]
     if vectors is not None:
-        unrelated = np.einsum("nd,nd->n", vectors[a], vectors[b]) < alike
-        if unrelated.sum() >= HASH_MIN_IMAGES:  # else every pair looks alike: judge the hashes alone
-            a, b = a[unrelated], b[unrelated]
+        cosine = np.einsum("nd,nd->n", vectors[a], vectors[b])
+        unrelated = cosine < np.median(cosine)
+        a, b = a[unrelated], b[unrelated]
     d = hamming(codes[a], codes[b])
     return int(np.percentile(d, 1)) - HASH_MARGIN
 

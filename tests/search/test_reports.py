@@ -227,13 +227,13 @@ def test_hash_distance_limit_follows_how_alike_the_collection_hashes_are() -> No
     # (digits, icons): still no hash distance is trusted.
     unit = rng.normal(size=(5000, 16)).astype(np.float32)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    assert hash_distance_limit(alike, vectors=unit, alike=0.8) < 0
+    assert hash_distance_limit(alike, vectors=unit) < 0
     # ... and where the vectors agree they are copies of 5 pictures (a folder of duplicates):
     # those pairs are not evidence against the hash, which stays trusted.
     family = np.array([np.flatnonzero(protos == (h ^ f))[0] for h, f in zip(alike, flips, strict=True)])
     copies = unit[family] + 0.01 * rng.normal(size=(5000, 16)).astype(np.float32)
     copies /= np.linalg.norm(copies, axis=1, keepdims=True)
-    assert 8 <= hash_distance_limit(alike, vectors=copies, alike=0.8) <= 12
+    assert 8 <= hash_distance_limit(alike, vectors=copies) <= 12
     assert hash_distance_limit(uniform[:20]) is None  # too few to judge
     with_missing = np.concatenate([uniform, np.full(5000, NO_HASH)])
     assert hash_distance_limit(with_missing) == hash_distance_limit(uniform)
@@ -253,22 +253,26 @@ def test_untrustworthy_hashes_are_not_used(engine: Engine, monkeypatch: pytest.M
 
 
 def test_no_member_sits_below_its_tier_to_the_keeper(engine: Engine) -> None:
-    """Loose tiers chain nearly everything into one component; groups must not: every member
-    passes the tier's rule against the keeper and against every other member."""
-    tiers = (Tier("loose", 0.3), Tier("looser", 0.0), Tier("loosest", -0.5))
-    near = near_duplicates(engine, tiers, phash=False)
-    from search.reports import canonical_ids, whiten
+    """At a threshold just above the least similar pair, connected components join the whole
+    collection; groups must not: every member passes the tier's rule against the keeper and
+    against every other member."""
+    from search.reports import canonical_ids, connected_components, similar_pairs, whiten
 
     ids = canonical_ids(engine)  # what the report compares: byte-identical copies count once
     store = engine.snapshot().store
     white = whiten(np.stack([store.reconstruct(int(i)) for i in ids]))
+    sims = white @ white.T
+    loosest = float(sims.min()) + 0.05
+    i, j, _ = similar_pairs(white, loosest, k=len(ids))
+    assert len(np.unique(connected_components(len(ids), i, j))) == 1  # the chain the old rule made
+    tiers = (Tier("loose", 0.3), Tier("looser", 0.0), Tier("loosest", loosest))
+    near = near_duplicates(engine, tiers, phash=False, k=len(ids))
     row = {int(i): n for n, i in enumerate(ids)}
     for tier in near.tiers:
         for g in near.groups[tier.name]:
             assert all(m.similarity >= tier.threshold - 1e-5 for m in g.others), (tier.name, g.as_dict())
-            v = white[[row[m.id] for m in (g.keeper, *g.others)]]
-            assert (v @ v.T).min() >= tier.threshold - 1e-5, tier.name
-    # a chain would have joined the whole collection at the loosest tier
+            v = [row[m.id] for m in (g.keeper, *g.others)]
+            assert sims[np.ix_(v, v)].min() >= tier.threshold - 1e-5, tier.name
     assert max(len(g.others) + 1 for t in near.tiers for g in near.groups[t.name]) < len(ids)
 
 

@@ -1,0 +1,65 @@
+"""Whitening that behaves on 100 vectors and on a million: centring plus a covariance shrunk
+towards a multiple of the identity by the Ledoit-Wolf rule.
+
+An autoencoder's vectors share a large common component, so the raw cosine of two unrelated
+images is high (median 0.82-0.997 over random pairs on the corpora measured). Centring on the
+collection's mean brings that median to about 0; whitening also equalises the principal
+axes, so a few high-variance directions (overall brightness, background) stop deciding every
+similarity. A sample covariance of n vectors in d dimensions has rank < n, and inverting it
+when n is near or below d amplifies noise without bound; a fixed floor or a switch at n = 2d
+is a constant fitted somewhere. Ledoit and Wolf (2004, "A well-conditioned estimator for
+large-dimensional covariance matrices") derive the shrinkage weight from the data itself:
+Sigma = a * mu * I + (1 - a) * S, with a -> 1 when the sample cannot support its covariance
+(few vectors: whitening fades into plain centring) and a -> 0 as n grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Vectors are accumulated in float64 this many rows at a time: no n x d float64 copy.
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """x -> unit((x - mean) @ projection)."""
+
+    mean: np.ndarray  # (d,) float32
+    projection: np.ndarray  # (d, d) float32
+    shrinkage: float  # the Ledoit-Wolf weight a of the identity, in [0, 1]
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.asarray(vectors, dtype=np.float32)
+        out = np.empty((len(x), self.projection.shape[1]), dtype=np.float32)
+        for s in range(0, len(x), _CHUNK):
+            w = (x[s : s + _CHUNK] - self.mean) @ self.projection
+            out[s : s + _CHUNK] = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def fit_whitening(vectors: np.ndarray) -> Whitening:
+    """Fit the centring and Ledoit-Wolf-shrunk whitening of `vectors` (n, d). With fewer than
+    two vectors there is nothing to estimate: the identity."""
+    x = np.asarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    if n < 2:
+        mean = x.mean(axis=0) if n else np.zeros(d, np.float32)
+        return Whitening(mean.astype(np.float32), np.eye(d, dtype=np.float32), 1.0)
+    mean = x.mean(axis=0, dtype=np.float64)
+    cov = np.zeros((d, d))
+    fourth = 0.0  # sum over vectors of |x_k|^4, for the Ledoit-Wolf variance term
+    for s in range(0, n, _CHUNK):
+        c = x[s : s + _CHUNK].astype(np.float64) - mean
+        cov += c.T @ c
+        fourth += float((np.einsum("nd,nd->n", c, c) ** 2).sum())
+    cov /= n
+    mu = np.trace(cov) / d
+    delta = float(((cov - mu * np.eye(d)) ** 2).sum()) / d  # how far S is from the scaled identity
+    beta = (fourth / n - float((cov**2).sum())) / (n * d)  # how noisy S is as an estimate
+    a = 1.0 if delta <= 0 else float(np.clip(beta / delta, 0.0, 1.0))
+    var, axes = np.linalg.eigh(a * mu * np.eye(d) + (1.0 - a) * cov)
+    projection = axes / np.sqrt(np.maximum(var, 1e-12 * max(mu, 1e-30)))
+    return Whitening(mean.astype(np.float32), projection.astype(np.float32), a)
