@@ -26,6 +26,10 @@ MODEL_OLD = MODEL_DIR + ".old"  # the model it replaces, until the swap is done
 # ---- written by the search side
 THUMBNAILS = "thumbnails"  # cached thumbnails served by the web page
 REPORT_CACHE = "report_cache.sqlite"  # per-image scan results that reports reuse
+#: Files moved aside when near-duplicates are resolved (search/review/): QUARANTINE/<batch>/<relative path>,
+#: each batch's journal beside it as QUARANTINE/<batch>.journal while a move is under way. Inside the index,
+#: so the indexer's walk never sees them, and never deleted by lookalike.
+QUARANTINE = "quarantine"
 
 #: Neighbours precomputed per image for by-id queries (indexer/neighbours.py): the web
 #: page's first page (24) and the API's default k (10) up to offset 22; 32 x 12 bytes plus id and
