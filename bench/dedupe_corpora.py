@@ -123,8 +123,13 @@ def make_edit(src: Path, edit: str, dst_stem: Path, rng: np.random.Generator) ->
     return path
 
 
-def add_edits(folder: Path, src_rel: str, rng: np.random.Generator, truth: dict[str, dict[str, Any]],
-              edits: tuple[str, ...] = EDITS) -> None:  # fmt: skip
+def add_edits(
+    folder: Path,
+    src_rel: str,
+    rng: np.random.Generator,
+    truth: dict[str, dict[str, Any]],
+    edits: tuple[str, ...] = EDITS,
+) -> None:
     """Add every edit of the image `src_rel` (relative to `folder`) under folder/edits/, named
     ``<source path>__<edit>.<ext>``; its truth copies the source's family."""
     base = truth[src_rel]
@@ -136,10 +141,17 @@ def add_edits(folder: Path, src_rel: str, rng: np.random.Generator, truth: dict[
         truth[path.relative_to(folder).as_posix()] = {**base, "source": src_rel, "edit": edit}
 
 
-def _entry(family: str, similar: str | None = None, source: str = "", edit: str = "original",
-           variant: str = "", tone: str = "") -> dict[str, Any]:  # fmt: skip
-    return {"family": family, "similar": similar or family, "source": source, "edit": edit, "variant": variant,
-            "tone": tone}  # fmt: skip
+def _entry(
+    family: str, similar: str | None = None, source: str = "", edit: str = "original", variant: str = "", tone: str = ""
+) -> dict[str, Any]:
+    return {
+        "family": family,
+        "similar": similar or family,
+        "source": source,
+        "edit": edit,
+        "variant": variant,
+        "tone": tone,
+    }
 
 
 # ---------------------------------------------------------------- sources
@@ -298,8 +310,9 @@ def merge_identical(truth: dict[str, dict[str, Any]]) -> None:
             v[key] = find(parent, v[key])
 
 
-def build_corpus(name: str, workdir: str | Path, seed: int = 0, *, originals: int = 150, distractors: int = 250,
-                 mnist: int = 2000) -> tuple[Path, dict[str, dict[str, Any]]]:  # fmt: skip
+def build_corpus(
+    name: str, workdir: str | Path, seed: int = 0, *, originals: int = 150, distractors: int = 250, mnist: int = 2000
+) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Build (or reuse) one corpus. Returns (the folder of images, the truth table).
 
     The images live in ``<dir>/images``, the truth in ``<dir>/truth.json`` (written last:
@@ -336,9 +349,15 @@ def build_corpus(name: str, workdir: str | Path, seed: int = 0, *, originals: in
     return folder, truth
 
 
-def build_all(workdir: str | Path, seed: int = 0, corpora: tuple[str, ...] | list[str] = CORPORA, *,
-              originals: int = 150, distractors: int = 250,
-              mnist: int = 2000) -> dict[str, tuple[Path, dict[str, dict[str, Any]]]]:  # fmt: skip
+def build_all(
+    workdir: str | Path,
+    seed: int = 0,
+    corpora: tuple[str, ...] | list[str] = CORPORA,
+    *,
+    originals: int = 150,
+    distractors: int = 250,
+    mnist: int = 2000,
+) -> dict[str, tuple[Path, dict[str, dict[str, Any]]]]:
     """Every corpus asked for: ``{name: (folder, truth)}`` (see :func:`build_corpus`)."""
     return {
         name: build_corpus(name, workdir, seed, originals=originals, distractors=distractors, mnist=mnist)

@@ -83,8 +83,12 @@ def main() -> None:
     print(f"machine: {describe_machine(info)}")
     for r in results:
         print(f"\n{r['index']}: {r['vectors']:,} x {r['dim']}, {r['params']}, {r['queries']} queries")
-        print(table([[x["efSearch"], x["recall_at_10"], x["ms_per_query"]] for x in r["rows"]],
-                    ["efSearch", "recall@10", "ms/query"]))  # fmt: skip
+        print(
+            table(
+                [[x["efSearch"], x["recall_at_10"], x["ms_per_query"]] for x in r["rows"]],
+                ["efSearch", "recall@10", "ms/query"],
+            )
+        )
     write_json(args.out, {"command": command_line(), "machine": info, "results": results})
     print(f"\nwrote {args.out}")
 

@@ -87,8 +87,12 @@ def _evaluate(groups: list[list[str]], truth: Truth, key: str) -> dict[str, Any]
                 label[p] = gi
     sizes = [sum(1 for p in g if label[p] == gi) for gi, g in enumerate(groups)]
     grouped = sum(_pairs(s) for s in sizes)
-    out: dict[str, Any] = {"groups": sum(1 for s in sizes if s > 1), "grouped_images": sum(s for s in sizes if s > 1),
-                           "grouped_pairs": grouped, "overlapping_members": overlaps}  # fmt: skip
+    out: dict[str, Any] = {
+        "groups": sum(1 for s in sizes if s > 1),
+        "grouped_images": sum(s for s in sizes if s > 1),
+        "grouped_pairs": grouped,
+        "overlapping_members": overlaps,
+    }
     for k, suffix in (("family", "_strict"), ("similar", "_similar")):
         fam_total = Counter(v[k] for v in truth.values())
         true_pairs = sum(_pairs(c) for c in fam_total.values())
@@ -140,8 +144,9 @@ def _evaluate(groups: list[list[str]], truth: Truth, key: str) -> dict[str, Any]
     return out
 
 
-def evaluate_groups(groups_by_tier: dict[str, list[list[str]]], truth: Truth,
-                    similar_tiers: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def evaluate_groups(
+    groups_by_tier: dict[str, list[list[str]]], truth: Truth, similar_tiers: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Any]]:
     """Score each tier's groups (lists of paths, keys of `truth`; an image in no group is
     alone) against the truth of bench/dedupe_corpora.py.
 
@@ -172,8 +177,12 @@ def targets(metrics: dict[str, Any], near_tier: str, no_duplicates: bool) -> lis
     m = metrics.get(near_tier)
     if m is not None:
         if no_duplicates:
-            add(f"{near_tier}: largest group", m["largest_group"], f"<= {MNIST_LARGEST}",
-                m["largest_group"] <= MNIST_LARGEST)  # fmt: skip
+            add(
+                f"{near_tier}: largest group",
+                m["largest_group"],
+                f"<= {MNIST_LARGEST}",
+                m["largest_group"] <= MNIST_LARGEST,
+            )
         else:
             p = m["precision"]
             add(f"{near_tier}: pair precision", p, f">= {PRECISION_TARGET}", p is not None and p >= PRECISION_TARGET)
@@ -186,9 +195,12 @@ def targets(metrics: dict[str, Any], near_tier: str, no_duplicates: bool) -> lis
                     r = m["per_edit"][e]["recall"]
                     add(f"{near_tier}: recall, {e} (apart)", r, f">= {RECALL_TARGET}", r >= RECALL_TARGET)
     for tier, t in metrics.items():
-        add(f"{tier}: largest group vs true family inside + 1",
-            f"{t['largest_group']} vs {t['largest_true_in_largest']}+1", "<=",
-            t["largest_group"] <= t["largest_true_in_largest"] + 1)  # fmt: skip
+        add(
+            f"{tier}: largest group vs true family inside + 1",
+            f"{t['largest_group']} vs {t['largest_true_in_largest']}+1",
+            "<=",
+            t["largest_group"] <= t["largest_true_in_largest"] + 1,
+        )
     return out
 
 
@@ -251,10 +263,14 @@ def report_groups(near: Any, folder: Path, truth: Truth) -> tuple[dict[str, list
                     if tier.hamming is None or m.hamming is None or m.hamming > tier.hamming:
                         unjustified += 1
         checks[tier.name] = {
-            "threshold": tier.threshold, "hamming": tier.hamming, "shown_groups": len(near.groups.get(tier.name, [])),
-            "members": members, "min_similarity_to_keeper": round(min(sims), 4) if sims else None,
-            "below_threshold": below, "below_threshold_and_hash": unjustified,
-        }  # fmt: skip
+            "threshold": tier.threshold,
+            "hamming": tier.hamming,
+            "shown_groups": len(near.groups.get(tier.name, [])),
+            "members": members,
+            "min_similarity_to_keeper": round(min(sims), 4) if sims else None,
+            "below_threshold": below,
+            "below_threshold_and_hash": unjustified,
+        }
     return views, checks
 
 
@@ -300,21 +316,13 @@ def hamming_matrix(codes: np.ndarray) -> np.ndarray:
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
-    parent = list(range(n))
+    """Connected components with more than one member (the product's vectorised union-find)."""
+    from search.reports import connected_components
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(i.tolist(), j.tolist(), strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    labels = connected_components(n, i, j)
     groups: dict[int, list[int]] = {}
-    for x in range(n):
-        groups.setdefault(find(x), []).append(x)
+    for x, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(x)
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -355,19 +363,29 @@ def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None) -> dic
     from search.reports import near_duplicates
 
     base = folder.parent
-    result: dict[str, Any] = {"corpus": name, "folder": str(folder), "images": len(truth),
-                              "families": len({v["family"] for v in truth.values()}),
-                              "edits": dict(Counter(v["edit"] for v in truth.values()))}  # fmt: skip
+    result: dict[str, Any] = {
+        "corpus": name,
+        "folder": str(folder),
+        "images": len(truth),
+        "families": len({v["family"] for v in truth.values()}),
+        "edits": dict(Counter(v["edit"] for v in truth.values())),
+    }
     t0 = time.perf_counter()
     if model is None:  # the product path: the default model, trained on this folder
         summary = build_index(folder, progress=False)
     else:
         tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]
         summary = build_index(folder, base / f"index-{model.name}-{tag}", model, progress=False)
-    result["index"] = {"dir": summary.index_dir, "seconds": round(time.perf_counter() - t0, 1),
-                       "trained": summary.trained, "train_s": round(summary.train_s, 1), "total": summary.total,
-                       "embedded": summary.embedded, "exact_duplicates": summary.duplicates,
-                       "failed": [list(f) for f in summary.failed]}  # fmt: skip
+    result["index"] = {
+        "dir": summary.index_dir,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "trained": summary.trained,
+        "train_s": round(summary.train_s, 1),
+        "total": summary.total,
+        "embedded": summary.embedded,
+        "exact_duplicates": summary.duplicates,
+        "failed": [list(f) for f in summary.failed],
+    }
     how = f"training {summary.train_s:.0f} s" if summary.trained else "cached or given model"
     print(f"  indexed {summary.total} images in {result['index']['seconds']} s ({how})", flush=True)
     engine = Engine(summary.index_dir, device="cpu")
@@ -410,22 +428,58 @@ def _f(x: Any) -> Any:
 
 
 def print_corpus(r: dict[str, Any]) -> None:
-    print(f"\n== {r['corpus']}: {r['images']} images, {r['families']} families; model {r.get('model_id')}; "
-          f"index {r['index']['seconds']} s, report {r['report_seconds']} s")  # fmt: skip
-    print("   tiers: " + "; ".join(f"{t['name']} cos>={t['threshold']}" + (f"|ham<={t['hamming']}" if t["hamming"]
-                                    is not None else "") for t in r["tiers"]))  # fmt: skip
-    head = ["method", "groups", "largest", "true in it", "max strangers", "precision", "recall", "P strict",
-            "R strict", "R core", "R grey", "R mirror", "min sim", "below cos", "below cos+hash"]  # fmt: skip
+    print(
+        f"\n== {r['corpus']}: {r['images']} images, {r['families']} families; model {r.get('model_id')}; "
+        f"index {r['index']['seconds']} s, report {r['report_seconds']} s"
+    )
+    print(
+        "   tiers: "
+        + "; ".join(
+            f"{t['name']} cos>={t['threshold']}" + (f"|ham<={t['hamming']}" if t["hamming"] is not None else "")
+            for t in r["tiers"]
+        )
+    )
+    head = [
+        "method",
+        "groups",
+        "largest",
+        "true in it",
+        "max strangers",
+        "precision",
+        "recall",
+        "P strict",
+        "R strict",
+        "R core",
+        "R grey",
+        "R mirror",
+        "min sim",
+        "below cos",
+        "below cos+hash",
+    ]
     rows = []
     methods = [(f"report {k}", m) for k, m in r["report"].items()] + list(r["phash"].items())
     for label, m in methods:
         pe = m["per_edit"]
         k = m.get("keeper") or {}
-        rows.append([label, m["groups"], m["largest_group"], m["largest_true_in_largest"], m["max_excess"],
-                     _f(m["precision"]), _f(m["recall"]), _f(m["precision_strict"]), _f(m["recall_strict"]),
-                     _f(m["recall_core_edits"]), _f(pe.get("grey", {}).get("recall")),
-                     _f(pe.get("mirror", {}).get("recall")), _f(k.get("min_similarity_to_keeper")),
-                     k.get("below_threshold"), k.get("below_threshold_and_hash")])  # fmt: skip
+        rows.append(
+            [
+                label,
+                m["groups"],
+                m["largest_group"],
+                m["largest_true_in_largest"],
+                m["max_excess"],
+                _f(m["precision"]),
+                _f(m["recall"]),
+                _f(m["precision_strict"]),
+                _f(m["recall_strict"]),
+                _f(m["recall_core_edits"]),
+                _f(pe.get("grey", {}).get("recall")),
+                _f(pe.get("mirror", {}).get("recall")),
+                _f(k.get("min_similarity_to_keeper")),
+                k.get("below_threshold"),
+                k.get("below_threshold_and_hash"),
+            ]
+        )
     print(table(rows, head))
     cols = [c for c in PER_EDIT_COLUMNS if any(c in m["per_edit"] for _, m in methods)]
     if cols:
@@ -451,11 +505,23 @@ def summary_rows(runs: dict[str, dict[str, Any]]) -> list[list[Any]]:
             near = r["report"].get(NEAR_TIER) or list(r["report"].values())[len(r["report"]) // 2]
             ph = r["phash"]["pHash star <=8"]
             failed = sum(1 for t in r["targets"]["report"] if not t["pass"])
-            rows.append([name, seed, near["groups"], near["largest_group"], _f(near["precision"]),
-                         _f(near["recall_core_edits"]), _f(near["per_edit"].get("grey", {}).get("recall")),
-                         _f(near["per_edit"].get("mirror", {}).get("recall")), ph["groups"], ph["largest_group"],
-                         _f(ph["precision"]), _f(ph["recall_core_edits"]),
-                         f"{len(r['targets']['report']) - failed}/{len(r['targets']['report'])}"])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    seed,
+                    near["groups"],
+                    near["largest_group"],
+                    _f(near["precision"]),
+                    _f(near["recall_core_edits"]),
+                    _f(near["per_edit"].get("grey", {}).get("recall")),
+                    _f(near["per_edit"].get("mirror", {}).get("recall")),
+                    ph["groups"],
+                    ph["largest_group"],
+                    _f(ph["precision"]),
+                    _f(ph["recall_core_edits"]),
+                    f"{len(r['targets']['report']) - failed}/{len(r['targets']['report'])}",
+                ]
+            )
     return rows
 
 
@@ -491,16 +557,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
     t0 = time.perf_counter()
-    results: dict[str, Any] = {"command": command_line(), "machine": machine(), "model": str(args.model or
-                               "default model trained per corpus (product path)"), "seeds": args.seeds,
-                               "corpora": args.corpora, "originals": args.originals, "distractors": args.distractors,
-                               "mnist": args.mnist, "edits": EDITS, "core_edits": CORE_EDITS,
-                               "phash_distances": PHASH_DISTANCES, "runs": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "command": command_line(),
+        "machine": machine(),
+        "model": str(args.model or "default model trained per corpus (product path)"),
+        "seeds": args.seeds,
+        "corpora": args.corpora,
+        "originals": args.originals,
+        "distractors": args.distractors,
+        "mnist": args.mnist,
+        "edits": EDITS,
+        "core_edits": CORE_EDITS,
+        "phash_distances": PHASH_DISTANCES,
+        "runs": {},
+    }
     print(describe_machine(results["machine"]), flush=True)
     for seed in args.seeds:
         t1 = time.perf_counter()
-        built = build_all(args.workdir, seed, args.corpora, originals=args.originals, distractors=args.distractors,
-                          mnist=args.mnist)  # fmt: skip
+        built = build_all(
+            args.workdir, seed, args.corpora, originals=args.originals, distractors=args.distractors, mnist=args.mnist
+        )
         print(f"seed {seed}: corpora ready in {time.perf_counter() - t1:.1f} s", flush=True)
         runs = results["runs"].setdefault(str(seed), {})
         for name, (folder, truth) in built.items():
@@ -511,11 +587,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_json(args.out, results)  # after each corpus: a long run keeps what it measured
     results["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, results)
-    print(f"\nsummary (report: the {NEAR_TIER} tier; pHash: keeper-centred stars at Hamming <= 8), "
-          f"{results['seconds']} s in all")  # fmt: skip
-    print(table(summary_rows(results["runs"]), ["corpus", "seed", "groups", "largest", "precision", "R core",
-                                                 "R grey", "R mirror", "pHash groups", "pHash largest",
-                                                 "pHash P", "pHash R core", "targets met"]))  # fmt: skip
+    print(
+        f"\nsummary (report: the {NEAR_TIER} tier; pHash: keeper-centred stars at Hamming <= 8), "
+        f"{results['seconds']} s in all"
+    )
+    print(
+        table(
+            summary_rows(results["runs"]),
+            [
+                "corpus",
+                "seed",
+                "groups",
+                "largest",
+                "precision",
+                "R core",
+                "R grey",
+                "R mirror",
+                "pHash groups",
+                "pHash largest",
+                "pHash P",
+                "pHash R core",
+                "targets met",
+            ],
+        )
+    )
     print(f"JSON: {args.out}")
     return results
 

@@ -255,7 +255,7 @@ def test_malformed_requests_are_4xx_never_500(app_client: Callable[..., TestClie
             "/search",
             {"content": b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n', "headers": ct},
             422,
-        ),  # truncated: no complete file field; fmt: skip
+        ),  # truncated: no complete file field
         ("GET", "/search", {}, 405),
         ("DELETE", f"/images/{ids[BIRD]}", {}, 405),
         ("GET", f"/images/{ids[BIRD]}/similar?path_prefix=%00", {}, 200),
