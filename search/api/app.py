@@ -16,17 +16,22 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from encoder.errors import ConfigError
+
 from ..engine import Engine, EngineError, NotFound
+from ..review import recover
 from .deps import require_token
 from .fast_lane import FastLaneMiddleware
 from .limits import MaxBodySizeMiddleware
-from .routes import images, reports, service
+from .routes import images, reports, review, service
 from .settings import Settings
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the app. With no `engine`, one is opened on `settings.index` at start-up."""
     settings = settings or Settings()
+    if settings.allow_writes and not settings.api_token:
+        raise ConfigError("writes need a token: set LOOKALIKE_API_TOKEN as well as --allow-writes")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +43,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             max_pixels=settings.max_pixels,
             reload_in_background=True,  # a new generation must not stall the event loop while it opens
         )
+        if settings.allow_writes:  # finish or undo a review operation a kill interrupted, before serving
+            recover(app.state.engine.index_dir, app.state.engine.catalog.url)
         try:
             yield
         finally:
@@ -68,4 +75,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(service.router)
     app.include_router(images.router)
     app.include_router(reports.router, dependencies=[Depends(require_token)])
+    app.include_router(review.router, dependencies=[Depends(require_token)])
     return app

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest accepted image, in pixels.")
     device: str | None = Field(None, description="cpu, cuda, mps [default: best available].")
     catalog_url: str | None = Field(None, description="SQLAlchemy URL of the catalog [default: the index's SQLite].")
+    allow_writes: bool = Field(
+        False,
+        description="Let clients resolve near-duplicates (move files into the index's quarantine and back) "
+        "and dismiss groups. Needs api_token as well; off, every write endpoint answers 403.",
+    )
     fast_lane: bool = Field(
         True,
         description="Answer plain by-id queries from the neighbour table before FastAPI's routing "

@@ -3,7 +3,8 @@
 
 Near-duplicate groups and outlier scores are computed on first request and kept per
 engine and index generation, so paging through them costs nothing more (outlier
-scores are also cached on disk by :mod:`search.reports`).
+scores are also cached on disk by :mod:`search.reports`). Groups resolved or dismissed
+(``/duplicates/...``) are left out at each request, from the decisions as they are then.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from ...engine import Engine
 from ...reports import DEFAULT_K, TIERS, exact_duplicates, near_duplicates, neighbours_of_ids, outliers, scan_images
+from ...review import hide_decided
 from ..deps import EngineDep
 
 router = APIRouter(prefix="/reports", tags=["reports"])
@@ -64,6 +66,9 @@ def duplicates(
     phash: bool = Query(
         True, description="Also join neighbours whose perceptual hashes are close (decodes every image once; cached)."
     ),
+    reviewed: bool = Query(
+        False, description="Also the groups already resolved or dismissed (/duplicates/...), left out by default."
+    ),
 ) -> dict:
     names = [t.name for t in TIERS]
     if tier == "exact":
@@ -78,6 +83,8 @@ def duplicates(
         groups, threshold = near.groups[tier], TIERS[names.index(tier)].threshold
     else:
         raise HTTPException(422, f"unknown tier {tier!r}: exact, {', '.join(names)}")
+    if not reviewed:  # per request, not cached: decisions change without a new index generation
+        groups = hide_decided(engine, groups)
     return {
         "tier": tier,
         "threshold": threshold,
