@@ -3,14 +3,14 @@
 Each command parses options, calls one library function, and turns the
 library's own exceptions into a one-line message and exit code 2. This module
 builds the Typer app and registers the commands, which live one group a module
-beside it (index, query, serve, model_uses, report); none of them imports this one.
+beside it (index, query, serve, model_uses, report, dedupe); none of them imports this one.
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import index, model_uses, query, report, serve
+from . import dedupe, index, model_uses, query, report, serve
 from .common import setup_logging
 
 app = typer.Typer(
@@ -27,7 +27,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more d
     setup_logging(verbose)
 
 
-# In the order `lookalike --help` lists them: the main job first, the model's other uses, then reports.
+# In the order `lookalike --help` lists them: the main job first, the model's other uses, then reports
+# and resolving what they found.
 for command in (
     index.train,
     index.index,
@@ -41,5 +42,7 @@ for command in (
     model_uses.compress,
     model_uses.evaluate,
     report.report,
+    dedupe.dedupe,
+    dedupe.restore,
 ):
     app.command()(command)

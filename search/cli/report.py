@@ -50,10 +50,14 @@ def report(
     fmt: str | None = typer.Option(None, "--format", help="html, json or csv [default: from --out's suffix]."),
     max_groups: int = typer.Option(200, help="HTML only: at most this many groups per section."),
     workers: int | None = typer.Option(None, help="Parallel decoders for --outliers/--queries [default: cores]."),
+    reviewed: bool = typer.Option(
+        False, "--reviewed", help="Also list groups already resolved or dismissed (`lookalike dedupe`)."
+    ),
 ) -> None:
     """Write a report on an index. With no section options: exact duplicates and every near-duplicate tier."""
     from search.engine import Engine
     from search.reports import build_report, resolve_tiers, write_report
+    from search.review import hide_decided_in_report
 
     if not (duplicates or near or queries or outliers is not None):
         duplicates, near = True, "all"
@@ -70,6 +74,8 @@ def report(
             workers=workers,
             phash=phash,
         )
+        if not reviewed:
+            hide_decided_in_report(engine, rep)
         fmt = (fmt or out.suffix.lstrip(".") or "html").lower()
         extra = {"engine": engine, "max_groups": max_groups} if fmt == "html" else {}
         path = write_report(rep, out, fmt, **extra)
