@@ -46,8 +46,9 @@ TRAIN_LOG = "train_log.json"  # written last: its presence means the training fi
 class TrainConfig:
     """How to train (the model's own hyperparameters live in ModelConfig)."""
 
-    #: None: enough epochs for `min_steps` optimiser steps (at least 10, at most 300), so a
-    #: small folder still trains long enough and a large one is not over-trained.
+    #: None: enough epochs for :func:`planned_steps` optimiser steps (at least 2, at most 300):
+    #: `min_steps` up to 1,000 training images, then growing with the square root of the folder,
+    #: so the cost of a first run grows slowly with the folder (docs/benchmarks.md, "Training budget").
     epochs: int | None = None
     min_steps: int = 500
     batch_size: int = 32
@@ -395,14 +396,27 @@ class _Run:
         )
 
 
+#: Up to this many training images the budget is `min_steps`; above, it grows as the square root.
+BUDGET_IMAGES = 1000
+
+
+def planned_steps(n_train: int, min_steps: int) -> int:
+    """Optimiser steps for a folder of `n_train` training images: `min_steps`, times
+    sqrt(n_train / BUDGET_IMAGES) above that size. A larger folder has more to learn, but each
+    step also sees more variety; the square root keeps 10,000 images at 3.2x the steps of 1,000
+    (not 10x), so a first run on a 2-core machine stays within minutes."""
+    return math.ceil(min_steps * max(1.0, math.sqrt(n_train / BUDGET_IMAGES)))
+
+
 def _start_run(mcfg: ModelConfig, cfg: TrainConfig, data: _Data, device: torch.device) -> _Run:
-    """The model and AdamW; the epoch budget (enough for `min_steps` unless `epochs` is set); warm-up + cosine."""
+    """The model and AdamW; the epoch budget (:func:`planned_steps` unless `epochs` is set); warm-up + cosine."""
     model = create_model(mcfg).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data.train_idx) / cfg.batch_size))
-    epochs = cfg.epochs or min(300, max(10, math.ceil(cfg.min_steps / steps_per_epoch)))
+    planned = planned_steps(len(data.train_idx), cfg.min_steps)
+    epochs = cfg.epochs or min(300, max(2, math.ceil(planned / steps_per_epoch)))
     cfg = dataclasses.replace(cfg, epochs=epochs)
     total_steps = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -448,6 +462,9 @@ def _run_epochs(run: _Run, out_dir: Path, progress: bool) -> None:
         train_loss, seen, seconds = run.train_epoch(epoch, shuffle.permutation(run.data.train_idx), bar)
         if run.end_epoch(epoch, train_loss, seen, seconds, out_dir):
             log.info("early stop at epoch %d (best %d)", epoch + 1, run.best_epoch)
+            if bar is not None:  # the run is complete: the bar says so, not "60%"
+                bar.total = bar.n
+                bar.refresh()
             break
     if bar is not None:
         bar.close()

@@ -100,3 +100,22 @@ def test_invariant_augmentation_keeps_target_clean() -> None:
     # the target is the (possibly flipped) original, never jittered
     for i in range(8):
         assert torch.equal(target[i], x[i]) or torch.equal(target[i], x[i].flip(-1))
+
+
+def test_the_step_budget_grows_with_the_square_root_of_the_folder() -> None:
+    from encoder.training import planned_steps
+
+    assert planned_steps(150, 500) == planned_steps(1000, 500) == 500
+    assert planned_steps(10_000, 500) == 1582  # 500 * sqrt(10): not 10x the steps for 10x the images
+    assert planned_steps(1_000_000, 500) == 15_812
+
+
+def test_an_early_stop_ends_the_progress_bar_at_100_percent(
+    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # patience 0: the run stops after its first epoch of 6, however that epoch went.
+    cfg = TrainConfig(epochs=6, batch_size=4, patience=0, augment="none")
+    result = train(tiny_folder, tmp_path / "m", ModelConfig(**SMALL), cfg, progress=True)
+    assert result.epochs_run < 6
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.lstrip().startswith("100%"), bar
