@@ -5,7 +5,8 @@ It owns the images' identity: a file is known by its path, and its content by
 
 Schema changes go through numbered migrations (:data:`MIGRATIONS`); the
 version lives in the ``meta`` table, so an index written by an older release
-is upgraded in place when it is opened.
+is upgraded in place when it is opened. The review decisions' tables
+(:mod:`indexer.decisions`) are the exception: optional, created when first written.
 """
 
 from __future__ import annotations
