@@ -16,6 +16,7 @@ Sigma = a * mu * I + (1 - a) * S, with a -> 1 when the sample cannot support its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -63,3 +64,61 @@ def fit_whitening(vectors: np.ndarray) -> Whitening:
     var, axes = np.linalg.eigh(a * mu * np.eye(d) + (1.0 - a) * cov)
     projection = axes / np.sqrt(np.maximum(var, 1e-12 * max(mu, 1e-30)))
     return Whitening(mean.astype(np.float32), projection.astype(np.float32), a)
+
+
+# ---------------------------------------------------------------- stored with a model
+
+#: The calibration of a model's search vectors, beside its weights (safetensors, never a pickle).
+CALIBRATION = "calibration.safetensors"
+#: "none": the encoder's unit vectors as they are; "centre": centred on the training images'
+#: mean; "whiten": centred and Ledoit-Wolf whitened.
+CALIBRATIONS = ("none", "centre", "whiten")
+
+
+def fit_calibration(vectors: np.ndarray, kind: str) -> Whitening | None:
+    """The calibration of `kind` fitted on `vectors` (a model's unit vectors of its training images)."""
+    if kind not in CALIBRATIONS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown calibration {kind!r}: {', '.join(CALIBRATIONS)}")
+    if kind == "none":
+        return None
+    w = fit_whitening(vectors)
+    if kind == "centre":
+        return Whitening(w.mean, np.eye(len(w.mean), dtype=np.float32), 1.0)
+    return w
+
+
+def save_calibration(calibration: Whitening, directory: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from .atomic import atomic_write_via
+
+    tensors = {
+        "mean": np.ascontiguousarray(calibration.mean, np.float32),
+        "projection": np.ascontiguousarray(calibration.projection, np.float32),
+    }
+    meta = {"shrinkage": repr(calibration.shrinkage)}
+    atomic_write_via(Path(directory) / CALIBRATION, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_calibration(directory: Path) -> Whitening | None:
+    """The calibration saved with a model, or None (a model trained before calibrations existed)."""
+    from safetensors import safe_open
+
+    path = Path(directory) / CALIBRATION
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            mean, projection = f.get_tensor("mean"), f.get_tensor("projection")
+    except Exception as exc:  # safetensors raises its own types; any failure is a bad checkpoint
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{path}: unreadable calibration ({exc})") from None
+    if mean.ndim != 1 or projection.shape != (len(mean), len(mean)):
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{path}: calibration of shape {projection.shape} for {len(mean)} dimensions")
+    return Whitening(mean, projection, float(meta.get("shrinkage", "nan")))

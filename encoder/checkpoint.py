@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from . import variants  # noqa: F401  (importing it registers every model kind)
 from .atomic import atomic_write_json, atomic_write_via
+from .calibration import CALIBRATION
 from .config import ModelConfig
 from .errors import CheckpointError
 from .model import Autoencoder
@@ -70,12 +71,16 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def model_id(directory: str | os.PathLike) -> str:
-    """A short stable identity for a saved model: hash of its weights and config."""
+    """A short stable identity for a saved model: hash of its weights, config and the
+    calibration of its search vectors (when it has one: they change every vector)."""
     h = hashlib.sha256()
     d = Path(directory)
     cfg, _ = read_config(d)
     h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    with open(d / WEIGHTS, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    for name in (WEIGHTS, CALIBRATION):
+        if name == CALIBRATION and not (d / name).exists():
+            continue  # models from before calibrations keep their identity
+        with open(d / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]

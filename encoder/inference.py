@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration import load_calibration
 from .checkpoint import load_model, model_id, read_config
 from .device import pick_device
 from .fuse import fold_batchnorm
@@ -34,6 +35,9 @@ class Encoder:
         self.model = load_model(self.model_dir, self.device)
         fold_batchnorm(self.model)  # eval-only model: BatchNorm folded into the convs
         self.config, self.meta = read_config(self.model_dir)
+        #: Centring/whitening fitted on the training images (None for older models): the
+        #: cosine of two images' vectors then reads 0 for unrelated ones in any collection.
+        self.calibration = load_calibration(self.model_dir)
         self.model_id = model_id(self.model_dir)
         # Small batches are faster on a CPU (they stay in cache); GPUs want large ones.
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
@@ -62,8 +66,8 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = [self.model.encode(x).float() for x in self._batches(pixels)]
         z = torch.cat(out)
-        z = torch.nn.functional.normalize(z, dim=1)
-        return z.cpu().numpy().astype(np.float32, copy=False)
+        z = torch.nn.functional.normalize(z, dim=1).cpu().numpy().astype(np.float32, copy=False)
+        return z if self.calibration is None else self.calibration.apply(z)
 
     @torch.inference_mode()
     def reconstruction_error(self, pixels: np.ndarray) -> np.ndarray:

@@ -60,3 +60,28 @@ def test_degenerate_inputs() -> None:
     assert np.allclose(fit_whitening(one).projection, np.eye(5))
     same = np.ones((10, 5), np.float32)  # no variance at all
     assert np.isfinite(fit_whitening(same).apply(same)).all()
+
+
+def test_a_model_carries_its_calibration_and_the_encoder_applies_it(tiny_folder, tmp_path) -> None:
+    from encoder import Encoder, ModelConfig, TrainConfig, train
+    from encoder.calibration import CALIBRATION, load_calibration
+
+    small = ModelConfig(image_size=32, channels=(8, 16, 32), latent_dim=16)
+    plain, centred = tmp_path / "plain", tmp_path / "centred"
+    train(tiny_folder, plain, small, TrainConfig(epochs=2, batch_size=4, calibration="none"), progress=False)
+    train(tiny_folder, centred, small, TrainConfig(epochs=2, batch_size=4, calibration="centre"), progress=False)
+    assert not (plain / CALIBRATION).exists() and (centred / CALIBRATION).exists()
+    paths = sorted(tiny_folder.rglob("*.png"))
+    raw = Encoder(plain, device="cpu").embed(paths)
+    enc = Encoder(centred, device="cpu")
+    cal = load_calibration(centred)
+    assert np.allclose(cal.projection, np.eye(enc.dim))  # centring only
+    # the same weights (same seed), so the calibrated vectors are the raw ones centred, unit length
+    expected = (raw - cal.mean) / np.linalg.norm(raw - cal.mean, axis=1, keepdims=True)
+    assert np.allclose(enc.embed(paths), expected, atol=1e-5)
+    assert np.allclose(cal.mean, raw.mean(axis=0), atol=1e-4)  # fitted on the training images
+    sims = raw @ raw.T
+    off = ~np.eye(len(raw), dtype=bool)
+    calibrated = enc.embed(paths) @ enc.embed(paths).T
+    assert abs(np.median(calibrated[off])) < abs(np.median(sims[off]))  # unrelated pairs nearer 0
+    assert Encoder(plain, device="cpu").model_id != enc.model_id

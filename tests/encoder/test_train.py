@@ -83,8 +83,9 @@ def test_encoder_embeds_unit_vectors_and_round_trips(tiny_folder: Path, tmp_path
     assert v1.shape == (12, enc.dim) and enc.dim == 8 + 16 + 32 and v1.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v1, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(v1, v2)  # save -> load: bit-identical embeddings
-    # batching does not change an image's vector
-    assert np.allclose(enc.embed(paths[:1]), v1[:1], atol=1e-6)
+    # batching does not change an image's vector beyond float rounding (which whitening scales up a little)
+    assert np.allclose(enc.embed(paths[:1]), v1[:1], atol=1e-5)
+    assert enc.calibration is not None  # fitted on the training images and saved with the model
     with pytest.raises(ImageLoadError):
         enc.embed([b"junk"])
     errs = enc.reconstruction_error(np.stack([enc.load(p) for p in paths]))

@@ -74,13 +74,15 @@ def review(tmp_path: Path, search_model: Path, make_index: Callable[[Path], Path
 
 
 def duplicate_groups(engine: Engine, hide: bool = True) -> list:
-    """Exact groups and every near tier, as the report shows them after decisions."""
-    from search.review import hide_decided_in_report
+    """Exact groups and the duplicate tiers' groups (not "similar": alike is not a duplicate, and
+    which unrelated test images look alike depends on the model), as the report shows them."""
+    from search.review import DUPLICATE_TIERS, hide_decided_in_report
 
     rep = build_report(engine)
     if hide:
         hide_decided_in_report(engine, rep)
-    return [*rep.exact, *(g for gs in rep.near.groups.values() for g in gs)]
+    near = (g for tier, gs in rep.near.groups.items() if tier in DUPLICATE_TIERS for g in gs)
+    return [*rep.exact, *near]
 
 
 def paths_of(groups: list) -> set[frozenset[str]]:
