@@ -314,25 +314,34 @@ class Engine:
     def search_image(self, source: ImageSource, **kw) -> list[Hit]:
         """Images like the one in `source` (bytes, a stream or a path).
 
-        The query image itself is left out when it is indexed: a path by its catalog
-        row; uploaded bytes by content hash (byte-identical files are the same image).
+        The query image itself is left out when it is indexed (:meth:`indexed_as`): a
+        result list that starts with the query tells the user nothing.
         """
         vec = self.embed(source)
-        exclude: set[int] = set()
+        exclude = frozenset(i for i, _ in self.indexed_as(source))
+        return self.search_vector(vec, exclude_ids=exclude, **kw)
+
+    def indexed_as(self, source: ImageSource) -> list[tuple[int, str]]:
+        """(id, path) of the indexed images that `source` is: the catalog row of a path, and
+        every indexed file with the same bytes (a byte-identical file is the same image)."""
+        found: dict[int, str] = {}
+        data: bytes | None = None
         if isinstance(source, (str, os.PathLike)):
             with contextlib.suppress(NotFound):
-                exclude.add(self.get_by_path(os.fspath(source)).id)
+                rec = self.get_by_path(os.fspath(source))
+                found[rec.id] = rec.path
+            with contextlib.suppress(OSError):
+                data = Path(source).read_bytes()
         elif isinstance(source, (bytes, bytearray)):
-            exclude |= self._ids_with_hash(bytes_hash(bytes(source)))
-        return self.search_vector(vec, exclude_ids=frozenset(exclude), **kw)
+            data = bytes(source)
+        if data is not None:
+            found.update(self._ids_with_hash(bytes_hash(data)))
+        return sorted(found.items())
 
-    def _ids_with_hash(self, digest: str) -> set[int]:
+    def _ids_with_hash(self, digest: str) -> dict[int, str]:
         with self.catalog.session() as s:
-            return set(
-                s.scalars(
-                    select(ImageRecord.id).where(ImageRecord.content_hash == digest, ImageRecord.status == STATUS_OK)
-                )
-            )
+            q = select(ImageRecord.id, ImageRecord.path)
+            return dict(s.execute(q.where(ImageRecord.content_hash == digest, ImageRecord.status == STATUS_OK)).all())
 
     def search_id(
         self,

@@ -14,6 +14,9 @@ class HitOut(BaseModel):
 
 
 class SearchOut(BaseModel):
+    #: What was asked: {"id": N} for an indexed image; {"upload": name, "bytes": n, "indexed":
+    #: [{"id", "path"}...]} for an upload, "indexed" naming the indexed images it is (the same
+    #: bytes), which are left out of the results.
     query: dict
     k: int
     offset: int

@@ -35,14 +35,27 @@ def query(
 
         written = save_result_grid(engine, image_id if image_id is not None else image, hits, grid)
         typer.echo(f"wrote {written}", err=as_json)  # keep stdout pure JSON with --json
+    if image_id is not None:
+        rec = engine.get(image_id)
+        query_desc: dict = {"id": image_id, "path": rec.path}
+        said = f"query: indexed image #{image_id} ({rec.path}); itself left out of the results"
+    else:
+        indexed = [{"id": i, "path": p} for i, p in engine.indexed_as(image)]
+        query_desc = {"path": str(image), "indexed": indexed}
+        said = f"query: {image}"
+        if indexed:
+            said += " = indexed image " + ", ".join(f"#{q['id']} ({q['path']})" for q in indexed)
+            said += "; left out of the results"
     if as_json:
         import json
 
-        query_desc = {"id": image_id} if image_id is not None else {"path": str(image)}
         typer.echo(json.dumps({"query": query_desc, "results": [h.as_dict() for h in hits]}, indent=2))
         return
+    typer.echo(said)
     if not hits:
-        typer.echo("no results")
+        total = engine.stats()["vectors"]
+        typer.echo("no results: the index is empty" if not total else "no results (try a lower --min-similarity)")
+        return
     typer.echo(f"{'rank':>4}  {'similarity':>10}  {'id':>7}  path")
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:>4}  {h.similarity:>10.4f}  {h.id:>7}  {h.path}")

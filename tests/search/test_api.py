@@ -70,7 +70,8 @@ def test_search_upload(client: TestClient, corpus: Corpus, ids: dict[str, int]) 
     r = upload(client, data, "bird.png", k=5)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["query"] == {"upload": "bird.png", "bytes": len(data)}
+    # the answer says which indexed image the upload is: it is left out of its own results
+    assert body["query"] == {"upload": "bird.png", "bytes": len(data), "indexed": [{"id": ids[BIRD], "path": BIRD}]}
     assert body["k"] == 5 and body["offset"] == 0
     hits = body["results"]
     assert len(hits) == 5

@@ -73,14 +73,20 @@ def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
     summary = json.loads(res.output)
     assert summary["unchanged"] == 13 and summary["embedded"] == 0
     assert summary["neighbours"] == ""  # nothing changed: the table was not touched
-    query_img = sorted(tiny_folder.rglob("*.png"))[0]
+    query_img = sorted(p for p in tiny_folder.rglob("*.png") if ".lookalike" not in p.parts)[0]  # an indexed one
     res = runner.invoke(app, ["query", str(query_img), "--index", str(tiny_folder), "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     paths = [r["path"] for r in out["results"]]
-    assert len(paths) == 3 and query_img.relative_to(tiny_folder).as_posix() not in paths  # itself excluded
-    res = runner.invoke(app, ["query", "--id", str(out["results"][0]["id"]), "--index", str(tiny_folder)])
+    rel = query_img.relative_to(tiny_folder).as_posix()
+    assert len(paths) == 3 and rel not in paths  # itself excluded
+    assert [q["path"] for q in out["query"]["indexed"]] == [rel]  # ... and the answer says why
+    res = runner.invoke(app, ["query", str(query_img), "--index", str(tiny_folder), "-k", "3"])
+    assert res.exit_code == 0 and f"= indexed image #{out['query']['indexed'][0]['id']} ({rel})" in res.output
+    first = out["results"][0]
+    res = runner.invoke(app, ["query", "--id", str(first["id"]), "--index", str(tiny_folder)])
     assert res.exit_code == 0 and "similarity" in res.output
+    assert f"query: indexed image #{first['id']} ({first['path']})" in res.output  # names the query image
     res = runner.invoke(app, ["query", "--id", "99999", "--index", str(tiny_folder)])
     assert res.exit_code == 2 and "no indexed image" in res.output
     res = runner.invoke(app, ["query", str(tiny_folder / "junk.jpg"), "--index", str(tiny_folder)])

@@ -34,9 +34,10 @@ def search_upload(
         hits = engine.search_image(content, **paging.kwargs())
     except ImageLoadError as exc:
         raise image_error(exc) from None
-    return SearchOut(
-        query={"upload": file.filename, "bytes": len(content)}, k=paging.k, offset=paging.offset, results=_out(hits)
-    )
+    # An upload that is an indexed image (the same bytes) is left out of its own results: say so.
+    indexed = [{"id": i, "path": p} for i, p in engine.indexed_as(content)]
+    query = {"upload": file.filename, "bytes": len(content), "indexed": indexed}
+    return SearchOut(query=query, k=paging.k, offset=paging.offset, results=_out(hits))
 
 
 @router.get("/images/{image_id}/similar", response_model=SearchOut, summary="Images like an indexed one")
