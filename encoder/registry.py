@@ -37,6 +37,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe_model(name: str) -> str:
+    """The first line of a registered kind's docstring: what it is, in a line."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model kind {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    doc = getattr(_REGISTRY[name], "__doc__", None) or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
 def create_model(name_or_config: str | ModelConfig, **overrides: Any) -> Autoencoder:
     """Build a model by registry name (with config overrides) or from a full config."""
     if isinstance(name_or_config, ModelConfig):

@@ -64,8 +64,12 @@ def dedupe(
         "near-duplicate or similar. Only duplicates are resolved in bulk; 'similar' lists.",
     ),
     apply: bool = typer.Option(False, "--apply", help="Move the files; without it, only say what would move."),
-    keeper: int | None = typer.Option(None, "--keeper", help="One group by hand: the id of the image to keep."),
-    members: str | None = typer.Option(None, "--members", help="With --keeper: ids of the others, like 3,17,42."),
+    keeper: int | None = typer.Option(
+        None, "--keeper", help="One group by hand: the id of the image to keep [default: none: every group]."
+    ),
+    members: str | None = typer.Option(
+        None, "--members", help="With --keeper: ids of the others, like 3,17,42 [default: none]."
+    ),
     dismiss: bool = typer.Option(
         False, "--dismiss", help="With --keeper/--members: record them as not duplicates instead (moves nothing)."
     ),

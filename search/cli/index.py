@@ -7,10 +7,13 @@ from typing import Any
 
 import typer
 
+from encoder.config import ModelConfig
 from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
 from .common import UsageError, user_errors
 from .serve import serve_index
+
+_MODEL = ModelConfig()  # the defaults the help shows
 
 
 def model_config_from_options(options: dict[str, Any]) -> Any:
@@ -36,9 +39,15 @@ def train(
     kind: str | None = typer.Option(None, help="Autoencoder variant (see `lookalike models`) [default: the best]."),
     image_size: int | None = typer.Option(None, help="Square input side in pixels [default: the model's]."),
     latent_dim: int | None = typer.Option(None, help="Size of the search vector [default: the model's]."),
-    upsample: str | None = typer.Option(None, help="Decoder upsampling: transpose or bilinear."),
-    downsample: str | None = typer.Option(None, help="Encoder downsampling: stride or pool."),
-    epochs: int | None = typer.Option(None, help="Epochs [default: enough for ~500 steps]."),
+    upsample: str | None = typer.Option(
+        None, help=f"Decoder upsampling: transpose or bilinear [default: {_MODEL.upsample}]."
+    ),
+    downsample: str | None = typer.Option(
+        None, help=f"Encoder downsampling: stride or pool [default: {_MODEL.downsample}]."
+    ),
+    epochs: int | None = typer.Option(
+        None, help="Epochs [default: the step budget: 500 steps up to 1,000 images, then growing as the square root]."
+    ),
     batch_size: int | None = typer.Option(None, help="Images per step [default: 32]."),
     lr: float | None = typer.Option(None, help="Peak learning rate (AdamW) [default: 2e-3]."),
     augment: str | None = typer.Option(None, help="none, flip or invariant [default: invariant]."),
@@ -46,11 +55,15 @@ def train(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch's checkpoint in OUT."),
     tied: bool = typer.Option(False, "--tied", help="dense: tie decoder weights to the encoder's."),
-    beta: float | None = typer.Option(None, help="vae/cvae: weight of the KL term (beta-VAE)."),
-    noise_std: float | None = typer.Option(None, help="denoising: Gaussian noise std."),
-    noise: str | None = typer.Option(None, help="denoising: gaussian or mask."),
-    sparsity: str | None = typer.Option(None, help="sparse: l1 or kl."),
-    sparsity_weight: float | None = typer.Option(None, help="sparse: penalty weight."),
+    beta: float | None = typer.Option(
+        None, help=f"vae/cvae: weight of the KL term (beta-VAE) [default: {_MODEL.beta}]."
+    ),
+    noise_std: float | None = typer.Option(None, help=f"denoising: Gaussian noise std [default: {_MODEL.noise_std}]."),
+    noise: str | None = typer.Option(None, help=f"denoising: gaussian or mask [default: {_MODEL.noise}]."),
+    sparsity: str | None = typer.Option(None, help=f"sparse: l1 or kl [default: {_MODEL.sparsity}]."),
+    sparsity_weight: float | None = typer.Option(
+        None, help=f"sparse: penalty weight [default: {_MODEL.sparsity_weight}]."
+    ),
 ) -> None:
     """Train an autoencoder on a folder of images; write the model, loss.png and reconstructions.png."""
     from encoder import TrainConfig

@@ -19,6 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: with rich markup on, "[default: 8000]" was read as a markup tag and vanished.
+    rich_markup_mode=None,
 )
 
 

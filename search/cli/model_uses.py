@@ -94,7 +94,9 @@ def denoise(
 def reconstruct(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="Image to reconstruct."),
     model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help=MODEL_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Side-by-side PNG [default: IMAGE_reconstruction.png]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Side-by-side PNG [default: MODEL/reconstructions/IMAGE_reconstruction.png]."
+    ),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
 ) -> None:
     """Write the image and the model's reconstruction of it side by side, with the reconstruction error."""
@@ -106,7 +108,9 @@ def reconstruct(
     x = _image_tensor(net, image)
     with torch.no_grad():
         recon = net.reconstruct(x, None)
-    out = out or image.with_name(f"{image.stem}_reconstruction.png")
+    # Never beside IMAGE by default: that is usually an indexed folder, and the next `index` would
+    # index the picture. The model's own directory is not (an index skips its .lookalike/).
+    out = out or model / "reconstructions" / f"{image.stem}_reconstruction.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     pair = np.concatenate([to_uint8_images(x), to_uint8_images(recon)])
     image_grid([pair], labels=["input | output"]).save(out)
@@ -117,8 +121,8 @@ def reconstruct(
 def generate(
     model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help=MODEL_HELP),
     n: int = typer.Option(16, "--n", min=1, max=1024, help="How many images to sample."),
-    label: str | None = typer.Option(None, help="cvae: the label (folder) to generate."),
-    out: Path = typer.Option(Path("grid.png"), "--out", "-o", help="Grid PNG to write."),
+    label: str | None = typer.Option(None, help="cvae: the label (folder) to generate [default: none: any]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Grid PNG to write [default: MODEL/samples.png]."),
     seed: int = typer.Option(0, help="Random seed for the samples."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
 ) -> None:
@@ -138,6 +142,7 @@ def generate(
     gen = torch.Generator(device=next(net.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         images = to_uint8_images(net.sample(n, labels, generator=gen))
+    out = out or model / "samples.png"  # not the current folder, which may be an indexed one
     per_row = max(1, int(np.ceil(np.sqrt(n))))
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid([images[i : i + per_row] for i in range(0, n, per_row)]).save(out)
@@ -148,7 +153,9 @@ def generate(
 def compress(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="Image to compress."),
     model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help=MODEL_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the image decoded from its codes."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also write the image decoded from its codes [default: none]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
 ) -> None:
@@ -180,13 +187,18 @@ def compress(
 def evaluate(
     folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Labelled folder: subfolder = label."),
     model: list[str] = typer.Option(
-        [], "--model", "-m", help="Model directory, or KIND[:key=value,...] to train here (repeatable)."
+        [],
+        "--model",
+        "-m",
+        help="Model directory, or KIND[:key=value,...] to train here (repeatable) [default: none: baselines only].",
     ),
     out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="Folder for report.json, report.md, report.png."),
     label_column: str | None = typer.Option(
-        None, help="Take labels from this column of FOLDER/labels.csv instead of the folders."
+        None, help="Take labels from this column of FOLDER/labels.csv [default: none: the folders]."
     ),
-    max_images: int | None = typer.Option(None, help="Evaluate a seeded random subset of this many images."),
+    max_images: int | None = typer.Option(
+        None, help="Evaluate a seeded random subset of this many images [default: all]."
+    ),
     near_duplicates: int = typer.Option(200, help="Images altered for near-duplicate recall (0: skip)."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report."),
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
@@ -212,8 +224,13 @@ def evaluate(
 
 
 def models() -> None:
-    """List the autoencoder variants `--kind` accepts."""
-    from encoder import list_models
+    """List the autoencoder variants `--kind` accepts, one a line, the default marked."""
+    from encoder import ModelConfig, list_models
+    from encoder.registry import describe_model
 
+    default = ModelConfig().kind
+    width = max(len(n) for n in list_models())
     for name in list_models():
-        typer.echo(name)
+        mark = "*" if name == default else " "
+        typer.echo(f"{mark} {name:<{width}}  {describe_model(name)}")
+    typer.echo("* the default")

@@ -12,15 +12,21 @@ from .common import UsageError, index_for, user_errors
 @user_errors
 def query(
     image: Path | None = typer.Argument(None, help="Query image file (need not be indexed)."),
-    image_id: int | None = typer.Option(None, "--id", help="Query by the id of an indexed image instead."),
+    image_id: int | None = typer.Option(
+        None, "--id", help="Query by the id of an indexed image instead [default: none]."
+    ),
     index_dir: Path | None = typer.Option(
         None, "--index", help="Index directory, or the folder it indexes [default: .]"
     ),
     k: int = typer.Option(10, "-k", min=1, help="How many results."),
-    min_similarity: float | None = typer.Option(None, help="Drop results below this cosine similarity."),
-    path_prefix: str | None = typer.Option(None, help="Only images whose path starts with this."),
+    min_similarity: float | None = typer.Option(
+        None, help="Drop results below this similarity (0: unrelated, 1: the same) [default: none]."
+    ),
+    path_prefix: str | None = typer.Option(None, help="Only images whose path starts with this [default: none]."),
     as_json: bool = typer.Option(False, "--json", help="JSON for scripts instead of a table."),
-    grid: Path | None = typer.Option(None, "--grid", help="Also write a picture of the query and its results."),
+    grid: Path | None = typer.Option(
+        None, "--grid", help="Also write a picture of the query and its results [default: none]."
+    ),
 ) -> None:
     """Find the indexed images most like IMAGE (or like indexed image --id N)."""
     from search.engine import Engine

@@ -32,7 +32,7 @@ def report(
         None,
         "--near",
         help="Near-duplicates down to this cosine similarity, or tier name (near-identical, near-duplicate, "
-        "similar), or 'all' for every tier.",
+        "similar), or 'all' for every tier [default: none, or 'all' with no section option].",
     ),
     k: int = typer.Option(16, "-k", min=2, help="Neighbours per image when looking for near-duplicates."),
     phash: bool = typer.Option(
@@ -41,11 +41,16 @@ def report(
         help="Near-duplicates: also join neighbours with close perceptual hashes (decodes every image once, cached).",
     ),
     queries: str | None = typer.Option(
-        None, "--queries", help="A folder of images (or ids like 3,17,42): report each one's top neighbours."
+        None,
+        "--queries",
+        help="A folder of images (or ids like 3,17,42): report each one's top neighbours [default: none].",
     ),
     neighbours: int = typer.Option(10, "--neighbours", min=1, help="Neighbours per query image."),
     outliers: int | None = typer.Option(
-        None, "--outliers", min=0, help="The N images the autoencoder reconstructs worst (decodes every image)."
+        None,
+        "--outliers",
+        min=0,
+        help="The N images the autoencoder reconstructs worst (decodes every image) [default: none].",
     ),
     fmt: str | None = typer.Option(None, "--format", help="html, json or csv [default: from --out's suffix]."),
     max_groups: int = typer.Option(200, help="HTML only: at most this many groups per section."),

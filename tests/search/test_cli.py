@@ -158,3 +158,36 @@ def test_cli_import_is_light() -> None:
     code = f"import sys, search.cli, encoder.decoding; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_option_shows_its_default_in_help() -> None:
+    """Plain help: with rich markup, "[default: 8000]" in a help text was read as a markup tag and
+    vanished ("Port to serve on ."), and flags showed as <bool>."""
+    import click
+    import typer
+
+    group = typer.main.get_command(app)
+    missing = []
+    for name, command in group.commands.items():
+        ctx = click.Context(command, info_name=name)
+        for p in command.params:
+            if p.param_type_name != "option" or p.is_flag or p.name == "help" or p.required:
+                continue
+            record = p.get_help_record(ctx)
+            if record is None or "[default:" not in record[1]:
+                missing.append(f"{name} {record[0] if record else p.name}")
+    assert not missing, missing
+    res = runner.invoke(app, ["serve", "--help"])
+    assert "[default: 8000]" in res.output and "<bool>" not in res.output
+
+
+def test_models_lists_each_kind_with_a_line_and_marks_the_default() -> None:
+    from encoder import ModelConfig, list_models
+
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    rows = [line for line in res.output.splitlines() if line[2:].split(" ", 1)[0] in list_models()]
+    assert len(rows) == len(list_models())
+    assert all(len(r[2:].split(None, 1)[1]) > 10 for r in rows)  # each says what it is
+    [marked] = [r for r in rows if r.startswith("*")]
+    assert marked.split()[1] == ModelConfig().kind

@@ -48,6 +48,22 @@ def test_reconstruct_writes_side_by_side(tmp_path: Path) -> None:
     assert w > 2 * 32 and h >= 32
 
 
+def test_no_command_writes_beside_the_image_by_default(tmp_path: Path) -> None:
+    """The image's folder is usually an indexed one: the next `index` would index the picture."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = folder / "bird.png"
+    image.write_bytes(Path(IMAGE).read_bytes())
+    model = _model(tmp_path, "vae")
+    res = runner.invoke(app, ["reconstruct", str(image), "-m", str(model)])
+    assert res.exit_code == 0, res.output
+    assert (model / "reconstructions" / "bird_reconstruction.png").is_file()
+    res = runner.invoke(app, ["generate", "-m", str(model), "--n", "2"])
+    assert res.exit_code == 0, res.output
+    assert (model / "samples.png").is_file()
+    assert [p.name for p in folder.iterdir()] == ["bird.png"]  # nothing written beside it
+
+
 def test_generate_from_vae_and_cvae_label(tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
     res = runner.invoke(app, ["generate", "-m", str(_model(tmp_path, "vae")), "--n", "4", "-o", str(out)])
