@@ -23,7 +23,7 @@ from ..review import recover
 from .deps import require_token
 from .fast_lane import FastLaneMiddleware
 from .limits import MaxBodySizeMiddleware
-from .routes import images, reports, review, service
+from .routes import browse, images, reports, review, service
 from .settings import Settings
 
 
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app.include_router(service.router)
     app.include_router(images.router)
+    app.include_router(browse.router)
     app.include_router(reports.router, dependencies=[Depends(require_token)])
     app.include_router(review.router, dependencies=[Depends(require_token)])
     return app
