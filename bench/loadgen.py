@@ -47,7 +47,9 @@ class Server:
         if cores is not None:
             cmd = ["taskset", "-c", cores, *cmd]  # taskset execs: the pid stays the server's
         self.command = " ".join(cmd)
-        full_env = {**os.environ, "LOOKALIKE_DEVICE": "cpu", "PYTHONPATH": str(REPO), **(env or {})}
+        # No access log: the trivial app it is compared with writes none, and the figures predate it.
+        base = {"LOOKALIKE_DEVICE": "cpu", "LOOKALIKE_ACCESS_LOG": "0", "PYTHONPATH": str(REPO)}
+        full_env = {**os.environ, **base, **(env or {})}
         self.log = open(log_dir / f"server-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
         t0 = time.perf_counter()

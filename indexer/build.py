@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from encoder import ModelConfig, TrainConfig
+from encoder.errors import LookalikeError
 from encoder.images import DEFAULT_MAX_PIXELS
 
 from .catalog import STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, in_chunks
@@ -102,44 +104,57 @@ def build_index(
     if not root.is_dir():
         raise IndexBuildError(f"{folder}: not a folder")
     idx = Path(index_dir).resolve() if index_dir else default_index_dir(root)
+    created = not idx.exists()
     idx.mkdir(parents=True, exist_ok=True)
     summary = IndexSummary(root=str(root), index_dir=str(idx))
-    with index_lock(idx):
-        choice = prepare_model(root, idx, model_dir, reembed, model_config, train_config, device)
-        encoder = choice.encoder
-        summary.trained, summary.train_s = choice.trained_s is not None, choice.trained_s or 0.0
-        encoder.max_pixels = max_pixels
-        options = RunOptions(
-            index_type=index_type,
-            reembed=choice.reembed,
-            workers=workers,
-            batch_size=batch_size,
-            max_pixels=max_pixels,
-            progress=progress,
-            checkpoint_every_s=checkpoint_every_s,
-            neighbours=neighbours,
-        )
-        catalog = Catalog.for_directory(idx, catalog_url)
-        try:
-            catalog.ensure_model(encoder.model_id, encoder.config.kind, encoder.config.to_dict())
-            if catalog.get_meta("root") != str(root):
-                catalog.set_meta("root", str(root))  # where the files are: the server serves only these
-            manifest = Manifest.read(idx)
-            store = _open_store(idx, encoder.dim, options.reembed)
-            run = IndexRun(root, idx, catalog, encoder, store, summary, options, seq=catalog.store_seq() + 1)
-            run.changed = _reconcile(run)
-            work = diff_folder(run)
-            embed_files(run, work.to_decode)
-            add_copies(run, work.copies)
-            catalog.refresh_duplicate_links()
-            summary.duplicates = catalog.count_duplicates()
-            _publish(run, manifest)
-        finally:
-            catalog.close()
+    try:
+        with index_lock(idx):
+            choice = prepare_model(root, idx, model_dir, reembed, model_config, train_config, device)
+            encoder = choice.encoder
+            summary.trained, summary.train_s = choice.trained_s is not None, choice.trained_s or 0.0
+            encoder.max_pixels = max_pixels
+            options = RunOptions(
+                index_type=index_type,
+                reembed=choice.reembed,
+                workers=workers,
+                batch_size=batch_size,
+                max_pixels=max_pixels,
+                progress=progress,
+                checkpoint_every_s=checkpoint_every_s,
+                neighbours=neighbours,
+            )
+            catalog = Catalog.for_directory(idx, catalog_url)
+            try:
+                catalog.ensure_model(encoder.model_id, encoder.config.kind, encoder.config.to_dict())
+                if catalog.get_meta("root") != str(root):
+                    catalog.set_meta("root", str(root))  # where the files are: the server serves only these
+                manifest = Manifest.read(idx)
+                store = _open_store(idx, encoder.dim, options.reembed)
+                run = IndexRun(root, idx, catalog, encoder, store, summary, options, seq=catalog.store_seq() + 1)
+                run.changed = _reconcile(run)
+                work = diff_folder(run)
+                embed_files(run, work.to_decode)
+                add_copies(run, work.copies)
+                catalog.refresh_duplicate_links()
+                summary.duplicates = catalog.count_duplicates()
+                _publish(run, manifest)
+            finally:
+                catalog.close()
+    except LookalikeError:
+        if created:  # e.g. an empty folder: leave no empty .lookalike/ behind
+            _remove_if_empty(idx)
+        raise
     summary.duration_s = round(time.perf_counter() - t0, 3)
     indexing_s = summary.duration_s - summary.train_s
     summary.images_per_second = round(summary.embedded / indexing_s, 1) if indexing_s > 0 else 0.0
     return summary
+
+
+def _remove_if_empty(idx: Path) -> None:
+    """Remove an index directory this run created if nothing but its lock and empty folders are in
+    it. Anything else (a half-trained model's resume state, say) is kept for the next run."""
+    if all(p.is_dir() or p.name == LOCK for p in idx.rglob("*")):
+        shutil.rmtree(idx, ignore_errors=True)
 
 
 def _open_store(idx: Path, dim: int, reembed: bool) -> VectorStore:

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
         description="Let clients resolve near-duplicates (move files into the index's quarantine and back) "
         "and dismiss groups. Needs api_token as well; off, every write endpoint answers 403.",
     )
+    access_log: bool = Field(True, description="Log one line a request (uvicorn's access log) on stderr.")
     fast_lane: bool = Field(
         True,
         description="Answer plain by-id queries from the neighbour table before FastAPI's routing "

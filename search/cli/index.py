@@ -11,7 +11,7 @@ from encoder.config import ModelConfig
 from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
 from .common import UsageError, user_errors
-from .serve import serve_index
+from .serve import bind, serve_index, server_settings
 
 _MODEL = ModelConfig()  # the defaults the help shows
 
@@ -168,6 +168,9 @@ def print_index_summary(summary: Any) -> None:
             typer.echo(f"  {path}: {why}")
         if len(summary.failed) > 50:
             typer.echo(f"  ... and {len(summary.failed) - 50} more (--json lists all)")
+    if summary.trained:
+        model_dir = Path(summary.index_dir) / MODEL_DIR
+        typer.echo(f"model pictures: {model_dir / 'loss.png'}, {model_dir / 'reconstructions.png'}")
     typer.echo(f"index: {summary.index_dir}")
 
 
@@ -183,11 +186,17 @@ def up(
     from encoder import TrainConfig
     from indexer import build_index
 
+    sock = settings = None
+    if not no_serve:  # the port first: a busy one is said before minutes of training, not after
+        settings = server_settings(default_index_dir(folder), None, port, device)
+        sock = bind(settings.host, settings.port)
     typer.echo(f"indexing {folder} (the first run trains a model on it first) ...")
-    summary = build_index(folder, device=device, train_config=TrainConfig(seed=seed, device=device))
+    try:
+        summary = build_index(folder, device=device, train_config=TrainConfig(seed=seed, device=device))
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     print_index_summary(summary)
-    if summary.trained:
-        model_dir = Path(summary.index_dir) / MODEL_DIR
-        typer.echo(f"model pictures: {model_dir / 'loss.png'}, {model_dir / 'reconstructions.png'}")
-    if not no_serve:
-        serve_index(Path(summary.index_dir), None, port, device)
+    if settings is not None:
+        serve_index(settings, sock)

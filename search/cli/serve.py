@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from .common import UsageError, index_for, user_errors
+
+if TYPE_CHECKING:
+    from search.api.settings import Settings
 
 
 @user_errors
@@ -25,15 +31,30 @@ def serve(
     ),
 ) -> None:
     """Serve the search API and web page (LOOKALIKE_* environment variables set the defaults)."""
-    serve_index(index_for(index_dir), host, port, device, allow_writes=allow_writes)
+    settings = server_settings(index_for(index_dir), host, port, device, allow_writes=allow_writes)
+    serve_index(settings)
 
 
-def serve_index(
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything slow happens: a busy port is reported at
+    once, with what to do, instead of after indexing and a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = "pick another with --port N" if exc.errno == errno.EADDRINUSE else "check --host"
+        raise UsageError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_settings(
     index: Path, host: str | None, port: int | None, device: str | None, *, allow_writes: bool = False
-) -> None:
-    import uvicorn
-
-    from search.api import create_app
+) -> Settings:
+    """The settings a server would run with (LOOKALIKE_* variables, then these options), checked."""
     from search.api.settings import Settings
 
     overrides = {k: v for k, v in {"host": host, "port": port, "device": device}.items() if v is not None}
@@ -42,11 +63,31 @@ def serve_index(
     settings = Settings(index=index, **overrides)
     if settings.allow_writes and not settings.api_token:
         raise UsageError("--allow-writes needs a token: set LOOKALIKE_API_TOKEN too, clients then send it")
+    return settings
+
+
+def serve_index(settings: Settings, sock: socket.socket | None = None) -> None:
+    """Serve `settings.index` on `sock` (bound here if not given) until Ctrl+C."""
+    import uvicorn
+
+    from search.api import create_app
+
+    sock = sock or bind(settings.host, settings.port)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
         typer.echo(
             f"warning: serving on {settings.host} without LOOKALIKE_API_TOKEN: anyone who can reach it can search",
             err=True,
         )
     writes = "  writes ON: /duplicates/resolve moves files" if settings.allow_writes else ""
-    typer.echo(f"serving {index} at http://{settings.host}:{settings.port}/  (Ctrl+C stops){writes}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    typer.echo(f"serving {settings.index} at http://{settings.host}:{settings.port}/  (Ctrl+C stops){writes}")
+    # log_level "warning" keeps uvicorn's start-up chatter out; the access log has its own switch.
+    config = uvicorn.Config(create_app(settings), fd=sock.fileno(), log_level="warning", access_log=settings.access_log)
+    server = uvicorn.Server(config)
+    if settings.access_log:
+        import logging
+
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    try:
+        server.run()
+    finally:
+        sock.close()

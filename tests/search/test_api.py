@@ -461,6 +461,17 @@ def post_chunked(server: Server, body: bytes, chunk: int = 16 * 1024) -> tuple[i
         conn.close()
 
 
+def test_real_server_writes_an_access_log(server: Server, live: Corpus) -> None:
+    assert server.get("/healthz")[0] == 200
+    assert server.get("/images/999999/similar?k=3")[0] in (401, 404)
+    log = live.index.parent / f"server-{server.port}.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "/images/999999/similar?k=3" not in log.read_text(errors="replace"):
+        time.sleep(0.1)
+    text = log.read_text(errors="replace")
+    assert '"GET /healthz HTTP/1.1" 200' in text and "/images/999999/similar?k=3" in text
+
+
 def test_real_server_upload_caps(server: Server, live: Corpus) -> None:
     big = multipart(os.urandom(SERVER_MAX_UPLOAD + 200_000))
     # with a Content-Length over the cap: refused up front

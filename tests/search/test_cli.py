@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,30 @@ def test_models_lists_each_kind_with_a_line_and_marks_the_default() -> None:
     assert all(len(r[2:].split(None, 1)[1]) > 10 for r in rows)  # each says what it is
     [marked] = [r for r in rows if r.startswith("*")]
     assert marked.split()[1] == ModelConfig().kind
+
+
+def test_a_busy_port_is_reported_before_any_work(tiny_folder: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        from search.cli.common import UsageError
+        from search.cli.serve import bind
+
+        with pytest.raises(UsageError, match=rf"cannot serve on 127.0.0.1:{port}: .*pick another with --port N"):
+            bind("127.0.0.1", port)  # what `serve` does first
+        folder = tmp_path / "photos"
+        shutil.copytree(tiny_folder, folder)
+        res = runner.invoke(app, ["up", str(folder), "--port", str(port)])
+        assert res.exit_code == 2 and f"127.0.0.1:{port}" in res.output and "--port" in res.output
+        assert not (folder / ".lookalike").exists()  # refused before training a model for minutes
+
+
+def test_index_of_an_empty_folder_leaves_nothing_behind(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["index", str(empty)])
+    assert res.exit_code == 2 and "0 decodable images" in res.output
+    assert list(empty.iterdir()) == []
