@@ -18,6 +18,8 @@ from encoder.images import ImageSource, letterbox, open_image
 from ..engine import Engine, Hit
 
 TILE = 160
+#: Tiles a row: the grid wraps, so k=30 is a picture, not a 5,000-pixel strip.
+COLUMNS = 6
 CAPTION = 28  # pixels under each tile for two lines of text
 PAD = 4
 BACKGROUND = (40, 40, 40)
@@ -42,7 +44,7 @@ def _short(text: str, width_px: int) -> str:
 
 
 def result_grid(engine: Engine, query: ImageSource | int, hits: Sequence[Hit], *, size: int = TILE) -> Image.Image:
-    """One row: the query (an image source, or the id of an indexed image) and each hit,
+    """The query (an image source, or the id of an indexed image), then each hit, `COLUMNS` a row,
     captioned with rank, similarity and file name. Hits whose file has gone are drawn blank."""
     tiles = [(_query_tile(engine, query, size), "query", f"id {query}" if isinstance(query, int) else "")]
     for rank, h in enumerate(hits, 1):
@@ -52,14 +54,16 @@ def result_grid(engine: Engine, query: ImageSource | int, hits: Sequence[Hit], *
         except Exception:  # noqa: BLE001 - a missing or undecodable file must not lose the whole picture
             tile = Image.new("RGB", (size, size), (90, 90, 90))
         tiles.append((tile, f"#{rank}  {h.similarity:.3f}", os.path.basename(h.path)))
-    width = PAD + len(tiles) * (size + PAD)
-    grid = Image.new("RGB", (width, PAD + size + CAPTION + PAD), BACKGROUND)
+    columns = min(COLUMNS, len(tiles))
+    rows = -(-len(tiles) // columns)
+    cell_h = size + CAPTION + PAD
+    grid = Image.new("RGB", (PAD + columns * (size + PAD), PAD + rows * cell_h), BACKGROUND)
     draw = ImageDraw.Draw(grid)
     for i, (tile, line1, line2) in enumerate(tiles):
-        x = PAD + i * (size + PAD)
-        grid.paste(tile, (x, PAD))
-        draw.text((x + 2, PAD + size + 2), _short(line1, size), fill=TEXT)
-        draw.text((x + 2, PAD + size + 14), _short(line2, size), fill=TEXT)
+        x, y = PAD + (i % columns) * (size + PAD), PAD + (i // columns) * cell_h
+        grid.paste(tile, (x, y))
+        draw.text((x + 2, y + size + 2), _short(line1, size), fill=TEXT)
+        draw.text((x + 2, y + size + 14), _short(line2, size), fill=TEXT)
     return grid
 
 

@@ -115,7 +115,7 @@ def test_query_grid_picture(tiny_folder: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     hits = json.loads(res.stdout)["results"]  # stdout stays pure JSON
     grid = np.asarray(Image.open(pic).convert("RGB")).astype(int)
-    assert grid.shape[1] == PAD + 5 * (TILE + PAD)  # the query and 4 results
+    assert grid.shape[1] == PAD + 5 * (TILE + PAD)  # the query and 4 results, one row
 
     def tile(i: int) -> np.ndarray:
         x = PAD + i * (TILE + PAD)
@@ -219,3 +219,24 @@ def test_index_of_an_empty_folder_leaves_nothing_behind(tmp_path: Path) -> None:
     res = runner.invoke(app, ["index", str(empty)])
     assert res.exit_code == 2 and "0 decodable images" in res.output
     assert list(empty.iterdir()) == []
+
+
+def test_query_grid_wraps(tiny_folder: Path, tmp_path: Path) -> None:
+    """k=8: the query and 8 results in rows of COLUMNS, not one 1,500-pixel strip."""
+    import numpy as np
+    from PIL import Image
+
+    from search.cli.result_grid import CAPTION, COLUMNS, PAD, TILE
+
+    model = tmp_path / "model"
+    args = ["train", str(tiny_folder), "--out", str(model), "--image-size", "32", "--latent-dim", "8", "--epochs", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["index", str(tiny_folder), "--model", str(model)]).exit_code == 0
+    pic = tmp_path / "grid.png"
+    res = runner.invoke(app, ["query", "--id", "1", "--index", str(tiny_folder), "-k", "8", "--grid", str(pic)])
+    assert res.exit_code == 0, res.output
+    grid = np.asarray(Image.open(pic).convert("RGB"))
+    rows = -(-9 // COLUMNS)
+    assert grid.shape[:2] == (PAD + rows * (TILE + CAPTION + PAD), PAD + COLUMNS * (TILE + PAD))
+    last = grid[PAD + (TILE + CAPTION + PAD) : PAD + (TILE + CAPTION + PAD) + TILE, PAD : PAD + TILE]
+    assert last.std() > 0  # the 7th tile starts the second row
