@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import faiss
 import numpy as np
-from sqlalchemy import select
+from PIL import Image
+from sqlalchemy import func, select
 
 from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
 from encoder.atomic import atomic_write_bytes
@@ -410,14 +411,14 @@ class Engine:
 
     def _ids_with_prefix(self, prefix: str) -> list[int]:
         like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # LIKE narrows the rows, but SQLite's LIKE ignores ASCII case while paths do not: the
+        # prefix itself must match exactly too ("Birds/" is not "birds/").
+        exact = func.substr(ImageRecord.path, 1, len(prefix)) == prefix
         with self.catalog.session() as s:
-            return list(
-                s.scalars(
-                    select(ImageRecord.id).where(
-                        ImageRecord.status == STATUS_OK, ImageRecord.path.like(like, escape="\\")
-                    )
-                )
+            q = select(ImageRecord.id).where(
+                ImageRecord.status == STATUS_OK, ImageRecord.path.like(like, escape="\\"), exact
             )
+            return list(s.scalars(q))
 
     # ---------------------------------------------------------------- stats and thumbnails
 
@@ -447,7 +448,18 @@ class Engine:
         }
 
     def thumbnail(self, image_id: int, size: int = 256) -> bytes:
-        """A small JPEG of an indexed image, made on demand and cached by content."""
+        """A JPEG of an indexed image at most `size` pixels a side. Made on demand and cached by
+        content at the sizes of :data:`THUMBNAIL_SIZES` only: any other size is scaled down from
+        the next cached one, so the cache holds a handful of files an image, not one per size asked."""
+        cached_size = next((s for s in THUMBNAIL_SIZES if s >= size), THUMBNAIL_SIZES[-1])
+        data = self._cached_thumbnail(image_id, cached_size)
+        if cached_size == size:
+            return data
+        with Image.open(io.BytesIO(data)) as img:
+            img.thumbnail((size, size))
+            return _jpeg(img)
+
+    def _cached_thumbnail(self, image_id: int, size: int) -> bytes:
         rec = self.get(image_id)
         key = rec.content_hash or f"id{rec.id}-{rec.size}-{rec.mtime_ns}"
         cached = self.thumb_dir / f"{key}-{size}.jpg"
@@ -457,9 +469,7 @@ class Engine:
             pass
         img, _ = open_image(self.file_path(image_id), max_pixels=self.max_pixels, draft_size=size)
         img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=82, optimize=True)
-        data = buf.getvalue()
+        data = _jpeg(img)
         try:
             atomic_write_bytes(cached, data)
         except OSError as exc:  # a read-only index still serves thumbnails, uncached
@@ -470,6 +480,16 @@ class Engine:
         if self._reloader is not None:
             self._reloader.join(timeout=60)
         self.catalog.close()
+
+
+#: The thumbnail sizes kept on disk (the web page asks for 64-512; reports embed 128).
+THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=82, optimize=True)
+    return buf.getvalue()
 
 
 #: FAISS OpenMP threads per query. One: a query is a single vector, which gains little from

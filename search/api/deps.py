@@ -7,10 +7,12 @@ the threadpool, and on the by-id hot path those hops cost more than the search.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 
 from encoder import ImageLoadError, LoadFailure
 
@@ -75,6 +77,27 @@ async def get_paging(
 
 
 PagingDep = Annotated[Paging, Depends(get_paging)]
+
+
+#: What an image id looks like in a path: Python's int() also takes "1_0", " 7" and "+7", and
+#: /images/1_0 must not be image 10.
+_IMAGE_ID = re.compile(r"-?[0-9]+")
+
+
+async def plain_image_id(request: Request) -> None:
+    """Refuse an {image_id} that int() would take but that is not written as a plain integer."""
+    raw = request.path_params.get("image_id")
+    if raw is not None and not _IMAGE_ID.fullmatch(raw):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "int_parsing",
+                    "loc": ("path", "image_id"),
+                    "input": raw,
+                    "msg": "Input should be a plain integer (digits, an optional minus sign)",
+                }
+            ]
+        )
 
 
 def image_error(exc: ImageLoadError) -> HTTPException:

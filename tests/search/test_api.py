@@ -115,6 +115,10 @@ def test_thumbnail_is_a_cached_jpeg(client: TestClient, corpus: Corpus, ids: dic
     assert again.content == r.content
     small = client.get(f"/images/{ids[BIRD]}/thumbnail", params={"size": 32})
     assert small.status_code == 200 and max(Image.open(io.BytesIO(small.content)).size) <= 32
+    for size in range(16, 1025, 37):  # every size answered, but the cache keeps only its few
+        assert client.get(f"/images/{ids[BIRD]}/thumbnail", params={"size": size}).status_code == 200
+    names = {p.name.rsplit("-", 1)[1] for p in (corpus.index / "thumbnails").glob("*.jpg")}
+    assert names <= {"64.jpg", "128.jpg", "256.jpg", "512.jpg", "1024.jpg"}
 
 
 def test_file_is_the_original(client: TestClient, corpus: Corpus, ids: dict[str, int]) -> None:
@@ -234,7 +238,7 @@ def test_bad_parameters_are_422(client: TestClient, ids: dict[str, int], query: 
     assert r.status_code == 422
 
 
-@pytest.mark.parametrize("image_id", ["abc", "1.5", "1e3", "0x10", "%20", "true"])
+@pytest.mark.parametrize("image_id", ["abc", "1.5", "1e3", "0x10", "%20", "true", "1_0", "+1", "%201"])
 def test_non_integer_id_is_422(client: TestClient, image_id: str) -> None:
     for suffix in ("", "/similar", "/thumbnail", "/file"):
         r = client.get(f"/images/{image_id}{suffix}")

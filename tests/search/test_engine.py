@@ -105,6 +105,7 @@ def test_path_prefix(engine: Engine, ids: dict[str, int]) -> None:
     assert len(hits) == sum(p.startswith("letters/") for p in ids)
     assert_well_formed(hits)
     assert engine.search_id(ids[BIRD], k=100, path_prefix="nothing-here/") == []
+    assert engine.search_id(ids[BIRD], k=100, path_prefix="LETTERS/") == []  # paths are case-sensitive
     # the filter applies before paging: offset/k page through the filtered results
     two = engine.search_id(ids[BIRD], k=2, offset=1, path_prefix="letters/")
     assert [h.id for h in two] == [h.id for h in hits[1:3]]

@@ -473,6 +473,10 @@ def test_http_reports_paginate(planted: dict) -> None:
         page2 = client.get("/reports/neighbours", params={"ids": ids, "k": 2, "limit": 2, "offset": 2}).json()
         assert page1["total"] == 3 and [q["query"]["id"] for q in page1["queries"]] == [1, 2]
         assert [q["query"]["id"] for q in page2["queries"]] == [3] and len(page2["queries"][0]["neighbours"]) == 2
+        # one answer is bounded: at most 100 queries of 100 neighbours a page
+        assert client.get("/reports/neighbours", params={"ids": ids, "k": 100, "limit": 100}).status_code == 200
+        assert client.get("/reports/neighbours", params={"ids": ids, "k": 101}).status_code == 422
+        assert client.get("/reports/neighbours", params={"ids": ids, "limit": 101}).status_code == 422
     eng.close()
 
 

@@ -12,11 +12,11 @@ from fastapi.responses import FileResponse, Response
 from encoder import ImageLoadError
 
 from ...engine import Hit
-from ..deps import EngineDep, PagingDep, image_error, require_token
+from ..deps import EngineDep, PagingDep, image_error, plain_image_id, require_token
 from ..fast_lane import similar_body
 from ..schemas import HitOut, ImageOut, SearchOut
 
-router = APIRouter(dependencies=[Depends(require_token)])
+router = APIRouter(dependencies=[Depends(require_token), Depends(plain_image_id)])
 
 
 def _out(hits: list[Hit]) -> list[HitOut]:
