@@ -206,7 +206,7 @@ def test_token_prompt(page, token_server: Server, ids: dict[str, int], tmp_path:
     page.fill("#token-input", TOKEN)
     page.click("#token-save")
     page.wait_for_function("() => /\\d+ images/.test(document.querySelector('#stats').textContent)")
-    assert page.evaluate("() => localStorage.getItem('lookalike.token')") == TOKEN
+    assert page.evaluate("() => sessionStorage.getItem('lookalike.token')") == TOKEN
     some_id = api_ids(token_server, "/images/1/similar?k=1", {"Authorization": f"Bearer {TOKEN}"})[0]
     page.fill("#id-input", str(some_id))
     page.click("#id-button")
