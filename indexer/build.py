@@ -27,14 +27,16 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from encoder import ModelConfig, TrainConfig
+from encoder.atomic import TMP_SUFFIX
 from encoder.errors import LookalikeError
 from encoder.images import DEFAULT_MAX_PIXELS
+from encoder.training import RESUME_DIR
 
 from .catalog import STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, in_chunks
 from .embed import add_copies, cpu_thread_budget, default_decode_workers, embed_files
 from .hit_rows import read_hit_rows
 from .index_model import IndexBuildError, prepare_model
-from .layout import HIT_ROWS, LOCK, NEIGHBOURS, NEIGHBOURS_K, STORE, default_index_dir
+from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, STORE, default_index_dir
 from .neighbours import read_neighbours
 from .run import IndexRun, IndexSummary, RunOptions
 from .vectors import Manifest, VectorStore, plan_index, publish, republish_derived
@@ -109,6 +111,7 @@ def build_index(
     summary = IndexSummary(root=str(root), index_dir=str(idx))
     try:
         with index_lock(idx):
+            _remove_leftover_temps(idx)
             choice = prepare_model(root, idx, model_dir, reembed, model_config, train_config, device)
             encoder = choice.encoder
             summary.trained, summary.train_s = choice.trained_s is not None, choice.trained_s or 0.0
@@ -148,6 +151,16 @@ def build_index(
     indexing_s = summary.duration_s - summary.train_s
     summary.images_per_second = round(summary.embedded / indexing_s, 1) if indexing_s > 0 else 0.0
     return summary
+
+
+def _remove_leftover_temps(idx: Path) -> None:
+    """Temporary files of atomic writes (``.NAME.*.tmp``) that a killed writer left in the index
+    or its model. Under the writer lock nobody else is writing them; the thumbnail cache, which a
+    running server writes to, is left alone."""
+    for folder in (idx, idx / MODEL_DIR, idx / MODEL_DIR / RESUME_DIR):
+        for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+            log.info("removing %s, left by an interrupted run", tmp)
+            tmp.unlink(missing_ok=True)
 
 
 def _remove_if_empty(idx: Path) -> None:

@@ -126,13 +126,20 @@ def add_copies(run: IndexRun, copies: list[tuple[str, str]]) -> None:
     if not copies:
         return
     firsts = run.catalog.ok_id_by_hash()
+    # Why each content decoded this run could not be: a copy of a file that failed fails the same
+    # way, and is recorded now (it used to wait for the next run, when it was decoded itself).
+    failed = dict(run.summary.failed)
+    why_failed = {run.hashes[p][0]: r for p, r in failed.items() if run.hashes.get(p, (None, None))[0]}
     new_ids, src_ids = [], []
     with run.catalog.session() as s, s.begin():
         for rel, digest in copies:
             src = firsts.get(digest)
             _, st = run.seen[rel]
             row = s.scalars(select(ImageRecord).where(ImageRecord.path == rel)).first()
-            if src is None:  # its original failed meanwhile: nothing to copy
+            if src is None:  # its original could not be decoded: nor can this copy
+                reason = why_failed.get(digest, "a byte-identical copy of a file that could not be indexed")
+                upsert_failed(s, row, rel, st, reason)
+                run.summary.failed.append((rel, reason))
                 continue
             if row is None:
                 row = ImageRecord(path=rel)

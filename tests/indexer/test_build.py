@@ -352,3 +352,32 @@ def test_readers_map_the_catalog_and_writers_do_not(tmp_path: Path) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_temp_files_left_by_a_kill_are_removed_on_the_next_run(folder: Path, tiny_model: Path) -> None:
+    build_index(folder, model_dir=tiny_model, progress=False)
+    idx = folder / ".lookalike"
+    left = [idx / ".vectors.faiss.k1.tmp", idx / ".neighbours.npy.k2.tmp", idx / ".hit_rows.bin.k3.tmp"]
+    left.append(idx / "model" / ".model.safetensors.k4.tmp")
+    for p in left:
+        p.write_bytes(b"half a file")
+    (idx / "thumbnails").mkdir(exist_ok=True)
+    serving = idx / "thumbnails" / ".abc-256.jpg.k5.tmp"  # a running server may be writing this one
+    serving.write_bytes(b"being written")
+    mine = folder / ".notes.txt.tmp"  # the user's own files are not the index's to remove
+    mine.write_bytes(b"mine")
+    build_index(folder, progress=False)
+    assert not any(p.exists() for p in left)
+    assert serving.exists() and mine.exists()
+
+
+def test_a_copy_of_a_corrupt_file_is_recorded_on_the_first_run(folder: Path, tiny_model: Path) -> None:
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (folder / "a" / "bad copy.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    summary = build_index(folder, model_dir=tiny_model, progress=False)
+    assert sorted(p for p, _ in summary.failed) == ["a/bad copy.jpg", "bad.jpg"]
+    cat = Catalog.for_directory(folder / ".lookalike")
+    rows = [cat.get_by_path(p) for p in ("bad.jpg", "a/bad copy.jpg")]
+    cat.close()
+    assert [r.status for r in rows] == ["failed", "failed"] and rows[0].error == rows[1].error
+    assert build_index(folder, progress=False).failed == []  # nothing new to say on the second run
