@@ -20,6 +20,7 @@ from encoder.errors import ConfigError
 
 from ..engine import Engine, EngineError, NotFound
 from ..review import recover
+from .auth import TokenGateMiddleware
 from .deps import require_token
 from .fast_lane import FastLaneMiddleware
 from .limits import MaxBodySizeMiddleware
@@ -60,7 +61,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     if engine is not None:
         app.state.engine = engine
-    app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        MaxBodySizeMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        min_rate=settings.min_upload_rate,
+    )
+    if settings.api_token:  # outside the routes: a request without the token is refused before its body
+        app.add_middleware(TokenGateMiddleware, token=settings.api_token)
     if settings.fast_lane:
         app.add_middleware(FastLaneMiddleware)  # added last: the outermost, so it sees requests first
 

@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         description="Let clients resolve near-duplicates (move files into the index's quarantine and back) "
         "and dismiss groups. Needs api_token as well; off, every write endpoint answers 403.",
     )
+    header_timeout_s: float = Field(10.0, gt=0, description="A request's headers must arrive within this.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A body must arrive within this, plus 1 s per min_upload_rate bytes announced."
+    )
+    min_upload_rate: int = Field(100_000, ge=1, description="Bytes a second a slow upload is still allowed.")
+    keep_alive_s: float = Field(5.0, gt=0, description="An idle kept-alive connection is closed after this.")
+    max_connections: int = Field(256, ge=1, description="Connections at once; more are answered 503.")
     access_log: bool = Field(True, description="Log one line a request (uvicorn's access log) on stderr.")
     fast_lane: bool = Field(
         True,

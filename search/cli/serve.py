@@ -71,6 +71,7 @@ def serve_index(settings: Settings, sock: socket.socket | None = None) -> None:
     import uvicorn
 
     from search.api import create_app
+    from search.api.protocol import guarded_protocol
 
     sock = sock or bind(settings.host, settings.port)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
@@ -81,7 +82,15 @@ def serve_index(settings: Settings, sock: socket.socket | None = None) -> None:
     writes = "  writes ON: /duplicates/resolve moves files" if settings.allow_writes else ""
     typer.echo(f"serving {settings.index} at http://{settings.host}:{settings.port}/  (Ctrl+C stops){writes}")
     # log_level "warning" keeps uvicorn's start-up chatter out; the access log has its own switch.
-    config = uvicorn.Config(create_app(settings), fd=sock.fileno(), log_level="warning", access_log=settings.access_log)
+    config = uvicorn.Config(
+        create_app(settings),
+        fd=sock.fileno(),
+        log_level="warning",
+        access_log=settings.access_log,
+        http=guarded_protocol(settings.header_timeout_s) or "auto",
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,
+    )
     server = uvicorn.Server(config)
     if settings.access_log:
         import logging
