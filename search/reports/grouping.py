@@ -77,12 +77,21 @@ def complete_groups(
             continue
         taken[seed] = True
         group = members(seed).tolist()
+        # A lone seed and a lone candidate linked to it are a passing pair already: only the
+        # members admitted since need checking (this skips most calls on a large collection).
+        lone = len(group) == 1
         for cand in b[starts[seed] : starts[seed + 1]]:
             if taken[cand]:
                 continue
-            now = np.asarray(group)
-            if all(passes(int(x), now).all() for x in members(cand)):
-                group.extend(members(cand).tolist())
+            inner = members(cand)
+            if lone and len(inner) == 1:
+                others = np.asarray(group[1:])
+                ok = not len(others) or passes(int(inner[0]), others).all()
+            else:
+                now = np.asarray(group)
+                ok = all(passes(int(x), now).all() for x in inner)
+            if ok:
+                group.extend(inner.tolist())
                 taken[cand] = True
         if len(group) > 1:
             groups.append(np.asarray(group, dtype=np.int64))
