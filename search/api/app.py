@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -20,11 +21,12 @@ from encoder.errors import ConfigError
 
 from ..engine import Engine, EngineError, NotFound
 from ..review import recover
-from .auth import TokenGateMiddleware
+from .auth import PUBLIC_PATHS, TokenGateMiddleware
 from .deps import require_token
 from .fast_lane import FastLaneMiddleware
 from .limits import MaxBodySizeMiddleware
 from .routes import browse, images, reports, review, service
+from .schemas import LIMIT_ERRORS, ErrorOut
 from .settings import Settings
 
 
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         summary="Find look-alike images in your own collection.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=LIMIT_ERRORS,  # MaxBodySizeMiddleware answers these on any path, before routing
     )
     app.state.settings = settings
     if engine is not None:
@@ -85,4 +88,37 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(browse.router)
     app.include_router(reports.router, dependencies=[Depends(require_token)])
     app.include_router(review.router, dependencies=[Depends(require_token)])
+    if settings.api_token:
+        _document_token(app)
     return app
+
+
+def _document_token(app: FastAPI) -> None:
+    """Add the bearer token to the OpenAPI schema: a security scheme, and a 401 on every operation
+    the token gate covers (all but auth.PUBLIC_PATHS). Done on the finished schema, from the gate's
+    own list, because the gate answers in front of routing: a route cannot say which 401s it gets.
+    Only on a server that has a token: without one, no request is ever refused for want of it."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)  # builds and caches app.openapi_schema; amended in place
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The server's LOOKALIKE_API_TOKEN: 'Authorization: Bearer <token>'.",
+            }
+            components.setdefault("schemas", {}).setdefault("ErrorOut", ErrorOut.model_json_schema())
+            unauthorised = {
+                "description": "Missing or wrong API token (send 'Authorization: Bearer <token>').",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if path in PUBLIC_PATHS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"].setdefault("401", unauthorised)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to amend the schema

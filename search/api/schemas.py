@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -76,3 +78,28 @@ class FailedListOut(BaseModel):
     offset: int
     limit: int
     files: list[FailedOut]
+
+
+class ErrorOut(BaseModel):
+    """Every error the app raises itself. FastAPI's own 422 (a request that fails validation) is
+    the other shape, ``{"detail": [{"loc", "msg", "type"}...]}``, which FastAPI documents itself."""
+
+    detail: str = Field(..., description="What went wrong and what to send instead.")
+
+
+#: A route's (or router's) `responses=`: status -> what FastAPI puts in the OpenAPI schema.
+Responses = dict[int | str, dict[str, Any]]
+
+
+def error(description: str) -> dict[str, Any]:
+    """One documented error status, with the {"detail": str} body every app-raised error has."""
+    return {"model": ErrorOut, "description": description}
+
+
+#: What MaxBodySizeMiddleware (limits.py) may answer to any request, before a route sees it.
+LIMIT_ERRORS: Responses = {
+    408: error("The request body did not arrive in time (by default 30 s, plus 1 s per 100 KB announced)."),
+    413: error("The request body is larger than the server's limit (LOOKALIKE_MAX_UPLOAD_BYTES)."),
+}
+#: By-id routes: an id that is not (or no longer) an indexed image, or whose file is gone.
+NOT_FOUND: Responses = {404: error("No indexed image with this id, or its file is gone or unreadable.")}

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, Query
 from ...browse import folders, list_failed, list_images
 from ..deps import EngineDep, require_token
 from ..schemas import FailedListOut, FailedOut, FolderOut, FoldersOut, ImageRowOut, ImagesOut
-from .review import ErrorOut  # the same {"detail"} shape the review routes document
 
 router = APIRouter(dependencies=[Depends(require_token)], tags=["browse"])
 
@@ -23,13 +22,11 @@ PAGE_MAX = 200
 OFFSET_MAX = 10_000_000
 FOLDERS_MAX = 5000
 
-ERRORS: dict[int | str, dict] = {
-    401: {"model": ErrorOut, "description": "Missing or wrong API token."},
-    422: {"model": ErrorOut, "description": "A parameter out of range (limit over 200, unknown sort...)."},
-}
+# No `responses=` here: create_app documents 401 (with a token) and the body limits on every route, and
+# FastAPI documents its 422 (a parameter out of range, an unknown sort) in its own validation error shape.
 
 
-@router.get("/images", summary="A page of the indexed images, newest first or by path", responses=ERRORS)
+@router.get("/images", summary="A page of the indexed images, newest first or by path")
 def browse_images(
     engine: EngineDep,
     offset: int = Query(0, ge=0, le=OFFSET_MAX, description="Skip this many images (paging)."),
@@ -50,7 +47,7 @@ def browse_images(
     )
 
 
-@router.get("/folders", summary="The folders that hold indexed images, with counts", responses=ERRORS)
+@router.get("/folders", summary="The folders that hold indexed images, with counts")
 def folder_list(
     engine: EngineDep,
     limit: int = Query(
@@ -61,7 +58,7 @@ def folder_list(
     return FoldersOut(total=len(found), folders=[FolderOut(folder=f, count=n) for f, n in found[:limit]])
 
 
-@router.get("/failed", summary="Files the indexer could not read, and why", responses=ERRORS)
+@router.get("/failed", summary="Files the indexer could not read, and why")
 def failed_list(
     engine: EngineDep,
     offset: int = Query(0, ge=0, le=OFFSET_MAX),

@@ -14,16 +14,23 @@ from encoder import ImageLoadError
 from ...engine import Hit
 from ..deps import EngineDep, PagingDep, image_error, plain_image_id, require_token
 from ..fast_lane import similar_body
-from ..schemas import HitOut, ImageOut, SearchOut
+from ..schemas import NOT_FOUND, HitOut, ImageOut, Responses, SearchOut, error
 
 router = APIRouter(dependencies=[Depends(require_token), Depends(plain_image_id)])
+
+#: An upload Pillow cannot read is the client's to fix, and each way of failing says what to send instead.
+UPLOAD_ERRORS: Responses = {
+    400: error("The upload could not be decoded (empty, truncated, corrupt), or the form could not be parsed."),
+    413: error("The image has more pixels than the server's limit (LOOKALIKE_MAX_PIXELS), or the body is too large."),
+    415: error("The upload is not an image format Pillow can read."),
+}
 
 
 def _out(hits: list[Hit]) -> list[HitOut]:
     return [HitOut(**h.as_dict()) for h in hits]
 
 
-@router.post("/search", response_model=SearchOut, summary="Images like an uploaded one")
+@router.post("/search", response_model=SearchOut, summary="Images like an uploaded one", responses=UPLOAD_ERRORS)
 def search_upload(
     engine: EngineDep,
     paging: PagingDep,
@@ -40,7 +47,9 @@ def search_upload(
     return SearchOut(query=query, k=paging.k, offset=paging.offset, results=_out(hits))
 
 
-@router.get("/images/{image_id}/similar", response_model=SearchOut, summary="Images like an indexed one")
+@router.get(
+    "/images/{image_id}/similar", response_model=SearchOut, summary="Images like an indexed one", responses=NOT_FOUND
+)
 async def similar(image_id: int, engine: EngineDep, paging: PagingDep) -> Response:
     # The hot path. From the precomputed neighbour table and the published hit rows it
     # is two lookups in memory, so it runs on the event loop: a threadpool hop would cost more.
@@ -56,13 +65,20 @@ async def similar(image_id: int, engine: EngineDep, paging: PagingDep) -> Respon
     return Response(similar_body(image_id, paging.k, paging.offset, hits), media_type="application/json")
 
 
-@router.get("/images/{image_id}", response_model=ImageOut, summary="What the catalog knows of an image")
+@router.get(
+    "/images/{image_id}", response_model=ImageOut, summary="What the catalog knows of an image", responses=NOT_FOUND
+)
 def image_meta(image_id: int, engine: EngineDep) -> ImageOut:
     rec = engine.get(image_id).as_dict()
     return ImageOut(**{k: rec[k] for k in ImageOut.model_fields})
 
 
-@router.get("/images/{image_id}/thumbnail", summary="A small JPEG of an image", response_class=Response)
+@router.get(
+    "/images/{image_id}/thumbnail",
+    summary="A small JPEG of an image",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **NOT_FOUND},
+)
 def thumbnail(image_id: int, engine: EngineDep, size: int = Query(256, ge=16, le=1024)) -> Response:
     try:
         body = engine.thumbnail(image_id, size)
@@ -71,7 +87,13 @@ def thumbnail(image_id: int, engine: EngineDep, size: int = Query(256, ge=16, le
     return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/images/{image_id}/file", summary="The original file", response_class=FileResponse)
+@router.get(
+    "/images/{image_id}/file",
+    summary="The original file",
+    response_class=FileResponse,
+    # Whatever type the file is (guessed from its name): the schema cannot name one.
+    responses={200: {"content": {"*/*": {}}}, **NOT_FOUND},
+)
 def original(image_id: int, engine: EngineDep) -> FileResponse:
     path = engine.file_path(image_id)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

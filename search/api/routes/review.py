@@ -8,7 +8,7 @@ name: no path from a request reaches the filesystem. The work is :mod:`search.re
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
@@ -17,7 +17,6 @@ from sqlalchemy import select
 from indexer.decisions import DismissedPair, has_tables
 
 from ...engine import NotFound
-from ...reports import TIERS
 from ...review import (
     Batch,
     Conflict,
@@ -30,24 +29,24 @@ from ...review import (
     restore,
 )
 from ..deps import EngineDep, SettingsDep
+from ..schemas import Responses, error
 
 router = APIRouter(prefix="/duplicates", tags=["review"])
 
-TIER_NAMES = ("exact", *(t.name for t in TIERS))
+#: The tiers a request may name: "exact" and search.reports.TIERS (test_schema checks they agree). Spelled
+#: out, not built from TIERS, so that type checkers see a Literal; FastAPI documents it as an enum and
+#: answers its own 422 to any other name, in the validation error shape the schema documents.
+TierName = Literal["exact", "near-identical", "near-duplicate", "similar"]
 WRITES_OFF = (
     "writes are off on this server: start it with `lookalike serve --allow-writes` (or LOOKALIKE_ALLOW_WRITES=1) "
     "and LOOKALIKE_API_TOKEN"
 )
 
 
-class ErrorOut(BaseModel):
-    detail: str
-
-
 class GroupIn(BaseModel):
     """One group as a report showed it: the image to keep and the others."""
 
-    tier: str = Field(..., description=f"The group's tier: {', '.join(TIER_NAMES)}.")
+    tier: TierName = Field(..., description="The group's tier.")
     keeper_id: int = Field(..., description="Id of the image to keep.")
     member_ids: list[int] = Field(..., min_length=1, max_length=1000, description="Ids of the others.")
 
@@ -103,17 +102,13 @@ async def require_writes(settings: SettingsDep) -> None:
 
 Writes = Annotated[None, Depends(require_writes)]
 
-READ_ERRORS: dict[int | str, dict] = {401: {"model": ErrorOut, "description": "Missing or wrong API token."}}
-WRITE_ERRORS: dict[int | str, dict] = {
-    **READ_ERRORS,
-    403: {"model": ErrorOut, "description": "Writes are off (no --allow-writes, or no token on the server)."},
-    404: {"model": ErrorOut, "description": "An id is not an indexed image, or no such batch."},
-    409: {
-        "model": ErrorOut,
-        "description": "A file changed since it was indexed, a path is taken, or the index is busy.",
-    },
-    400: {"model": ErrorOut, "description": "The request cannot be done (a path outside the folder...)."},
-    422: {"model": ErrorOut, "description": "Malformed request (unknown tier, no members...)."},
+# 401 is documented by create_app, on every route the token gate covers, when the server has a token;
+# 422 (unknown tier, no members...) by FastAPI, in its validation error shape.
+WRITE_ERRORS: Responses = {
+    400: error("The request cannot be done (a path outside the folder, a keeper among the members...)."),
+    403: error("Writes are off (no --allow-writes, or no token on the server)."),
+    404: error("An id is not an indexed image, or no such batch."),
+    409: error("A file changed since it was indexed, a path is taken, or the index is busy."),
 }
 
 
@@ -125,23 +120,18 @@ def _http(exc: ReviewError | NotFound) -> HTTPException:
     return HTTPException(400, str(exc))
 
 
-def _check_tier(tier: str) -> None:
-    if tier not in TIER_NAMES:
-        raise HTTPException(422, f"unknown tier {tier!r}: {', '.join(TIER_NAMES)}")
-
-
 def _batch_out(b: Batch) -> BatchOut:
     return BatchOut.model_validate(b.as_dict())
 
 
-@router.get("/batches", summary="Files moved into the quarantine, batch by batch", responses=READ_ERRORS)
+@router.get("/batches", summary="Files moved into the quarantine, batch by batch")
 def list_batches(
     engine: EngineDep, restored: bool = Query(False, description="Also the batches already put back.")
 ) -> BatchesOut:
     return BatchesOut(batches=[_batch_out(b) for b in batches(engine.catalog, include_restored=restored)])
 
 
-@router.get("/dismissed", summary="Pairs of images marked 'not duplicates' (by content hash)", responses=READ_ERRORS)
+@router.get("/dismissed", summary="Pairs of images marked 'not duplicates' (by content hash)")
 def list_dismissed(engine: EngineDep) -> DismissedOut:
     if not has_tables(engine.catalog):
         return DismissedOut(pairs=[])
@@ -161,7 +151,6 @@ def list_dismissed(engine: EngineDep) -> DismissedOut:
     responses=WRITE_ERRORS,
 )
 def resolve_group(body: GroupIn, engine: EngineDep, _writes: Writes) -> BatchOut:
-    _check_tier(body.tier)
     try:
         batch = resolve(engine, plan_resolution(engine, body.keeper_id, body.member_ids, body.tier))
     except (ReviewError, NotFound) as exc:
@@ -173,7 +162,6 @@ def resolve_group(body: GroupIn, engine: EngineDep, _writes: Writes) -> BatchOut
     "/dismiss", summary="Mark a group's images as not duplicates: it stays out of reports", responses=WRITE_ERRORS
 )
 def dismiss_group(body: GroupIn, engine: EngineDep, _writes: Writes) -> DismissOut:
-    _check_tier(body.tier)
     try:
         new = dismiss(engine, body.keeper_id, body.member_ids, body.tier)
     except (ReviewError, NotFound) as exc:
