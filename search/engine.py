@@ -81,6 +81,46 @@ class Snapshot:
     hit_rows: HitRows | None = None  # path, width, height by id (memory-mapped), if published
 
 
+#: glibc malloc settings for a process that serves queries. By default glibc makes up to 8
+#: arenas a core, one per thread that allocates at once, and raises its mmap threshold to the
+#: size of the largest block freed (up to 32 MiB), so the ~20 MB upload bodies and decode
+#: buffers of the threadpool's 40 threads end up inside arenas that keep them: RSS climbed
+#: burst after burst and stayed there (1,283 -> 2,017 MiB over five bursts of 50 uploads of
+#: 20 MB images). Two arenas and a fixed 1 MiB mmap threshold (a larger block is mapped on
+#: its own and given back when freed) keep it flat (docs/benchmarks.md, "Decode memory").
+MALLOC_ARENAS = 2
+MALLOC_MMAP_THRESHOLD = 1 << 20
+_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # mallopt parameter numbers, from glibc's malloc.h
+
+
+def tune_malloc(arenas: int = MALLOC_ARENAS, mmap_threshold: int = MALLOC_MMAP_THRESHOLD) -> bool:
+    """Set glibc's malloc for a long-running server (see MALLOC_ARENAS). True when set.
+
+    A no-op outside glibc, and for each setting whose MALLOC_*_ environment variable is set
+    (the user's choice wins). Arenas already made stay; call it before threads start.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = True
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            ok &= bool(libc.mallopt(_M_ARENA_MAX, int(arenas)))
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            ok &= bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
+        return ok
+    except (OSError, AttributeError):
+        return False
+
+
+def default_decode_slots() -> int:
+    """How many query images may be decoded at once: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 class Engine:
     """Queries over one index directory. Safe to share between threads."""
 
@@ -93,7 +133,9 @@ class Engine:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         reload_check_s: float = 1.0,
         reload_in_background: bool = False,
+        decode_slots: int | None = None,
     ) -> None:
+        tune_malloc()  # before the threads that serve queries first allocate
         self.index_dir = Path(index_dir).resolve()
         if not (self.index_dir / MANIFEST).exists():
             raise EngineError(f"{self.index_dir}: no index here; run `lookalike index FOLDER` first")
@@ -109,6 +151,12 @@ class Engine:
         self._reload_guard = threading.Lock()
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
+        # Decoding a query image at the pixel cap holds up to ~280 MB (the decoded image at
+        # 4 bytes a pixel, docs/benchmarks.md "Decode memory"); at most `decode_slots` decode
+        # at once (default: one per core, which is all the CPU they can use anyway), so N
+        # uploads at once cannot hold N times that. The others wait their turn.
+        self.decode_slots = max(1, decode_slots or default_decode_slots())
+        self._decode_slots = threading.BoundedSemaphore(self.decode_slots)
         self._checked_at = 0.0
         self._manifest_mtime = 0.0
         self._snapshot = self._open()
@@ -237,7 +285,8 @@ class Engine:
     def embed(self, source: ImageSource) -> np.ndarray:
         """Decode and embed a query image with the index's own model. Raises ImageLoadError."""
         snap = self.snapshot()
-        pixels = snap.encoder.load(source)
+        with self._decode_slots:
+            pixels = snap.encoder.load(source)
         with self._embed_lock:  # one inference at a time: parallel torch calls only fight over the cores
             return snap.encoder.embed_pixels(pixels[None])
 
