@@ -45,7 +45,8 @@ IMAGE_EXTENSIONS = frozenset(
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says about an image, before any resizing."""
+    """What the header says about an image, before any resizing: its upright size (EXIF
+    orientation applied) and its format."""
 
     width: int
     height: int
@@ -292,7 +293,10 @@ def _decode(
                 raise ImageLoadError(name, "not a recognised image format", kind=LoadFailure.NOT_AN_IMAGE) from None
             except Image.DecompressionBombError as exc:
                 raise ImageLoadError(name, f"too many pixels ({exc})", kind=LoadFailure.TOO_LARGE) from None
-            info = ImageInfo(width=img.width, height=img.height, format=img.format)
+            # The size a viewer shows: an EXIF-rotated photo is stored sideways but is upright.
+            sideways = _orientation(img) in _SWAPS_AXES
+            width, height = (img.height, img.width) if sideways else (img.width, img.height)
+            info = ImageInfo(width=width, height=height, format=img.format)
             pixels = img.width * img.height
             if pixels > max_pixels:
                 raise ImageLoadError(

@@ -84,7 +84,7 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     path = _save(img, tmp_path / "o.jpg", "JPEG", exif=exif.tobytes(), quality=95)
     rgb, info = open_image(path)
     assert rgb.size == (20, 40)  # now portrait
-    assert (info.width, info.height) == (40, 20)  # the header's size is what is stored
+    assert (info.width, info.height) == (20, 40)  # the size a viewer shows, as the catalog stores it
 
 
 def test_animated_gif_first_frame(tmp_path: Path) -> None:
