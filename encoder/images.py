@@ -293,10 +293,7 @@ def _decode(
                 raise ImageLoadError(name, "not a recognised image format", kind=LoadFailure.NOT_AN_IMAGE) from None
             except Image.DecompressionBombError as exc:
                 raise ImageLoadError(name, f"too many pixels ({exc})", kind=LoadFailure.TOO_LARGE) from None
-            # The size a viewer shows: an EXIF-rotated photo is stored sideways but is upright.
-            sideways = _orientation(img) in _SWAPS_AXES
-            width, height = (img.height, img.width) if sideways else (img.width, img.height)
-            info = ImageInfo(width=width, height=height, format=img.format)
+            info = ImageInfo(width=img.width, height=img.height, format=img.format)
             pixels = img.width * img.height
             if pixels > max_pixels:
                 raise ImageLoadError(
@@ -312,6 +309,8 @@ def _decode(
             if fit and img.format == "JPEG":
                 img.draft("RGB", (fit, fit))  # JPEG downscales by 1/2, 1/4 or 1/8 in the decoder itself
             img.load()
+            if _orientation(img) in _SWAPS_AXES:  # the size a viewer shows: a sideways-stored photo is upright
+                info = ImageInfo(width=info.height, height=info.width, format=info.format)
             rgb, full, box = _upright_rgb(img, background, fit, gap)
             if rgb is not img:
                 img.close()  # the decoded full-size pixels go now, not when the caller is done
