@@ -268,6 +268,11 @@ def _letterbox(
 
 #: The reducing gap of letterboxing (and so of every model input), and that of open_image's
 #: `draft_size` (Pillow's thumbnail default: the result stays at least twice the size asked for).
+#: libwebp decodes into its own canvas, and Pillow copies it twice, before any of this module's
+#: code runs: about 15 bytes a pixel held at once (977 MB at 8000x8000, docs/benchmarks.md,
+#: "Decode memory") against 2-4 for the other formats. So WebP gets a quarter of the pixel cap,
+#: which keeps one decode under the same ~300 MB as every other format.
+WEBP_COST = 4
 LETTERBOX_GAP = 3.0
 OPEN_GAP = 2.0
 
@@ -303,6 +308,13 @@ def _decode(
                 )
             if pixels == 0:
                 raise ImageLoadError(name, "image has no pixels (0 width or height)", kind=LoadFailure.EMPTY)
+            if img.format == "WEBP" and pixels > max_pixels // WEBP_COST:
+                raise ImageLoadError(
+                    name,
+                    f"WebP image is {img.width}x{img.height} = {pixels:,} pixels, over the limit of "
+                    f"{max_pixels // WEBP_COST:,} for WebP (its decoder needs {WEBP_COST}x the memory of others)",
+                    kind=LoadFailure.TOO_LARGE,
+                )
             # Animated images (GIF, APNG, WebP): the first frame stands for the file.
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)

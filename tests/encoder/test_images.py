@@ -253,3 +253,17 @@ def test_every_failure_says_its_kind(
         load_image(sources[case], S, max_pixels=10_000 if case == "over_the_limit" else DEFAULT_MAX_PIXELS)
     assert err.value.kind is kind
     assert reason in err.value.reason
+
+
+def test_webp_gets_a_quarter_of_the_pixel_cap(tmp_path: Path) -> None:
+    """libwebp holds ~15 bytes a pixel before our code runs: WebP is capped lower than the rest."""
+    from encoder.images import WEBP_COST
+
+    img = Image.new("RGB", (20, 20), (200, 30, 30))
+    webp, png = _save(img, tmp_path / "a.webp", "WEBP"), _save(img, tmp_path / "a.png", "PNG")
+    cap = 400 * WEBP_COST - 1  # the PNG fits, the WebP (400 pixels > cap / WEBP_COST) does not
+    assert load_image(png, 16, max_pixels=cap).shape == (16, 16, 3)
+    with pytest.raises(ImageLoadError, match="WebP image is 20x20") as err:
+        load_image(webp, 16, max_pixels=cap)
+    assert err.value.kind is LoadFailure.TOO_LARGE
+    assert load_image(webp, 16, max_pixels=400 * WEBP_COST).shape == (16, 16, 3)
