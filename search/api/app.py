@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             device=settings.device,
             catalog_url=settings.catalog_url,
             max_pixels=settings.max_pixels,
+            decode_slots=settings.decode_slots,
             reload_in_background=True,  # a new generation must not stall the event loop while it opens
         )
         if settings.allow_writes:  # finish or undo a review operation a kill interrupted, before serving

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     min_upload_rate: int = Field(100_000, ge=1, description="Bytes a second a slow upload is still allowed.")
     keep_alive_s: float = Field(5.0, gt=0, description="An idle kept-alive connection is closed after this.")
     max_connections: int = Field(256, ge=1, description="Connections at once; more are answered 503.")
+    decode_slots: int | None = Field(
+        None, ge=1, description="Uploads decoded at once (each can take ~300 MB at the pixel cap) [default: cores]."
+    )
     access_log: bool = Field(True, description="Log one line a request (uvicorn's access log) on stderr.")
     fast_lane: bool = Field(
         True,
