@@ -34,6 +34,7 @@ from encoder.training import RESUME_DIR
 
 from .catalog import STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, in_chunks
 from .embed import add_copies, cpu_thread_budget, default_decode_workers, embed_files
+from .generations import tidy_generations
 from .hit_rows import read_hit_rows
 from .index_model import IndexBuildError, prepare_model
 from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, STORE, default_index_dir
@@ -96,8 +97,9 @@ def build_index(
        the store saved every `checkpoint_every_s` seconds;
     5. copies (:func:`~indexer.embed.add_copies`): a byte-identical copy takes the
        vector of its first copy;
-    6. publish: the store, the search index, the neighbour table, the hit rows and
-       the manifest, when anything changed (or only the derived files, when stale).
+    6. publish: the store, the search index, the neighbour table, the hit rows, linked
+       into a new generation directory that the manifest then names (indexer/generations.py),
+       when anything changed (or only the derived files, when stale).
     """
     if neighbours < 0:
         raise IndexBuildError("neighbours must be >= 0")
@@ -132,6 +134,7 @@ def build_index(
                 if catalog.get_meta("root") != str(root):
                     catalog.set_meta("root", str(root))  # where the files are: the server serves only these
                 manifest = Manifest.read(idx)
+                tidy_generations(idx, manifest.generation if manifest else 0)
                 store = _open_store(idx, encoder.dim, options.reembed)
                 run = IndexRun(root, idx, catalog, encoder, store, summary, options, seq=catalog.store_seq() + 1)
                 run.changed = _reconcile(run)
@@ -227,23 +230,49 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
     needs_publish = (
         run.changed
         or manifest is None
+        or not manifest.directory  # published before generations: upgrade it
+        or not (manifest.files(idx) / STORE).exists()  # its generation is gone
+        or manifest.store_seq != catalog.store_seq()  # saved since, by a run killed before it published
         or manifest.count != len(store)
         or manifest.model_id != run.model_id
         or (opts.index_type != "auto" and manifest.index_type != plan.index_type)
     )
     derived_stale = manifest is not None and (
         manifest.neighbours_k != k
-        or (k > 0 and read_neighbours(idx / NEIGHBOURS, k) is None)  # deleted or damaged
-        or read_hit_rows(idx / HIT_ROWS) is None  # deleted, damaged or from an older version
+        # The writer's working copy (which the next publish updates) or the published one (which readers
+        # open) deleted, damaged, or from an older version: both are hard links to one file until then.
+        or any(_derived_damaged(folder, k) for folder in {idx, manifest.files(idx)})
     )
     if needs_publish:
         run.save_store()
         manifest = publish(
-            idx, store, plan, run.model_id, manifest, neighbours_k=k, catalog=catalog, progress=opts.progress
+            idx,
+            store,
+            plan,
+            run.model_id,
+            manifest,
+            neighbours_k=k,
+            catalog=catalog,
+            progress=opts.progress,
+            store_seq=catalog.store_seq(),
         )
         summary.neighbours = manifest.neighbours
     elif derived_stale:
+        _distrust_working_table(idx, manifest, k)
         manifest = republish_derived(idx, store, manifest, neighbours_k=k, catalog=catalog, progress=opts.progress)
         summary.neighbours = manifest.neighbours
     summary.index_type = manifest.index_type
     summary.index_reason = manifest.reason
+
+
+def _derived_damaged(folder: Path, k: int) -> bool:
+    """True if the neighbour table (when `k` > 0) or the hit rows in `folder` are missing or unreadable."""
+    return (k > 0 and read_neighbours(folder / NEIGHBOURS, k) is None) or read_hit_rows(folder / HIT_ROWS) is None
+
+
+def _distrust_working_table(idx: Path, manifest: Manifest, k: int) -> None:
+    """A published neighbour table found deleted or damaged is recomputed from scratch, not merged
+    from the writer's working copy: the two were one file, so that copy is as suspect."""
+    published = manifest.files(idx) / NEIGHBOURS
+    if k > 0 and published != idx / NEIGHBOURS and read_neighbours(published, k) is None:
+        (idx / NEIGHBOURS).unlink(missing_ok=True)

@@ -17,7 +17,12 @@ STORE = "vectors.faiss"  # the exact vectors, keyed by catalog id: the source of
 SEARCH = "search.faiss"  # the approximate index built from the store, for large corpora
 NEIGHBOURS = "neighbours.npy"  # neighbours precomputed per image (indexer/neighbours.py)
 HIT_ROWS = "hit_rows.bin"  # path, width, height of the indexed images (indexer/hit_rows.py)
-MANIFEST = "manifest.json"  # written last: names what was published; readers watch it
+MANIFEST = "manifest.json"  # written last: names the current generation directory; readers watch it
+#: Published generations: GENERATIONS/<N>/ holds everything a reader opens for generation N (the store
+#: and search index, neighbour table, hit rows and model, hard links to the writer's files above, and
+#: a copy of the manifest). The files above are the writer's working copies; readers never open them
+#: (except in an index published before generations, whose manifest names no directory).
+GENERATIONS = "generations"
 LOCK = "lock"  # flock'ed by the one writer
 MODEL_DIR = "model"  # the autoencoder that made the vectors
 MODEL_INCOMING = MODEL_DIR + ".incoming"  # a model being copied in, renamed to MODEL_DIR when complete

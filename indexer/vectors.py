@@ -9,7 +9,9 @@ Two files, one job each:
   cannot remove vectors cheaply (HNSW not at all), so they are derived, never
   edited.
 ``manifest.json`` is written last and names the type, parameters, the reason
-for the choice, the model and a generation number that readers watch.
+for the choice, the model, a generation number that readers watch, and the
+generation's directory (indexer/generations.py): readers open only the files in
+it, so a publish switches them to the new files all at once.
 
 Vectors are L2-normalised, so inner product is cosine similarity in [-1, 1].
 """
@@ -20,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,17 @@ from encoder.atomic import atomic_write_json, atomic_write_via
 from encoder.errors import ConfigError
 
 from .catalog import Catalog
+from .generations import (
+    generation_dir_name,
+    kill_point,
+    link_into,
+    link_model,
+    seal_generation,
+    start_generation,
+    tidy_generations,
+)
 from .hit_rows import HitRows, write_hit_rows
-from .layout import HIT_ROWS, MANIFEST, NEIGHBOURS, NEIGHBOURS_K, SEARCH, STORE
+from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, STORE
 from .neighbours import read_neighbours, update_neighbours, write_neighbours
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
@@ -272,6 +283,12 @@ class Manifest:
     neighbours_k: int = 0  # rows of neighbours.npy hold this many neighbours (0: no table)
     neighbours: str = ""  # what the last update of the table did
     updated_at: float = 0.0
+    #: The generation's directory, relative to the index directory ("" in an index published before
+    #: generations: its files are the ones at the top of the index).
+    directory: str = ""
+    #: The catalog's store save sequence number when this was published: a later save (by a run
+    #: killed before it published) means the store differs from the published one.
+    store_seq: int = 0
 
     @classmethod
     def read(cls, index_dir: str | os.PathLike) -> Manifest | None:
@@ -282,9 +299,18 @@ class Manifest:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def write(self, index_dir: str | os.PathLike) -> None:
-        self.updated_at = time.time()
+    def write(self, index_dir: str | os.PathLike, *, stamp: bool = True) -> None:
+        if stamp:
+            self.updated_at = time.time()
         atomic_write_json(Path(index_dir) / MANIFEST, asdict(self))
+
+    def files(self, index_dir: str | os.PathLike) -> Path:
+        """The directory that holds this generation's files (what readers open)."""
+        return Path(index_dir) / self.directory
+
+    def model_dir(self, index_dir: str | os.PathLike) -> Path:
+        """The model that made this generation's vectors."""
+        return self.files(index_dir) / MODEL_DIR
 
 
 def refresh_neighbours(
@@ -325,12 +351,16 @@ def publish(
     neighbours_k: int = NEIGHBOURS_K,
     catalog: Catalog | None = None,
     progress: bool = False,
+    store_seq: int = 0,
 ) -> Manifest:
     """Save the store, (re)build the search index if the plan needs one, bring the
     neighbour table up to date (`neighbours_k` 0: none), write the hit rows of the
     stored images from `catalog` (None: no hit rows; hits are then read from the
-    catalog), write the manifest."""
+    catalog), then make them a new generation (:func:`commit_generation`).
+    `store_seq`: the catalog's sequence number of the store save published."""
+    kill_point("publish:begin")
     store.save(index_dir / STORE)
+    kill_point("publish:store")
     if plan.index_type == "flat":
         search_file = STORE
         size = (index_dir / STORE).stat().st_size
@@ -339,12 +369,15 @@ def publish(
         index = build_search_index(store, plan)
         plan = tune_search(index, store, plan)
         atomic_write_index(index, index_dir / SEARCH)
+        kill_point("publish:search")
         search_file = SEARCH
         size = (index_dir / SEARCH).stat().st_size
     if plan.index_type == "flat" and (index_dir / SEARCH).exists():
         (index_dir / SEARCH).unlink()
     neighbours_note = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
+    kill_point("publish:neighbours")
     refresh_hit_rows(index_dir, store, catalog)
+    kill_point("publish:hit_rows")
     manifest = Manifest(
         generation=(previous.generation + 1) if previous else 1,
         count=len(store),
@@ -357,8 +390,9 @@ def publish(
         bytes_per_vector=round(size / max(1, len(store)), 1),
         neighbours_k=neighbours_k,
         neighbours=neighbours_note,
+        store_seq=store_seq,
     )
-    manifest.write(index_dir)
+    commit_generation(index_dir, manifest, previous)
     return manifest
 
 
@@ -374,6 +408,7 @@ def republish_derived(
     """Bring only what is derived from an unchanged store up to date (the neighbour table, the
     hit rows: deleted, damaged, or made by an older lookalike) and publish a new generation.
     The search index is reused as it is: rebuilding HNSW at 1M vectors takes half an hour."""
+    previous = replace(manifest)
     if manifest.search_file == STORE:
         index = store.index
     else:
@@ -381,6 +416,29 @@ def republish_derived(
     manifest.neighbours = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
     manifest.neighbours_k = neighbours_k
     refresh_hit_rows(index_dir, store, catalog)
-    manifest.generation += 1
-    manifest.write(index_dir)
+    commit_generation(index_dir, manifest, previous)
     return manifest
+
+
+def commit_generation(index_dir: Path, manifest: Manifest, previous: Manifest | None) -> None:
+    """Make the working files just written a new generation directory, then switch ``manifest.json``
+    to it (the one write readers act on), then remove generations older than `previous` (a reader
+    may be opening that one right now). Sets `manifest`'s generation and directory."""
+    manifest.generation = (previous.generation + 1) if previous else 1
+    manifest.directory = generation_dir_name(manifest.generation)
+    gen = start_generation(index_dir, manifest.generation)
+    names = [STORE]
+    if manifest.search_file != STORE:
+        names.append(manifest.search_file)
+    if manifest.neighbours_k > 0 and (index_dir / NEIGHBOURS).exists():
+        names.append(NEIGHBOURS)
+    if (index_dir / HIT_ROWS).exists():  # refresh_hit_rows removes it when there are none to publish
+        names.append(HIT_ROWS)
+    link_into(gen, index_dir, names)
+    link_model(gen, index_dir)
+    manifest.write(gen)  # the generation describes itself (for people; readers read the pointer)
+    kill_point("generation:manifest")
+    seal_generation(gen)
+    manifest.write(index_dir, stamp=False)  # the same manifest as the generation's own copy
+    kill_point("pointer")
+    tidy_generations(index_dir, manifest.generation, point="cleanup")

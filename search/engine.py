@@ -32,11 +32,14 @@ from encoder.images import open_image
 from indexer import Catalog, ImageRecord, Manifest
 from indexer.catalog import STATUS_OK, bytes_hash
 from indexer.hit_rows import HitRows, read_hit_rows
-from indexer.layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, STORE, THUMBNAILS
+from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS, STORE, THUMBNAILS
 from indexer.neighbours import lookup, read_neighbours
 from indexer.vectors import read_search_index
 
 log = logging.getLogger(__name__)
+
+#: Tries at opening the generation the manifest names, when it is removed under us (see Engine._open).
+_OPEN_ATTEMPTS = 3
 
 
 class EngineError(LookalikeError):
@@ -167,29 +170,44 @@ class Engine:
     # ---------------------------------------------------------------- snapshots
 
     def _open(self) -> Snapshot:
-        self._manifest_mtime = (self.index_dir / MANIFEST).stat().st_mtime
-        manifest = Manifest.read(self.index_dir)
-        if manifest is None:
-            raise EngineError(f"{self.index_dir}: manifest.json vanished")
-        store = read_search_index(self.index_dir / STORE)
+        """Open the generation that ``manifest.json`` names, reading only files inside its directory
+        (indexer/generations.py), so a publish under way or killed halfway is never half seen."""
+        for attempt in range(_OPEN_ATTEMPTS):
+            self._manifest_mtime = (self.index_dir / MANIFEST).stat().st_mtime
+            manifest = Manifest.read(self.index_dir)
+            if manifest is None:
+                raise EngineError(f"{self.index_dir}: manifest.json vanished")
+            try:
+                return self._open_generation(manifest)
+            except (OSError, RuntimeError):  # faiss raises RuntimeError for a file it cannot open
+                # Two publishes between reading the manifest and opening its files remove that
+                # generation: open the one the manifest names now. Anything else is a real error.
+                again = Manifest.read(self.index_dir)
+                if attempt + 1 == _OPEN_ATTEMPTS or again is None or again.directory == manifest.directory:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _open_generation(self, manifest: Manifest) -> Snapshot:
+        files = manifest.files(self.index_dir)  # the index directory itself for an index from before generations
+        store = read_search_index(files / STORE)
         if manifest.search_file == STORE:
             search = store
         else:
-            search = read_search_index(self.index_dir / manifest.search_file, manifest.params)
+            search = read_search_index(files / manifest.search_file, manifest.params)
         old = getattr(self, "_snapshot", None)
         if old is not None and old.manifest.model_id == manifest.model_id:
             encoder = old.encoder  # same model: no need to load it again
         else:
-            encoder = Encoder(self.index_dir / MODEL_DIR, device=self.device, max_pixels=self.max_pixels)
+            encoder = Encoder(manifest.model_dir(self.index_dir), device=self.device, max_pixels=self.max_pixels)
         log.debug(
             "opened index generation %d (%d vectors, %s)", manifest.generation, manifest.count, manifest.index_type
         )
         neighbours = neighbour_ids = None
         if manifest.neighbours_k > 0:
-            neighbours = read_neighbours(self.index_dir / NEIGHBOURS, manifest.neighbours_k)
+            neighbours = read_neighbours(files / NEIGHBOURS, manifest.neighbours_k)
             if neighbours is not None:
                 neighbour_ids = np.ascontiguousarray(neighbours["id"])
-        hit_rows = read_hit_rows(self.index_dir / HIT_ROWS)
+        hit_rows = read_hit_rows(files / HIT_ROWS)
         return Snapshot(manifest, store, search, encoder, neighbours, neighbour_ids, hit_rows)
 
     def snapshot(self) -> Snapshot:

@@ -285,14 +285,20 @@ def test_an_index_without_a_table_answers_by_search(tmp_path: Path, search_model
     assert (folder / ".lookalike" / "neighbours.npy").exists()
 
 
+def published_file(index: Path, name: str) -> Path:
+    """The file `name` of the generation readers open (indexer/generations.py)."""
+    from indexer import Manifest
+
+    return Manifest.read(index).files(index) / name
+
+
 def test_a_deleted_or_damaged_table_is_answered_by_search_and_rebuilt(tmp_path: Path, search_model: Path) -> None:
     from indexer import build_index
 
     folder = fill_folder(tmp_path / "images")
     build_index(folder, model_dir=search_model, progress=False, workers=1)
-    table = folder / ".lookalike" / "neighbours.npy"
-    for damage in (lambda: table.unlink(), lambda: table.write_bytes(b"\x93NUMPY not a table")):
-        damage()
+    for damage in (Path.unlink, lambda table: table.write_bytes(b"\x93NUMPY not a table")):
+        damage(published_file(folder / ".lookalike", "neighbours.npy"))
         eng = Engine(folder / ".lookalike", device="cpu", reload_check_s=0)
         try:
             assert eng.snapshot().neighbours is None
@@ -363,7 +369,7 @@ def test_hits_from_the_published_rows_and_from_the_catalog_agree(tmp_path: Path,
     answers = {}
     for published in (True, False):
         if not published:
-            (index / HIT_ROWS).unlink()
+            published_file(index, HIT_ROWS).unlink()
         eng = Engine(index, device="cpu", reload_check_s=0)
         try:
             assert (eng.snapshot().hit_rows is not None) == published
