@@ -28,7 +28,7 @@
 #   GPU_BENCH_ARGS       more arguments for bench/gpu_bench.py (e.g. "--images 40000")
 #   PYTHON               the interpreter (default .venv/bin/python if present, else python3)
 #
-# On the lent device machine (see the final report of issue 17 for the figures):
+# On the lent device machine (gpu.json and gpu.log come back from its $OUT; about 2-7 minutes):
 #   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=540)
 set -euo pipefail
 

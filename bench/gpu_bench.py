@@ -111,6 +111,10 @@ class Budget:
         return max(0.0, min(cap, self.left() - keep))
 
 
+def plural(backend: str) -> str:
+    return backend + ("es" if backend.endswith("s") else "s")
+
+
 def skipped(reason: str) -> dict[str, Any]:
     return {"status": "skipped", "reason": reason}
 
@@ -314,7 +318,7 @@ def pillow_pipeline(enc: Any, paths: list[Path], batch: int, workers: int, backe
     dt = time.perf_counter() - t0
     return {
         "status": "ok",
-        "decode": f"Pillow draft + letterbox, {workers} {backend}s",
+        "decode": f"Pillow draft + letterbox, {workers} {plural(backend)}",
         "embed": "Encoder.embed_pixels" + (", bf16 autocast, channels-last" if enc.device.type == "cuda" else ""),
         "batch": batch,
         "images": done,
@@ -439,7 +443,7 @@ def build_index_part(folder: Path, n: int, model_dir: Path, device: str, cap: fl
         "status": "ok",
         "what": "indexer.build_index on a fresh index (walk, hash, decode, embed, catalog, publish), fresh process",
         "device": device,
-        "decode": f"{default_workers()} {default_backend()}s (its defaults)",
+        "decode": f"{default_workers()} {plural(default_backend())} (its defaults)",
         "images": n,
         "seconds": round(res["wall_s"], 3),
         "process_seconds": round(outer, 3),
