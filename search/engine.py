@@ -380,14 +380,19 @@ class Engine:
         return [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i not in excluded]
 
     def search_image(self, source: ImageSource, **kw) -> list[Hit]:
-        """Images like the one in `source` (bytes, a stream or a path).
+        """Images like the one in `source` (bytes, a stream or a path); see :meth:`query_image`."""
+        return self.query_image(source, **kw)[0]
+
+    def query_image(self, source: ImageSource, **kw) -> tuple[list[Hit], list[tuple[int, str]]]:
+        """(images like the one in `source`, the indexed images it is).
 
         The query image itself is left out when it is indexed (:meth:`indexed_as`): a
-        result list that starts with the query tells the user nothing.
+        result list that starts with the query tells the user nothing, and the caller can
+        say which image it is without hashing the query a second time.
         """
         vec = self.embed(source)
-        exclude = frozenset(i for i, _ in self.indexed_as(source))
-        return self.search_vector(vec, exclude_ids=exclude, **kw)
+        indexed = self.indexed_as(source)
+        return self.search_vector(vec, exclude_ids=frozenset(i for i, _ in indexed), **kw), indexed
 
     def indexed_as(self, source: ImageSource) -> list[tuple[int, str]]:
         """(id, path) of the indexed images that `source` is: the catalog row of a path, and

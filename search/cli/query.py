@@ -35,7 +35,10 @@ def query(
         raise UsageError("give either an IMAGE or --id N")
     engine = Engine(index_for(index_dir))
     opts = {"k": k, "min_similarity": min_similarity, "path_prefix": path_prefix}
-    hits = engine.search_id(image_id, **opts) if image_id is not None else engine.search_image(image, **opts)
+    if image_id is not None:
+        hits, same = engine.search_id(image_id, **opts), []
+    else:
+        hits, same = engine.query_image(image, **opts)
     if grid is not None:
         from .result_grid import save_result_grid
 
@@ -46,7 +49,7 @@ def query(
         query_desc: dict = {"id": image_id, "path": rec.path}
         said = f"query: indexed image #{image_id} ({rec.path}); itself left out of the results"
     else:
-        indexed = [{"id": i, "path": p} for i, p in engine.indexed_as(image)]
+        indexed = [{"id": i, "path": p} for i, p in same]
         query_desc = {"path": str(image), "indexed": indexed}
         said = f"query: {image}"
         if indexed:

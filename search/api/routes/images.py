@@ -38,12 +38,11 @@ def search_upload(
 ) -> SearchOut:
     content = file.file.read()
     try:
-        hits = engine.search_image(content, **paging.kwargs())
+        hits, indexed = engine.query_image(content, **paging.kwargs())
     except ImageLoadError as exc:
         raise image_error(exc) from None
     # An upload that is an indexed image (the same bytes) is left out of its own results: say so.
-    indexed = [{"id": i, "path": p} for i, p in engine.indexed_as(content)]
-    query = {"upload": file.filename, "bytes": len(content), "indexed": indexed}
+    query = {"upload": file.filename, "bytes": len(content), "indexed": [{"id": i, "path": p} for i, p in indexed]}
     return SearchOut(query=query, k=paging.k, offset=paging.offset, results=_out(hits))
 
 
