@@ -71,6 +71,7 @@ def serve_index(settings: Settings, sock: socket.socket | None = None) -> None:
     import uvicorn
 
     from search.api import create_app
+    from search.api.malloc import tune_malloc
     from search.api.protocol import guarded_protocol
 
     sock = sock or bind(settings.host, settings.port)
@@ -91,6 +92,7 @@ def serve_index(settings: Settings, sock: socket.socket | None = None) -> None:
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.max_connections,
     )
+    tune_malloc()  # before the threads that serve queries first allocate (search/api/malloc.py)
     server = uvicorn.Server(config)
     if settings.access_log:
         import logging
