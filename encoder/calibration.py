@@ -83,10 +83,11 @@ def fit_calibration(vectors: np.ndarray, kind: str) -> Whitening | None:
         raise ConfigError(f"unknown calibration {kind!r}: {', '.join(CALIBRATIONS)}")
     if kind == "none":
         return None
-    w = fit_whitening(vectors)
-    if kind == "centre":
-        return Whitening(w.mean, np.eye(len(w.mean), dtype=np.float32), 1.0)
-    return w
+    if kind == "centre":  # the mean alone: no covariance to estimate
+        x = np.asarray(vectors, dtype=np.float32)
+        mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+        return Whitening(mean, np.eye(x.shape[1], dtype=np.float32), 1.0)
+    return fit_whitening(vectors)
 
 
 def save_calibration(calibration: Whitening, directory: Path) -> None:
