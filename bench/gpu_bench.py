@@ -145,7 +145,7 @@ def training(device: Any, batch: int, seconds: float, cap: float) -> dict[str, A
     import torch
 
     from encoder import ModelConfig, create_model
-    from encoder.training import augment_batch
+    from encoder.augment import augment_batch
 
     t_part = time.perf_counter()
     cuda = device.type == "cuda"

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from encoder import ModelConfig, TrainConfig, create_model, train  # noqa: E402
+from encoder.augment import augment_batch  # noqa: E402
 from encoder.device import pick_device  # noqa: E402
-from encoder.training import augment_batch  # noqa: E402
 
 
 def step_throughput(size: int, batch: int, device: torch.device, steps: int, compile_model: bool) -> dict:

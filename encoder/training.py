@@ -8,7 +8,6 @@ validation, a checkpoint each epoch and early stopping -> pictures and a log.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -22,20 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from . import variants  # noqa: F401  (importing it registers every model kind)
-from .atomic import atomic_write_json, atomic_write_via
+from .atomic import atomic_write_json
+from .augment import augment_batch
 from .calibration import CALIBRATION, fit_calibration, save_calibration
 from .checkpoint import save_model
 from .config import ModelConfig
 from .decoding import decode_to_array
 from .device import pick_device
-from .errors import ConfigError, TrainError
+from .errors import TrainError
 from .images import DEFAULT_MAX_PIXELS, find_images
 from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
 from .registry import create_model
+from .resume import load_resume_state, save_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -98,73 +98,6 @@ def folder_labels(paths: list[Path], root: Path) -> tuple[list[str], np.ndarray]
     classes = sorted(set(names))
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, np.array([lookup[n] for n in names], dtype=np.int64)
-
-
-# ---------------------------------------------------------------- augmentation
-
-
-def _random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float, min_scale: float) -> torch.Tensor:
-    """Random zoom-in (crop) and shift per image, filling with white like the letterbox."""
-    b = x.shape[0]
-    scale = torch.empty(b, device=x.device).uniform_(min_scale, 1.0, generator=gen)
-    shift = torch.empty(b, 2, device=x.device).uniform_(-max_shift, max_shift, generator=gen)
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = scale
-    theta[:, 1, 1] = scale
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # Sample 1 - x so that out-of-range samples (zeros) come back as white.
-    return 1.0 - F.grid_sample(1.0 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (encoder input, decoder target) for a clean batch in [0, 1]."""
-    if mode == "none":
-        return x, x
-    flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if mode == "flip":
-        return x, x
-    if mode != "invariant":
-        raise ConfigError(f"unknown augment mode {mode!r}")
-    view = _random_affine(x, gen, max_shift=0.08, min_scale=0.85)
-    b = x.shape[0]
-    gain = torch.empty(b, 1, 1, 1, device=x.device).uniform_(0.75, 1.25, generator=gen)
-    bias = torch.empty(b, 1, 1, 1, device=x.device).uniform_(-0.12, 0.12, generator=gen)
-    mean = view.mean(dim=(1, 2, 3), keepdim=True)
-    view = ((view - mean) * gain + mean + bias).clamp(0, 1)
-    return view, x
-
-
-# ---------------------------------------------------------------- optimizer state as safetensors
-
-
-def _save_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    save_model(model, path)
-    opt_state = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for idx, st in opt_state["state"].items():
-        for key, val in st.items():
-            t = val if torch.is_tensor(val) else torch.tensor(val)
-            tensors[f"{idx}.{key}"] = t.detach().cpu().contiguous()
-    atomic_write_via(path / "optimizer.safetensors", lambda tmp: save_file(tensors, tmp))
-    atomic_write_json(path / "state.json", {**state, "param_groups": opt_state["param_groups"]})
-
-
-def _load_resume_state(path: Path, model: Autoencoder, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    try:
-        state = json.loads((path / "state.json").read_text())
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        flat = load_file(str(path / "optimizer.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise TrainError(f"cannot resume from {path}: {exc}") from None
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, val in flat.items():
-        idx, name = key.split(".", 1)
-        per_param.setdefault(int(idx), {})[name] = val
-    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    return state
 
 
 # ---------------------------------------------------------------- train: the recipe, in stages
@@ -387,7 +320,7 @@ class _Run:
             "history": self.history,
             "gen_state": self.gen.get_state().tolist(),
         }
-        _save_resume_state(path, self.model, self.opt, state)
+        save_resume_state(path, self.model, self.opt, state)
 
     def result(self, out_dir: Path) -> TrainResult:
         return TrainResult(
@@ -436,7 +369,7 @@ def _resume_run(run: _Run, resume_dir: Path) -> None:
     """Continue from the last finished epoch saved in `resume_dir`, if there is one."""
     if not (resume_dir / "state.json").exists():
         return
-    st = _load_resume_state(resume_dir, run.model, run.opt)
+    st = load_resume_state(resume_dir, run.model, run.opt)
     run.start_epoch = run.epochs_run = st["epoch"]
     run.best_val, run.best_epoch, run.stale = st["best_val"], st["best_epoch"], st["stale"]
     run.history = st["history"]

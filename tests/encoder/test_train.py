@@ -11,7 +11,7 @@ import torch
 from conftest import sample_images
 
 from encoder import Encoder, ImageLoadError, ModelConfig, TrainConfig, TrainError, create_model, load_image, train
-from encoder.training import augment_batch
+from encoder.augment import augment_batch
 
 SMALL = dict(image_size=32, channels=(8, 16, 32), latent_dim=16)
 
