@@ -1,4 +1,4 @@
-"""The catalog: one row per image file, in SQLite (or any SQLAlchemy URL) through the ORM.
+"""The catalog: one row per image file, in SQLite or PostgreSQL (any SQLAlchemy URL) through the ORM.
 
 It owns the images' identity: a file is known by its path, and its content by
 :func:`content_hash`, which recognises a renamed file and byte-identical copies.
@@ -7,6 +7,11 @@ Schema changes go through numbered migrations (:data:`MIGRATIONS`); the
 version lives in the ``meta`` table, so an index written by an older release
 is upgraded in place when it is opened. The review decisions' tables
 (:mod:`indexer.decisions`) are the exception: optional, created when first written.
+
+By default the catalog is ``catalog.sqlite`` in the index directory. A catalog elsewhere
+(``--catalog postgresql+psycopg://user@host/db``) is recorded in the index directory
+(:data:`~indexer.layout.CATALOG_URL`, without its password), so every later reader and
+writer of the index finds it without being told. One database holds one index's catalog.
 """
 
 from __future__ import annotations
@@ -29,16 +34,18 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    make_url,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from encoder.errors import LookalikeError
 
-from .layout import CATALOG
+from .layout import CATALOG, CATALOG_URL
 
 SCHEMA_VERSION = 2
 
@@ -95,6 +102,15 @@ class Base(DeclarativeBase):
     pass
 
 
+#: Catalog ids are FAISS keys (int64). SQLite's INTEGER is already 64-bit, and only the exact
+#: type INTEGER makes its primary key the rowid (and allows AUTOINCREMENT); elsewhere BIGINT.
+CatalogId = BigInteger().with_variant(Integer, "sqlite")
+#: A relative path, compared byte by byte as SQLite does: in PostgreSQL the "C" collation, so
+#: ORDER BY path is the walk's order whatever the server's locale, and the path index serves
+#: ``LIKE 'prefix%'``.
+PathString = String(4096).with_variant(String(4096, collation="C"), "postgresql")
+
+
 class Meta(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -118,8 +134,8 @@ class ImageRecord(Base):
     # Never reuse the id of a deleted row: ids are also FAISS keys, and a reused id
     # could pair a stale vector with a new file after a crash.
     __table_args__ = {"sqlite_autoincrement": True}
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    path: Mapped[str] = mapped_column(String(4096), unique=True, index=True)  # relative, '/'-separated
+    id: Mapped[int] = mapped_column(CatalogId, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(PathString, unique=True, index=True)  # relative, '/'-separated
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -131,7 +147,7 @@ class ImageRecord(Base):
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
     #: For a byte-identical copy: the id of the first file with this content.
-    duplicate_of: Mapped[int | None] = mapped_column(Integer, index=True)
+    duplicate_of: Mapped[int | None] = mapped_column(CatalogId, index=True)
     #: Sequence number of the store save that holds this row's vector; rows newer than the
     #: last completed save (meta `store_seq`) lost their vector in a crash and are re-embedded.
     vector_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -162,7 +178,8 @@ def utcnow() -> datetime:
 
 def _v1_to_v2(conn: Connection) -> None:
     """v2 records byte-identical copies and which store save holds each vector."""
-    conn.execute(text("ALTER TABLE images ADD COLUMN duplicate_of INTEGER"))
+    id_type = "INTEGER" if conn.dialect.name == "sqlite" else "BIGINT"  # see CatalogId
+    conn.execute(text(f"ALTER TABLE images ADD COLUMN duplicate_of {id_type}"))
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_images_duplicate_of ON images (duplicate_of)"))
     conn.execute(text("ALTER TABLE images ADD COLUMN vector_seq INTEGER NOT NULL DEFAULT 0"))
 
@@ -194,23 +211,53 @@ def _enable_wal(engine: Engine, read_only: bool) -> None:
 _HIT_ROWS_SQL = "SELECT id, path, width, height FROM images NOT INDEXED WHERE status = ? AND id IN ({marks})"
 
 
+_PASSWORD_HINT = (
+    " (the index records its catalog's URL without the password: give it to the server in"
+    " PGPASSWORD or ~/.pgpass, or pass the full URL again)"
+)
+
+
 class Catalog:
     """Open (creating or migrating) a catalog. Use :meth:`session` for ORM work."""
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
-        self.engine = create_engine(url, future=True)
+        try:
+            self.engine = create_engine(url, future=True)
+        except ArgumentError as exc:
+            raise CatalogError(f"{url!r} is not a database URL ({exc})") from None
+        except ImportError as exc:
+            extra = " (pip install 'lookalike[postgres]')" if "psycopg" in str(exc) else ""
+            raise CatalogError(f"{self.shown_url}: its database driver is not installed: {exc}{extra}") from None
         if self.engine.dialect.name == "sqlite":
             _enable_wal(self.engine, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if read_only:
-            self._check_version()
-        else:
-            self._create_or_migrate()
+        try:
+            if read_only:
+                self._check_version()
+            else:
+                self._create_or_migrate()
+        except OperationalError as exc:
+            self.engine.dispose()
+            hint = "" if self.engine.dialect.name == "sqlite" else _PASSWORD_HINT
+            raise CatalogError(f"{self.shown_url}: cannot open the catalog: {exc.orig or exc}".strip() + hint) from None
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with its password hidden, for messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     @classmethod
-    def for_directory(cls, index_dir: str | os.PathLike, url: str | None = None, **kw) -> Catalog:
-        return cls(url or sqlite_url(Path(index_dir) / CATALOG), **kw)
+    def for_directory(cls, index_dir: str | os.PathLike, url: str | None = None, *, read_only: bool = False) -> Catalog:
+        """The catalog of the index in `index_dir`: `url` if given, else the one the index records
+        (:data:`CATALOG_URL`), else its own SQLite file. A writer given a `url` records it, so that
+        the next reader or writer of the index finds the same catalog without being told."""
+        idx = Path(index_dir)
+        own = sqlite_url(idx / CATALOG)
+        catalog = cls(url or recorded_url(idx) or own, read_only=read_only)
+        if url is not None and not read_only:
+            record_url(idx, None if make_url(url) == make_url(own) else url)
+        return catalog
 
     def session(self) -> Session:
         return self._sessions()
@@ -230,13 +277,13 @@ class Catalog:
     def _check_version(self) -> None:
         version = self.schema_version()
         if version is None:
-            raise CatalogError(f"{self.url}: not a lookalike catalog (no schema version)")
+            raise CatalogError(f"{self.shown_url}: not a lookalike catalog (no schema version)")
         if version != SCHEMA_VERSION:
             raise CatalogError(
-                f"{self.url}: catalog schema v{version}, this lookalike reads v{SCHEMA_VERSION}; "
+                f"{self.shown_url}: catalog schema v{version}, this lookalike reads v{SCHEMA_VERSION}; "
                 "run `lookalike index` to upgrade it"
                 if version < SCHEMA_VERSION
-                else f"{self.url}: catalog schema v{version} is newer than this lookalike (v{SCHEMA_VERSION})"
+                else f"{self.shown_url}: catalog schema v{version} is newer than this lookalike (v{SCHEMA_VERSION})"
             )
 
     def _create_or_migrate(self) -> None:
@@ -248,7 +295,7 @@ class Catalog:
                 s.merge(Meta(key="created_at", value=utcnow().isoformat()))
             return
         if version > SCHEMA_VERSION:
-            raise CatalogError(f"{self.url}: catalog schema v{version} is newer than this lookalike")
+            raise CatalogError(f"{self.shown_url}: catalog schema v{version} is newer than this lookalike")
         with self.engine.begin() as conn:
             while version < SCHEMA_VERSION:
                 MIGRATIONS[version](conn)
@@ -380,3 +427,27 @@ def upsert_failed(s: Session, row: ImageRecord | None, rel: str, st: os.stat_res
 
 def sqlite_url(path: str | os.PathLike) -> str:
     return f"sqlite:///{Path(path).resolve()}"
+
+
+def recorded_url(index_dir: str | os.PathLike) -> str | None:
+    """The catalog URL an index records (:data:`CATALOG_URL`), or None: its own SQLite file."""
+    try:
+        url = (Path(index_dir) / CATALOG_URL).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return url or None
+
+
+def record_url(index_dir: str | os.PathLike, url: str | None) -> None:
+    """Record where the index's catalog is (None: its own SQLite file). The password is left out:
+    the file travels with the index, and PostgreSQL's client reads it from PGPASSWORD or ~/.pgpass."""
+    path = Path(index_dir) / CATALOG_URL
+    if url is None:
+        path.unlink(missing_ok=True)
+        return
+    shown = make_url(url)._replace(password=None).render_as_string(hide_password=False)  # set() keeps a None
+    if recorded_url(index_dir) == shown:
+        return
+    tmp = path.with_name(f".{CATALOG_URL}.{os.getpid()}.tmp")
+    tmp.write_text(shown + "\n", encoding="utf-8")
+    os.replace(tmp, path)

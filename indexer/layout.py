@@ -13,6 +13,7 @@ DEFAULT_INDEX_DIR = ".lookalike"
 
 # ---- written by `lookalike index`
 CATALOG = "catalog.sqlite"  # one row per image file (indexer/catalog.py)
+CATALOG_URL = "catalog.url"  # where the catalog is when it is not CATALOG: a database URL, without password
 STORE = "vectors.faiss"  # the exact vectors, keyed by catalog id: the source of truth (indexer/vectors.py)
 SEARCH = "search.faiss"  # the approximate index built from the store, for large corpora
 NEIGHBOURS = "neighbours.npy"  # neighbours precomputed per image (indexer/neighbours.py)

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+#: A real PostgreSQL server for the catalog tests (tests/postgres.py): `catalog_url`, `postgres_url`.
+pytest_plugins = ("postgres",)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 

@@ -1,4 +1,8 @@
-"""build_index on real folders: awkward contents, change cycles, model changes, schema migration."""
+"""build_index on real folders: awkward contents, change cycles, model changes, schema migration.
+
+Tests that take `catalog_url` run twice: with the index's own SQLite catalog and with a PostgreSQL
+one (tests/postgres.py). Only the first build is given the URL: the index records it, and every
+later build, reader and `Catalog.for_directory` finds it there, as a user's next run would."""
 
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-def test_awkward_folder(folder: Path, tiny_model: Path, bad_files: dict[str, Path]) -> None:
+def test_awkward_folder(folder: Path, tiny_model: Path, bad_files: dict[str, Path], catalog_url: str | None) -> None:
     (folder / "deep" / "er" / "est").mkdir(parents=True)
     shutil.copy(sample_images(1)[0], folder / "deep" / "er" / "est" / "ünïcødé 名前 (1).png")
     shutil.copy(sample_images(1)[0], folder / "deep" / "with space & 'quote'.PNG")
@@ -60,7 +64,7 @@ def test_awkward_folder(folder: Path, tiny_model: Path, bad_files: dict[str, Pat
     (folder / ".hidden").mkdir()
     shutil.copy(sample_images(1)[0], folder / ".hidden" / "secret.png")
     (folder / "readme.txt").write_text("not an image, not image-named")
-    summary = build_index(folder, model_dir=tiny_model, progress=False)
+    summary = build_index(folder, model_dir=tiny_model, progress=False, catalog_url=catalog_url)
     failed = dict(summary.failed)
     assert set(failed) == {"empty.jpg", "truncated.jpg", "notes.png", "truncated.png"}
     assert all(failed.values())
@@ -79,9 +83,9 @@ def test_awkward_folder(folder: Path, tiny_model: Path, bad_files: dict[str, Pat
     assert again.embedded == 0 and again.failed == [] and again.unchanged == 15
 
 
-def test_add_change_move_delete_cycle(folder: Path, tiny_model: Path) -> None:
+def test_add_change_move_delete_cycle(folder: Path, tiny_model: Path, catalog_url: str | None) -> None:
     idx = folder / ".lookalike"
-    first = build_index(folder, model_dir=tiny_model, progress=False)
+    first = build_index(folder, model_dir=tiny_model, progress=False, catalog_url=catalog_url)
     assert first.added == 9
     rows1 = assert_consistent(idx)
     store1 = VectorStore.load(idx / "vectors.faiss")
@@ -122,11 +126,11 @@ def test_add_change_move_delete_cycle(folder: Path, tiny_model: Path) -> None:
     assert not np.allclose(store1.get([changed_id]), store3.get([changed_id]))
 
 
-def test_exact_duplicates_share_vector(folder: Path, tiny_model: Path) -> None:
+def test_exact_duplicates_share_vector(folder: Path, tiny_model: Path, catalog_url: str | None) -> None:
     src = corpus(folder)[0]
     shutil.copy(src, folder / "copy1.png")
     shutil.copy(src, folder / "a" / "copy2.png")
-    summary = build_index(folder, model_dir=tiny_model, progress=False)
+    summary = build_index(folder, model_dir=tiny_model, progress=False, catalog_url=catalog_url)
     assert summary.duplicates == 2
     assert summary.embedded == 9  # 9 distinct files decoded; the 2 copies were not
     cat = Catalog.for_directory(folder / ".lookalike")
@@ -146,8 +150,10 @@ def test_exact_duplicates_share_vector(folder: Path, tiny_model: Path) -> None:
     cat.close()
 
 
-def test_model_mismatch_refused_then_reembed(folder: Path, tiny_model: Path, other_model: Path) -> None:
-    build_index(folder, model_dir=tiny_model, progress=False)
+def test_model_mismatch_refused_then_reembed(
+    folder: Path, tiny_model: Path, other_model: Path, catalog_url: str | None
+) -> None:
+    build_index(folder, model_dir=tiny_model, progress=False, catalog_url=catalog_url)
     v1 = VectorStore.load(folder / ".lookalike" / "vectors.faiss").all_vectors()[1]
     with pytest.raises(IndexBuildError, match="--reembed"):
         build_index(folder, model_dir=other_model, progress=False)
@@ -322,10 +328,11 @@ def test_schema_migration_from_v1(tmp_path: Path) -> None:
     cat.close()
 
 
-def test_hit_rows_fast_path_matches_the_orm(tmp_path: Path) -> None:
+def test_hit_rows_fast_path_matches_the_orm(tmp_path: Path, catalog_url: str | None) -> None:
+    """SQLite's raw fast path and the portable query (PostgreSQL) against the ORM."""
     from indexer.catalog import STATUS_FAILED, STATUS_OK, ImageRecord
 
-    cat = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    cat = Catalog(catalog_url or f"sqlite:///{tmp_path / 'c.sqlite'}")
     with cat.session() as s, s.begin():
         for i in range(1200):  # more than one 500-id chunk
             status = STATUS_FAILED if i % 5 == 0 else STATUS_OK
@@ -371,10 +378,12 @@ def test_temp_files_left_by_a_kill_are_removed_on_the_next_run(folder: Path, tin
     assert serving.exists() and mine.exists()
 
 
-def test_a_copy_of_a_corrupt_file_is_recorded_on_the_first_run(folder: Path, tiny_model: Path) -> None:
+def test_a_copy_of_a_corrupt_file_is_recorded_on_the_first_run(
+    folder: Path, tiny_model: Path, catalog_url: str | None
+) -> None:
     (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     (folder / "a" / "bad copy.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    summary = build_index(folder, model_dir=tiny_model, progress=False)
+    summary = build_index(folder, model_dir=tiny_model, progress=False, catalog_url=catalog_url)
     assert sorted(p for p, _ in summary.failed) == ["a/bad copy.jpg", "bad.jpg"]
     cat = Catalog.for_directory(folder / ".lookalike")
     rows = [cat.get_by_path(p) for p in ("bad.jpg", "a/bad copy.jpg")]
