@@ -14,7 +14,8 @@ Fixtures:
 - ``postgres``: the session's :class:`PostgresServer` (``postgres.new_database()`` -> URL);
 - ``postgres_url``: a fresh, empty database for one test;
 - ``catalog_url``: parametrised, None (the index's own SQLite file) and then a fresh PostgreSQL
-  database, for tests that run against both catalogs.
+  database, for tests that run against both catalogs;
+- ``CATALOGS`` and ``url_for()``: the same for fixtures of a wider scope, or parametrised indirectly.
 """
 
 from __future__ import annotations
@@ -194,7 +195,19 @@ def postgres_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> st
     return postgres.new_database(request.node.name)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+#: The two kinds of catalog, as fixture params: `@pytest.fixture(params=CATALOGS)`, or with
+#: `indirect=True` for a fixture that calls :func:`url_for`.
+CATALOGS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.postgres))
+
+
+def url_for(request: pytest.FixtureRequest, kind: str, hint: str = "t") -> str | None:
+    """The catalog URL a test of `kind` (a CATALOGS value) builds with: None means the index's own SQLite."""
+    if kind == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database(hint)
+
+
+@pytest.fixture(params=CATALOGS)
 def catalog_url(request: pytest.FixtureRequest) -> str | None:
     """None (the index's own SQLite catalog), then a fresh PostgreSQL database's URL."""
     if request.param == "sqlite":

@@ -1,20 +1,53 @@
-"""The engine on a real small index: queries by bytes, path and id, paging, filters, hot reload."""
+"""The engine on a real small index: queries by bytes, path and id, paging, filters, hot reload.
+
+The queries on the shared corpus run against a SQLite and a PostgreSQL catalog (see `corpus` below)."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import fill_folder, sample_images, write_jpeg
+from postgres import CATALOGS, url_for
 
+from indexer import build_index
 from search.engine import Engine, EngineError, Hit, NotFound
 
 from .conftest import WILDCARD_PATHS, Corpus
 
 BIRD = "birds/" + sorted(p.name for p in sample_images(4, ("birds",)))[0]
+
+
+# The tests on the shared corpus run twice: on its SQLite catalog, then on a copy of the corpus
+# indexed into a PostgreSQL catalog (tests/postgres.py). These override the session fixtures of
+# the same names for this module only.
+@pytest.fixture(scope="module", params=CATALOGS)
+def corpus(
+    request: pytest.FixtureRequest, corpus: Corpus, search_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Corpus:
+    url = url_for(request, request.param, "engine")
+    if url is None:
+        return corpus
+    folder = tmp_path_factory.mktemp("corpus-pg") / "images"
+    shutil.copytree(corpus.folder, folder, symlinks=True, ignore=shutil.ignore_patterns(".lookalike"))
+    build_index(folder, model_dir=search_model, progress=False, workers=1, catalog_url=url)
+    return Corpus(folder, folder / ".lookalike", corpus.outside)
+
+
+@pytest.fixture(scope="module")
+def engine(corpus: Corpus) -> Iterator[Engine]:
+    eng = Engine(corpus.index, device="cpu", reload_check_s=0)  # the index knows where its catalog is
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def ids(engine: Engine) -> dict[str, int]:
+    with engine.catalog.engine.connect() as c:
+        return dict(c.exec_driver_sql("SELECT path, id FROM images WHERE status = 'ok'").all())
 
 
 def assert_well_formed(hits: list[Hit]) -> None:

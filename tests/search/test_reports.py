@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 import pytest
 from PIL import Image
+from postgres import CATALOGS, url_for
 
 from encoder import ModelConfig, TrainConfig, train
 from indexer import VectorStore, build_index
@@ -73,9 +74,21 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "index": index, "original": rel[0], "resized_of": rel[1], "drawings": rel}
 
 
-@pytest.fixture
-def engine(planted: dict):
-    eng = Engine(planted["index"])
+@pytest.fixture(scope="module")
+def planted_pg(planted: dict, request: pytest.FixtureRequest) -> Path:
+    """The planted folder indexed again, with the same model, into a PostgreSQL catalog."""
+    index = planted["root"].parent / "index-pg"
+    url = url_for(request, "postgresql", "reports")
+    build_index(planted["root"], index, planted["root"].parent / "model", progress=False, workers=1, catalog_url=url)
+    return index
+
+
+@pytest.fixture(params=CATALOGS)
+def engine(planted: dict, request: pytest.FixtureRequest):
+    """An engine over the planted index: its SQLite catalog, then a PostgreSQL one (the findings
+    read the catalog: exact duplicates, canonical ids, members' rows, outliers' paths)."""
+    index = planted["index"] if request.param == "sqlite" else request.getfixturevalue("planted_pg")
+    eng = Engine(index)
     yield eng
     eng.close()
 
@@ -293,7 +306,7 @@ def test_the_noise_image_is_the_top_outlier_and_scores_are_cached(engine: Engine
     assert o.top[0].path == "odd/noise.png" and o.top[0].z > max(x.z for x in o.top[1:])
     assert o.count == engine.catalog.count() - 1  # the byte-identical copy counts once
     assert sum(o.histogram_counts) == o.count and len(o.histogram_edges) == len(o.histogram_counts) + 1
-    assert (planted["index"] / CACHE_FILE).exists()
+    assert (engine.index_dir / CACHE_FILE).exists()
     again = outliers(engine, 5, workers=1)  # from the cache: same scores
     assert [x.score for x in again.top] == pytest.approx([x.score for x in o.top])
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
-from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import fill_folder, write_jpeg
 from PIL import Image
+from postgres import CATALOGS, url_for
 from typer.testing import CliRunner
 
-from indexer import build_index
+from indexer import Catalog, build_index
 from search.cli import app
 from search.engine import Engine
 from search.reports import build_report
@@ -50,18 +48,31 @@ class Review:
     def reindex(self) -> None:
         build_index(self.folder, model_dir=self.model, progress=False, workers=1)
 
+    def _query(self, sql: str) -> list[tuple]:
+        """Rows of `sql` from the index's catalog, SQLite or PostgreSQL (the index records which)."""
+        catalog = Catalog.for_directory(self.index, read_only=True)
+        try:
+            with catalog.engine.connect() as c:
+                return [tuple(r) for r in c.exec_driver_sql(sql)]
+        finally:
+            catalog.close()
+
     def ids(self) -> dict[str, int]:
-        with closing(sqlite3.connect(f"file:{self.index / 'catalog.sqlite'}?mode=ro", uri=True)) as db:
-            return dict(db.execute("SELECT path, id FROM images WHERE status = 'ok'").fetchall())
+        return dict(self._query("SELECT path, id FROM images WHERE status = 'ok'"))
 
     def quarantine_rows(self) -> list[tuple]:
-        with closing(sqlite3.connect(f"file:{self.index / 'catalog.sqlite'}?mode=ro", uri=True)) as db:
-            q = "SELECT batch, path, restored_at IS NOT NULL FROM review_quarantine ORDER BY path"
-            return db.execute(q).fetchall()
+        q = "SELECT batch, path, restored_at IS NOT NULL FROM review_quarantine ORDER BY path"
+        return [(b, p, int(restored)) for b, p, restored in self._query(q)]  # PostgreSQL answers a bool
+
+
+#: For the tests that run on both catalogs: `@both_catalogs` makes `review` index into each.
+both_catalogs = pytest.mark.parametrize("review", CATALOGS, indirect=True)
 
 
 @pytest.fixture
-def review(tmp_path: Path, search_model: Path, make_index: Callable[[Path], Path]) -> Review:
+def review(tmp_path: Path, search_model: Path, request: pytest.FixtureRequest) -> Review:
+    """The folder indexed into its own SQLite catalog, or (`@both_catalogs`) into each kind in turn."""
+    url = url_for(request, getattr(request, "param", "sqlite"), "review")
     folder = tmp_path / "images"
     fill_folder(folder, 2)
     for i in range(4):
@@ -70,7 +81,8 @@ def review(tmp_path: Path, search_model: Path, make_index: Callable[[Path], Path
     Image.open(folder / "orig/p1.jpg").save(folder / Q60, quality=60)
     (folder / "copies").mkdir()
     shutil.copy2(folder / COPY, folder / "copies/p2 copy.jpg")  # first in path order: the exact group's keeper
-    return Review(folder, make_index(folder), search_model)
+    build_index(folder, model_dir=search_model, progress=False, workers=1, catalog_url=url)
+    return Review(folder, folder / ".lookalike", search_model)
 
 
 def duplicate_groups(engine: Engine, hide: bool = True) -> list:
@@ -110,6 +122,7 @@ def test_plan_keeps_the_keeper_and_moves_nothing(review: Review) -> None:
     assert not (review.index / "quarantine").exists()
 
 
+@both_catalogs
 def test_resolve_then_reindex_then_restore(review: Review) -> None:
     before = {p: (review.folder / p).read_bytes() for p in (SMALL, Q60, COPY)}
     mtimes = {p: (review.folder / p).stat().st_mtime_ns for p in before}
@@ -191,6 +204,7 @@ def test_a_path_outside_the_folder_is_never_touched(review: Review, tmp_path: Pa
     assert outside.exists() and (review.folder / "link.jpg").is_symlink()
 
 
+@both_catalogs
 def test_dismissed_group_stays_out_until_a_new_image_joins(review: Review) -> None:
     ids = review.ids()
     engine = open_engine(review)
@@ -230,6 +244,7 @@ def test_restore_refuses_to_overwrite(review: Review) -> None:
 # ---------------------------------------------------------------- the CLI
 
 
+@both_catalogs
 def test_cli_dedupe_is_a_dry_run_until_apply(review: Review) -> None:
     idx = str(review.index)
     res = runner.invoke(app, ["dedupe", "--index", idx, "--json"])
