@@ -397,7 +397,10 @@ def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None) -> dic
     near = near_duplicates(engine)
     result["report_seconds"] = round(time.perf_counter() - t1, 1)
     result["report_header"] = near.header()
-    result["tiers"] = [{"name": t.name, "threshold": t.threshold, "hamming": t.hamming} for t in near.tiers]
+    result["tiers"] = [
+        {"name": t.name, "threshold": t.threshold, "hamming": t.hamming, "crop_hamming": t.crop_hamming}
+        for t in near.tiers
+    ]
     views, checks = report_groups(near, folder, truth)
     close = getattr(engine, "close", None)
     if close:
@@ -435,7 +438,9 @@ def print_corpus(r: dict[str, Any]) -> None:
     print(
         "   tiers: "
         + "; ".join(
-            f"{t['name']} cos>={t['threshold']}" + (f"|ham<={t['hamming']}" if t["hamming"] is not None else "")
+            f"{t['name']} cos>={t['threshold']}"
+            + (f"|ham<={t['hamming']}" if t["hamming"] is not None else "")
+            + (f"|crop<={t['crop_hamming']}" if t.get("crop_hamming") is not None else "")
             for t in r["tiers"]
         )
     )

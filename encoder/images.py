@@ -179,6 +179,14 @@ def _fit(w: int, h: int, size: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where a `width` x `height` picture sits inside its :func:`letterbox` square of `size`:
+    (left, top, right, bottom); the rest is padding."""
+    nw, nh = _fit(width, height, size)
+    x0, y0 = (size - nw) // 2, (size - nh) // 2
+    return x0, y0, x0 + nw, y0 + nh
+
+
 def _reduce_factors(w: int, h: int, size: int | None, gap: float) -> tuple[int, int]:
     """The box reduction Pillow's resize makes first for `reducing_gap=gap`, on the way to _fit."""
     if not size:
@@ -262,7 +270,7 @@ def _letterbox(
     if (nw, nh) == (size, size):
         return img
     canvas = Image.new("RGB", (size, size), background)
-    canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+    canvas.paste(img, letterbox_box(*full, size)[:2])
     return canvas
 
 

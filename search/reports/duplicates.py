@@ -10,11 +10,13 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
   the index's own HNSW/IVF), so memory grows with n*k. A pair of neighbours joins a
   tier when the cosine of their *whitened* vectors (:func:`whiten`) reaches the tier's
   threshold, or when their perceptual hashes differ in at most the tier's `hamming`
-  bits. Groups never chain: every two members of a group pass the tier's rule
-  (:mod:`.grouping`), so every member passes against the keeper. A group is shown at
-  the strictest tier at which it holds together; a looser tier shows a group only when
-  it adds images. Each group names a keeper (largest resolution, then largest file,
-  then lowest id) and lists the others with their similarity and hash distance to it.
+  bits, or (tiers with `crop_hamming`) when one's hash is that close to a window of the
+  other's picture (:func:`.scan.crop_distance`: a crop of 5-15%). Groups never chain:
+  every two members of a group pass the tier's rule (:mod:`.grouping`), so every member
+  passes against the keeper. A group is shown at the strictest tier at which it holds
+  together; a looser tier shows a group only when it adds images. Each group names a
+  keeper (largest resolution, then largest file, then lowest id) and lists the others
+  with their similarity and hash distance to it.
 
 Byte-identical copies count once in the near-duplicate and outlier sections (they
 are the exact-duplicate section's business). The tiers were calibrated with
@@ -50,7 +52,7 @@ from .model import (
     Tier,
 )
 from .pairs import DEFAULT_K, similar_pairs, whiten
-from .scan import NO_HASH, Scan, hamming, hash_distance_limit, scan_images
+from .scan import CROP_HASH_MARGIN, CROP_HASHES, NO_HASH, Scan, crop_distance, hamming, hash_distance_limit, scan_images
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,29 @@ log = logging.getLogger(__name__)
 #: model and copy its suggestions here.
 TIERS: tuple[Tier, ...] = (
     Tier("near-identical", 0.97, "the same picture resized or recompressed", hamming=4),
-    Tier("near-duplicate", 0.90, "the same picture resized, recompressed, brightened or cropped a little", hamming=8),
-    Tier("similar", 0.80, "alike: edits, larger crops, or another picture of the same thing", hamming=10),
+    Tier(
+        "near-duplicate",
+        0.90,
+        "the same picture resized, recompressed, brightened or cropped a little",
+        hamming=8,
+        crop_hamming=8,
+    ),
+    Tier(
+        "similar",
+        0.80,
+        "alike: edits, larger crops, or another picture of the same thing",
+        hamming=10,
+        crop_hamming=10,
+    ),
 )
 #: Below this cap (1% of unrelated pairs within 13 bits) a hash says too little to use at all:
 #: on MNIST digits the cap is 0 and identical hashes still joined 58 pairs of different digits.
 MIN_HASH_LIMIT = 2
+#: Crop hashes are used only with a cap of at least this: an image and its 8-10% crop are
+#: ~4 bits apart at best window (the windows sit up to 2.25% off any crop's place), so a
+#: lower cap catches few crops and mainly joins what a low-detail collection hashes alike
+#: (MNIST's crop cap is 2: it made groups of 4 different digits).
+MIN_CROP_LIMIT = 4
 #: Up to this many vectors, pairs come from exact kNN (BLAS); above, from the index's HNSW/IVF.
 EXACT_MAX = 200_000
 
@@ -130,7 +149,9 @@ class _Candidates:
     j: np.ndarray
     s: np.ndarray  # (p,) cosine of each pair
     d: np.ndarray  # (p,) hash distance of each pair (255: not hashed)
+    dc: np.ndarray  # (p,) crop distance of each pair (255: not hashed)
     codes: np.ndarray | None  # (n,) perceptual hashes, when used
+    crops: np.ndarray | None  # (n, CROP_HASHES) crop hashes, when used
     method: str
 
     def passes(self, tier: Tier) -> Rule:
@@ -140,15 +161,25 @@ class _Candidates:
             ok = self.vecs[others] @ self.vecs[node] >= tier.threshold
             if tier.hamming is not None and self.codes is not None:
                 ok |= hamming(self.codes[others], np.full(len(others), self.codes[node])) <= tier.hamming
+            if tier.crop_hamming is not None and self.crops is not None:
+                mine = np.broadcast_to(self.crops[node], (len(others), self.crops.shape[1]))
+                ok |= crop_distance(self.crops[others], mine) <= tier.crop_hamming
             return ok
 
         return rule
 
+    def distance(self, tier: Tier, d: np.ndarray, dc: np.ndarray) -> np.ndarray:
+        """The hash distance shown for pairs at `tier`: the whole-picture one, or the crop
+        one where the tier counts crops and it is smaller."""
+        return np.minimum(d, dc) if tier.crop_hamming is not None and self.crops is not None else d
 
-def _tier_mask(tier: Tier, s: np.ndarray, d: np.ndarray) -> np.ndarray:
+
+def _tier_mask(tier: Tier, s: np.ndarray, d: np.ndarray, dc: np.ndarray) -> np.ndarray:
     m = s >= tier.threshold
     if tier.hamming is not None:
         m |= d <= tier.hamming
+    if tier.crop_hamming is not None:
+        m |= dc <= tier.crop_hamming
     return m
 
 
@@ -180,20 +211,26 @@ def near_duplicates(
     if not tiers:
         raise ReportError("no near-duplicate tiers asked for")
     ids, vecs, raw, index, method = _distinct_vectors(engine, method, whitened)
-    use_hash = phash and any(t.hamming is not None for t in tiers)
+    use_hash = phash and any(t.hamming is not None or t.crop_hamming is not None for t in tiers)
     floor = -1.0 if use_hash else tiers[-1].threshold  # with hashes, every neighbour is a candidate
     i, j, s = similar_pairs(vecs, floor, k, index=index, ids=ids, queries=raw, batch_size=batch_size)
     del raw
-    codes = None
+    codes = crops = None
+    d = dc = np.full(len(i), 255, dtype=np.int16)
     if use_hash:
-        codes = _hash_codes(engine, ids, scan)
-        d = hamming(codes[i], codes[j])
-        tiers = _hash_tiers(tiers, codes, vecs)
-        use_hash = any(t.hamming is not None for t in tiers)
-    else:
-        d = np.full(len(i), 255, dtype=np.int16)
-    keep = _tier_mask(tiers[-1], s, d)
-    cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], codes if use_hash else None, method)
+        codes, crops = _hash_codes(engine, ids, scan)
+        tiers = _hash_tiers(tiers, codes, crops, vecs)
+        if any(t.hamming is not None for t in tiers):
+            d = hamming(codes[i], codes[j])
+        else:
+            codes = None
+        if any(t.crop_hamming is not None for t in tiers):
+            dc = _crop_distances(crops, i, j)
+        else:
+            crops = None
+        use_hash = codes is not None or crops is not None
+    keep = _tier_mask(tiers[-1], s, d, dc)
+    cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], dc[keep], codes, crops, method)
     groups = _describe(engine, cand, _tier_groups(cand, tiers), tiers)
     sim = "cosine of the whitened search vectors" if whitened else "cosine of the search vectors"
     sim += " (or perceptual hash distance)" if use_hash else ""
@@ -222,27 +259,50 @@ def _distinct_vectors(engine: Engine, method: str, whitened: bool):
     return ids, (whiten(raw) if whitened else raw), raw, index, method
 
 
-def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> np.ndarray:
-    """The perceptual hash of each of `ids` (NO_HASH where an image failed to decode)."""
+def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.ndarray, np.ndarray]:
+    """The perceptual hash and crop hashes of each of `ids` (NO_HASH where an image failed to decode)."""
     scan = scan if scan is not None else scan_images(engine)
     codes = np.full(len(ids), NO_HASH, dtype=np.int64)
+    crops = np.full((len(ids), CROP_HASHES), NO_HASH, dtype=np.int64)
     if len(scan.ids):
         where = np.searchsorted(scan.ids, ids).clip(0, len(scan.ids) - 1)
         found = scan.ids[where] == ids
         codes[found] = scan.phashes[where[found]]
-    return codes
+        if scan.crops is not None:
+            crops[found] = scan.crops[where[found]]
+    return codes, crops
 
 
-def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, vecs: np.ndarray) -> tuple[Tier, ...]:
+def _crop_distances(crops: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """:func:`.scan.crop_distance` of each pair, in chunks (n*k pairs x 18 comparisons)."""
+    out = np.empty(len(i), dtype=np.int16)
+    for a in range(0, len(i), chunk):
+        out[a : a + chunk] = crop_distance(crops[i[a : a + chunk]], crops[j[a : a + chunk]])
+    return out
+
+
+def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, crops: np.ndarray, vecs: np.ndarray) -> tuple[Tier, ...]:
     """The tiers with their hash distances capped at what this collection's hashes can tell
-    apart: judged on random pairs that its vectors call unrelated."""
+    apart: judged on random pairs that its vectors call unrelated, for the whole-picture
+    hashes and the crop hashes each (the best of 18 window comparisons is closer than one
+    comparison for unrelated pictures too, so it gets its own cap)."""
     limit = hash_distance_limit(codes, vectors=vecs)
     if limit is None:  # too few images to judge: the tiers as they are
         return tiers
+    crop_limit = hash_distance_limit(crops, vectors=vecs, distance=crop_distance, margin=CROP_HASH_MARGIN)
+    crop_limit = limit if crop_limit is None else crop_limit
     off = limit < MIN_HASH_LIMIT
+    crops_off = off or crop_limit < MIN_CROP_LIMIT  # hashes that cannot tell pictures apart cannot tell crops
     if off:
         log.info("perceptual hashes do not tell images apart in this collection: vectors only")
-    return tuple(replace(t, hamming=None if t.hamming is None or off else min(t.hamming, limit)) for t in tiers)
+    return tuple(
+        replace(
+            t,
+            hamming=None if t.hamming is None or off else min(t.hamming, limit),
+            crop_hamming=None if t.crop_hamming is None or crops_off else min(t.crop_hamming, crop_limit),
+        )
+        for t in tiers
+    )
 
 
 def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.ndarray]]:
@@ -251,8 +311,9 @@ def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.
     out: dict[str, list[np.ndarray]] = {}
     stricter: list[np.ndarray] = []
     for tier in tiers:
-        m = _tier_mask(tier, cand.s, cand.d)
-        closeness = cand.s[m] - np.where(cand.d[m] == 255, 0, cand.d[m]) / 64.0
+        m = _tier_mask(tier, cand.s, cand.d, cand.dc)
+        d = cand.distance(tier, cand.d[m], cand.dc[m])
+        closeness = cand.s[m] - np.where(d == 255, 0, d) / 64.0
         groups = complete_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), stricter)
         seen = {tuple(sorted(g.tolist())) for g in stricter}
         shown = [g for g in groups if tuple(sorted(g.tolist())) not in seen]
@@ -269,7 +330,6 @@ def _describe(
     file, then lowest id) first, the others by similarity to it."""
     nodes = [np.concatenate(g) for g in node_groups.values() if g]
     rows = members(engine, cand.ids[np.unique(np.concatenate(nodes))] if nodes else [])
-    codes = cand.codes
     groups: dict[str, list[Group]] = {}
     for tier in tiers:
         out = []
@@ -281,7 +341,7 @@ def _describe(
             pos = {int(cand.ids[p]): p for p in present}
             order = [pos[m.id] for m in ms]
             sims = cand.vecs[order] @ cand.vecs[order[0]]
-            bits = hamming(codes[order], np.full(len(order), codes[order[0]])) if codes is not None else None
+            bits = _keeper_distance(cand, tier, order)
             ms = [
                 Member(
                     m.id,
@@ -298,3 +358,17 @@ def _describe(
             out.append(Group(tier.name, ms[0], ms[1:]))
         groups[tier.name] = out
     return groups
+
+
+def _keeper_distance(cand: _Candidates, tier: Tier, order: list[int]) -> np.ndarray | None:
+    """The hash distance of each of `order` (the keeper first) to the keeper, as the tier counts it."""
+    if cand.codes is None and cand.crops is None:
+        return None
+    n = len(order)
+    d = hamming(cand.codes[order], np.full(n, cand.codes[order[0]])) if cand.codes is not None else None
+    dc = None
+    if cand.crops is not None:
+        dc = crop_distance(cand.crops[order], np.broadcast_to(cand.crops[order[0]], (n, cand.crops.shape[1])))
+    if d is None:
+        return dc if tier.crop_hamming is not None else None
+    return cand.distance(tier, d, dc) if dc is not None else d

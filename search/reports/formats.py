@@ -49,12 +49,13 @@ def write_json(report: Report, fh) -> None:
 
     Top level: schema, index, model_id, images, generated_at, and one key per section,
     null when not asked for: exact_duplicates {groups}, near_duplicates {similarity, k,
-    method, vectors, pairs, seconds, tiers: [{name, threshold, description, hamming, groups}]},
+    method, vectors, pairs, seconds, tiers: [{name, threshold, description, hamming, crop_hamming, groups}]},
     neighbours {k, queries: [{query, exact_match_id, error, neighbours: [hit]}]},
     outliers {count, model_id, rule, flagged, histogram {edges, counts}, failed, top}.
     A group is {tier, size, keeper: member, others: [member], min_similarity | content_hash};
     a member is {id, path, width, height, size, similarity (cosine to the keeper), hamming
-    (perceptual-hash bits that differ from the keeper's, or null)}. A hit (neighbour) is
+    (perceptual-hash bits that differ from the keeper's; at a tier with crop_hamming, the
+    smaller of that and the crop distance; or null)}. A hit (neighbour) is
     {id, path, similarity, width, height}; an outlier {id, path, score, z, flagged}.
     """
     head = {

@@ -193,6 +193,7 @@ def write_html(
             rule = f"similarity &ge; {t.threshold:g}" + (
                 f" or hash distance &le; {t.hamming}" if t.hamming is not None else ""
             )
+            rule += f" or a crop within {t.crop_hamming} bits" if t.crop_hamming is not None else ""
             out.append(
                 f'<h3 id="tier-{esc(t.name)}">{esc(t.name)} ({rule}): '
                 f'{len(groups)} groups</h3><p class="meta">{esc(t.description)}</p>'

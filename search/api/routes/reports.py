@@ -51,7 +51,13 @@ def _page(items: list, offset: int, limit: int) -> list:
 def tiers() -> dict:
     return {
         "tiers": [
-            {"name": t.name, "threshold": t.threshold, "hamming": t.hamming, "description": t.description}
+            {
+                "name": t.name,
+                "threshold": t.threshold,
+                "hamming": t.hamming,
+                "crop_hamming": t.crop_hamming,
+                "description": t.description,
+            }
             for t in TIERS
         ]
     }
