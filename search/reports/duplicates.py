@@ -78,14 +78,17 @@ TIERS: tuple[Tier, ...] = (
         crop_hamming=10,
     ),
 )
-#: Below this cap (1% of unrelated pairs within 13 bits) a hash says too little to use at all:
-#: on MNIST digits the cap is 0 and identical hashes still joined 58 pairs of different digits.
-MIN_HASH_LIMIT = 2
-#: Crop hashes are used only with a cap of at least this: an image and its 8-10% crop are
-#: ~4 bits apart at best window (the windows sit up to 2.25% off any crop's place), so a
-#: lower cap catches few crops and mainly joins what a low-detail collection hashes alike
-#: (MNIST's crop cap is 2: it made groups of 4 different digits).
-MIN_CROP_LIMIT = 4
+#: Below this cap (1% of unrelated pairs within 15 bits) a hash says too little to use at
+#: all. Hash distances are even (each hash has 32 bits set), so a cap of 2 trusts only one
+#: step above identity: about what a resize or a recompression moves a hash, edits the
+#: vectors find anyway (recall 0.97-1.0 on every corpus), while unrelated low-detail images
+#: hash that alike: on 2,000 MNIST digits the cap is 2 and all 31 near-duplicate groups
+#: (groups of 3 different digits) came from hashes; on 10,000 it was 0 and identical hashes
+#: joined 58 pairs. Crop hashes need the same floor for another reason too: an image and its
+#: 8-10% crop are ~4 bits apart at the best window (the windows sit up to 2.25% off any crop's
+#: place). Chosen from MNIST and the window geometry; the photo and clip-art corpora (caps
+#: 6-10) do not reach it.
+MIN_HASH_LIMIT = 4
 #: Up to this many vectors, pairs come from exact kNN (BLAS); above, from the index's HNSW/IVF.
 EXACT_MAX = 200_000
 
@@ -292,7 +295,7 @@ def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, crops: np.ndarray, v
     crop_limit = hash_distance_limit(crops, vectors=vecs, distance=crop_distance, margin=CROP_HASH_MARGIN)
     crop_limit = limit if crop_limit is None else crop_limit
     off = limit < MIN_HASH_LIMIT
-    crops_off = off or crop_limit < MIN_CROP_LIMIT  # hashes that cannot tell pictures apart cannot tell crops
+    crops_off = off or crop_limit < MIN_HASH_LIMIT  # hashes that cannot tell pictures apart cannot tell crops
     if off:
         log.info("perceptual hashes do not tell images apart in this collection: vectors only")
     return tuple(
