@@ -176,6 +176,13 @@ def start_postgres() -> PostgresServer:
     return server
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the server is marked `postgres` (`-m "not postgres"` leaves them out)."""
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole session, stopped and deleted at its end."""
