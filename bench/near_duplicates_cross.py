@@ -357,7 +357,7 @@ def phash_groups(info: dict[str, tuple[int, int, int]]) -> dict[str, list[list[s
 # ---------------------------------------------------------------- one corpus
 
 
-def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None) -> dict[str, Any]:
+def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None, linkage: str | None = None) -> dict[str, Any]:
     from indexer import build_index
     from search.engine import Engine
     from search.reports import near_duplicates
@@ -394,7 +394,7 @@ def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None) -> dic
     except Exception:  # noqa: BLE001 - only a label
         result["model_id"] = None
     t1 = time.perf_counter()
-    near = near_duplicates(engine)
+    near = near_duplicates(engine, **({"linkage": linkage} if linkage else {}))
     result["report_seconds"] = round(time.perf_counter() - t1, 1)
     result["report_header"] = near.header()
     result["tiers"] = [
@@ -545,6 +545,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--originals", type=int, default=150, help="tuxpaint-edits: stamps that get edits")
     ap.add_argument("--distractors", type=int, default=250, help="tuxpaint-edits: other stamps")
     ap.add_argument("--mnist", type=int, default=2000, help="mnist: digits")
+    ap.add_argument(
+        "--linkage", choices=("cores", "star", "complete"), default=None, help="how groups form [default: the report's]"
+    )
     ap.add_argument("--quick", action="store_true", help="a small run: 30 originals, 60 distractors, 300 digits")
     ap.add_argument("--out", type=Path, default=RESULTS / "near_duplicates_cross.json", help="JSON results")
     args = ap.parse_args(argv)
@@ -564,6 +567,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     results: dict[str, Any] = {
         "command": command_line(),
+        "linkage": args.linkage,
         "machine": machine(),
         "model": str(args.model or "default model trained per corpus (product path)"),
         "seeds": args.seeds,
@@ -586,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = results["runs"].setdefault(str(seed), {})
         for name, (folder, truth) in built.items():
             print(f"{name} (seed {seed}): {len(truth)} images", flush=True)
-            runs[name] = run_corpus(name, folder, truth, args.model)
+            runs[name] = run_corpus(name, folder, truth, args.model, args.linkage)
             print_corpus(runs[name])
             results["seconds"] = round(time.perf_counter() - t0, 1)
             write_json(args.out, results)  # after each corpus: a long run keeps what it measured

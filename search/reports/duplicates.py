@@ -42,7 +42,7 @@ from indexer import ImageRecord
 from indexer.catalog import STATUS_OK
 
 from ..engine import Engine
-from .grouping import Rule, complete_groups
+from .grouping import Rule, attach_to_keepers, complete_groups, star_groups
 from .members import canonical_ids, keeper_order, members
 from .model import (
     Group,
@@ -89,6 +89,15 @@ TIERS: tuple[Tier, ...] = (
 #: place). Chosen from MNIST and the window geometry; the photo and clip-art corpora (caps
 #: 6-10) do not reach it.
 MIN_HASH_LIMIT = 4
+#: How groups form (:mod:`.grouping`): "complete", every two members pass; "cores", those
+#: groups, then each image left out joins its closest group if it passes against the keeper;
+#: "star", every member passes against the keeper only. Chosen on the cross-corpus benchmark
+#: (docs/benchmarks.md, "Near-duplicates across corpora"): complete linkage kept a crop out of
+#: its family when it failed against a brightened copy (core recall 0.88-0.93), stars let two
+#: families that hash alike share a keeper (Tux Paint's flags: 11 images of 2 stamps);
+#: cores keep recall 0.90-0.94 at precision 0.99-1.0 with no group over its family + 1.
+LINKAGE = "cores"
+LINKAGES = ("cores", "star", "complete")
 #: Up to this many vectors, pairs come from exact kNN (BLAS); above, from the index's HNSW/IVF.
 EXACT_MAX = 200_000
 
@@ -196,6 +205,7 @@ def near_duplicates(
     phash: bool = True,
     scan: Scan | None = None,
     batch_size: int = 8192,
+    linkage: str = LINKAGE,
 ) -> NearDuplicates:
     """Near-duplicate groups of the indexed images, per tier. `method`: auto, exact or index.
 
@@ -234,7 +244,11 @@ def near_duplicates(
         use_hash = codes is not None or crops is not None
     keep = _tier_mask(tiers[-1], s, d, dc)
     cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], dc[keep], codes, crops, method)
-    groups = _describe(engine, cand, _tier_groups(cand, tiers), tiers)
+    if linkage not in LINKAGES:
+        raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
+    rows = members(engine, cand.ids[np.unique(np.concatenate([cand.i, cand.j]))])
+    rank = _keeper_rank(cand.ids, rows)
+    groups = _describe(engine, cand, _tier_groups(cand, tiers, linkage, rank), tiers, rows)
     sim = "cosine of the whitened search vectors" if whitened else "cosine of the search vectors"
     sim += " (or perceptual hash distance)" if use_hash else ""
     if phash and not use_hash:
@@ -308,7 +322,9 @@ def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, crops: np.ndarray, v
     )
 
 
-def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.ndarray]]:
+def _tier_groups(
+    cand: _Candidates, tiers: Sequence[Tier], linkage: str, rank: np.ndarray | None
+) -> dict[str, list[np.ndarray]]:
     """For each tier (strictest first): node arrays, each a group shown at that tier. Each tier
     merges the groups of the one above (:mod:`.grouping`); a group it only repeats is not shown again."""
     out: dict[str, list[np.ndarray]] = {}
@@ -317,7 +333,12 @@ def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.
         m = _tier_mask(tier, cand.s, cand.d, cand.dc)
         d = cand.distance(tier, cand.d[m], cand.dc[m])
         closeness = cand.s[m] - np.where(d == 255, 0, d) / 64.0
-        groups = complete_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), stricter)
+        if linkage == "star":
+            groups = star_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), rank, stricter)
+        else:
+            groups = complete_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), stricter)
+        if linkage == "cores":
+            groups = attach_to_keepers(groups, len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), rank)
         seen = {tuple(sorted(g.tolist())) for g in stricter}
         shown = [g for g in groups if tuple(sorted(g.tolist())) not in seen]
         shown.sort(key=lambda g: (-len(g), int(g.min())))
@@ -326,13 +347,26 @@ def _tier_groups(cand: _Candidates, tiers: Sequence[Tier]) -> dict[str, list[np.
     return out
 
 
+def _keeper_rank(ids: np.ndarray, rows: dict[int, Member]) -> np.ndarray:
+    """Each node's place in keeper order (:func:`.members.keeper_order`); nodes without a
+    catalog row (deleted since the snapshot) last."""
+    known = sorted((rows[int(x)] for x in ids if int(x) in rows), key=keeper_order)
+    place = {m.id: n for n, m in enumerate(known)}
+    return np.array([place.get(int(x), len(known) + n) for n, x in enumerate(ids)], dtype=np.int64)
+
+
 def _describe(
-    engine: Engine, cand: _Candidates, node_groups: dict[str, list[np.ndarray]], tiers: Sequence[Tier]
+    engine: Engine,
+    cand: _Candidates,
+    node_groups: dict[str, list[np.ndarray]],
+    tiers: Sequence[Tier],
+    rows: dict[int, Member] | None = None,
 ) -> dict[str, list[Group]]:
     """Each group's members as the catalog has them, the keeper (largest resolution, then
     file, then lowest id) first, the others by similarity to it."""
-    nodes = [np.concatenate(g) for g in node_groups.values() if g]
-    rows = members(engine, cand.ids[np.unique(np.concatenate(nodes))] if nodes else [])
+    if rows is None:
+        nodes = [np.concatenate(g) for g in node_groups.values() if g]
+        rows = members(engine, cand.ids[np.unique(np.concatenate(nodes))] if nodes else [])
     groups: dict[str, list[Group]] = {}
     for tier in tiers:
         out = []

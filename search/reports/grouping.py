@@ -96,3 +96,118 @@ def complete_groups(
         if len(group) > 1:
             groups.append(np.asarray(group, dtype=np.int64))
     return groups
+
+
+def star_groups(
+    n: int,
+    i: np.ndarray,
+    j: np.ndarray,
+    closeness: np.ndarray,
+    passes: Rule,
+    rank: np.ndarray,
+    start: Sequence[np.ndarray] = (),
+) -> list[np.ndarray]:
+    """Disjoint keeper-centred groups of `n` nodes: every member passes `passes` against the
+    group's keeper, the member of lowest `rank` (the one a user would keep). Members need
+    not pass against each other, which is what lets a cropped copy and a brightened copy of
+    one original share its group; it never chains, because nothing joins through anyone
+    but the keeper.
+
+    Units (single nodes, or the `start` groups, kept whole) are taken in order of their best
+    node's rank; an untaken unit becomes a keeper and takes the untaken units it has
+    passing pairs with, closest first, when every node of theirs passes against it. Units
+    of a better rank were taken first, so the keeper is always its group's best-ranked
+    member. Cost: one rule call per passing pair, n*k at most."""
+    unit = np.arange(n, dtype=np.int64)
+    for u, g in enumerate(start):
+        unit[np.asarray(g, np.int64)] = n + u
+    _, unit = np.unique(unit, return_inverse=True)
+    m = int(unit.max()) + 1 if n else 0
+    by_unit = np.argsort(unit, kind="stable")
+    bounds = np.searchsorted(unit[by_unit], np.arange(m + 1))
+    rank = np.asarray(rank, np.int64)
+    centre = np.full(m, -1, dtype=np.int64)  # each unit's best-ranked node
+    for node in np.argsort(rank, kind="stable")[::-1]:
+        centre[unit[node]] = node
+
+    a, b = unit[np.asarray(i, np.int64)], unit[np.asarray(j, np.int64)]
+    c = np.asarray(closeness, np.float64)
+    cross = a != b
+    a, b, c = a[cross], b[cross], c[cross]
+    a, b, c = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([c, c])
+    order = np.lexsort((b, -c, a))  # by unit, closest first
+    a, b = a[order], b[order]
+    starts = np.searchsorted(a, np.arange(m + 1))
+    linked = np.diff(starts) > 0
+    taken = np.zeros(m, dtype=bool)
+    groups: list[np.ndarray] = []
+    for u in np.argsort(rank[centre], kind="stable") if m else []:
+        if taken[u]:
+            continue
+        taken[u] = True
+        group = by_unit[bounds[u] : bounds[u + 1]].tolist()
+        if not linked[u]:
+            if len(group) > 1:
+                groups.append(np.asarray(group, dtype=np.int64))
+            continue
+        keeper = int(centre[u])
+        for v in b[starts[u] : starts[u + 1]]:
+            if taken[v]:
+                continue
+            inner = by_unit[bounds[v] : bounds[v + 1]]
+            if passes(keeper, inner).all():
+                group.extend(inner.tolist())
+                taken[v] = True
+        if len(group) > 1:
+            groups.append(np.asarray(group, dtype=np.int64))
+    return groups
+
+
+def attach_to_keepers(
+    groups: list[np.ndarray],
+    n: int,
+    i: np.ndarray,
+    j: np.ndarray,
+    closeness: np.ndarray,
+    passes: Rule,
+    rank: np.ndarray,
+) -> list[np.ndarray]:
+    """`groups` (from :func:`complete_groups`) with each image left out of every group added
+    to the group of its closest linked neighbour whose keeper (the member of lowest `rank`)
+    it passes against; an image that would outrank the keeper joins only if every member
+    passes against it, and becomes the keeper. Groups are never merged, so two families that hash alike stay apart;
+    an image that missed its family because it fails against one member (a crop against a
+    brightened copy) joins it through the keeper. Cost: at most one rule call per passing pair."""
+    owner = np.full(n, -1, dtype=np.int64)
+    for g, members in enumerate(groups):
+        owner[members] = g
+    rank = np.asarray(rank, np.int64)
+    keeper = [int(m[np.argmin(rank[m])]) for m in groups]
+    a, b = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    c = np.asarray(closeness, np.float64)
+    a, b, c = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([c, c])
+    lone = (owner[a] < 0) & (owner[b] >= 0)  # a left out, b in a group
+    a, b, c = a[lone], b[lone], c[lone]
+    order = np.lexsort((b, -c, a))
+    a, b = a[order], b[order]
+    added: list[list[int]] = [[] for _ in groups]
+    tried: set[tuple[int, int]] = set()
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
+        if owner[x] >= 0:
+            continue
+        g = int(owner[y])
+        if (x, g) in tried:
+            continue
+        tried.add((x, g))
+        if rank[x] > rank[keeper[g]]:
+            ok = bool(passes(keeper[g], np.array([x]))[0])
+        else:  # it would be the keeper: everyone must pass against it
+            ok = bool(passes(x, np.concatenate([groups[g], np.asarray(added[g], np.int64)])).all())
+            if ok:
+                keeper[g] = x
+        if ok:
+            owner[x] = g
+            added[g].append(x)
+    return [
+        np.concatenate([m, np.asarray(extra, np.int64)]) if extra else m for m, extra in zip(groups, added, strict=True)
+    ]

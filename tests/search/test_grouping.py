@@ -60,3 +60,51 @@ def test_the_result_does_not_depend_on_the_order_of_the_pairs() -> None:
     b = complete_groups(60, i[p], j[p], s[p], _cosine_rule(vecs, 0.6))
     assert [g.tolist() for g in a] == [g.tolist() for g in b]
     assert complete_groups(60, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), None) == []
+
+
+def _family_with_two_edits_that_disagree():
+    """An original (0), a brightened copy (1) and a cropped copy (2): both edits pass against
+    the original but not against each other. Node 3 is unrelated."""
+    vecs = np.array([[1.0, 0.0, 0.0], [0.95, 0.31, 0.0], [0.95, -0.31, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    i, j, s = similar_pairs(vecs, 0.9, k=3)
+    return vecs, i, j, s
+
+
+def test_an_edit_left_out_by_complete_linkage_joins_its_keeper() -> None:
+    from search.reports.grouping import attach_to_keepers
+
+    vecs, i, j, s = _family_with_two_edits_that_disagree()
+    rule = _cosine_rule(vecs, 0.9)
+    assert vecs[1] @ vecs[2] < 0.9 and (vecs[[1, 2]] @ vecs[0] >= 0.9).all()
+    core = complete_groups(4, i, j, s, rule)
+    assert [sorted(g.tolist()) for g in core] in ([[0, 1]], [[0, 2]])  # one edit is left out
+    rank = np.array([0, 1, 2, 3])  # the original is the keeper
+    both = attach_to_keepers(core, 4, i, j, s, rule, rank)
+    assert [sorted(g.tolist()) for g in both] == [[0, 1, 2]]
+    # An image that would outrank the keeper joins only if every member passes against it:
+    # the cropped copy, ranked first, fails against the brightened one and stays out.
+    groups = attach_to_keepers([np.array([0, 1])], 4, i, j, s, rule, np.array([1, 2, 0, 3]))
+    assert sorted(groups[0].tolist()) == [0, 1]
+
+
+def test_attachment_never_merges_two_groups() -> None:
+    from search.reports.grouping import attach_to_keepers
+
+    vecs, i, j, s = _family_with_two_edits_that_disagree()
+    rule = _cosine_rule(vecs, 0.9)
+    groups = [np.array([0, 1]), np.array([2, 3])]  # as if 2 had its own group already
+    out = attach_to_keepers(groups, 4, i, j, s, rule, np.arange(4))
+    assert [g.tolist() for g in out] == [[0, 1], [2, 3]]
+
+
+def test_a_star_holds_what_passes_against_its_best_ranked_member() -> None:
+    from search.reports.grouping import star_groups
+
+    vecs, i, j, s = _family_with_two_edits_that_disagree()
+    rule = _cosine_rule(vecs, 0.9)
+    groups = star_groups(4, i, j, s, rule, np.array([0, 1, 2, 3]))
+    assert [sorted(g.tolist()) for g in groups] == [[0, 1, 2]]
+    # Centred on an edit instead, the other edit does not pass against it and stays out.
+    groups = star_groups(4, i, j, s, rule, np.array([1, 0, 2, 3]))
+    assert [sorted(g.tolist()) for g in groups] == [[0, 1]]

@@ -265,11 +265,13 @@ def test_untrustworthy_hashes_are_not_used(engine: Engine, monkeypatch: pytest.M
     assert all(t.hamming is not None for t in near_duplicates(engine).tiers)
 
 
-def test_no_member_sits_below_its_tier_to_the_keeper(engine: Engine) -> None:
+@pytest.mark.parametrize("linkage", ["cores", "star", "complete"])
+def test_no_member_sits_below_its_tier_to_the_keeper(engine: Engine, linkage: str) -> None:
     """At a threshold just above the least similar pair, connected components join the whole
-    collection; groups must not: every member passes the tier's rule against the keeper and
-    against every other member."""
+    collection; groups must not: every member passes the tier's rule against the keeper (the
+    member a user would keep), and with complete linkage against every other member too."""
     from search.reports import canonical_ids, connected_components, similar_pairs, whiten
+    from search.reports.members import keeper_order
 
     ids = canonical_ids(engine)  # what the report compares: byte-identical copies count once
     store = engine.snapshot().store
@@ -279,14 +281,20 @@ def test_no_member_sits_below_its_tier_to_the_keeper(engine: Engine) -> None:
     i, j, _ = similar_pairs(white, loosest, k=len(ids))
     assert len(np.unique(connected_components(len(ids), i, j))) == 1  # the chain the old rule made
     tiers = (Tier("loose", 0.3), Tier("looser", 0.0), Tier("loosest", loosest))
-    near = near_duplicates(engine, tiers, phash=False, k=len(ids))
+    near = near_duplicates(engine, tiers, phash=False, k=len(ids), linkage=linkage)
     row = {int(i): n for n, i in enumerate(ids)}
     for tier in near.tiers:
         for g in near.groups[tier.name]:
             assert all(m.similarity >= tier.threshold - 1e-5 for m in g.others), (tier.name, g.as_dict())
             v = [row[m.id] for m in (g.keeper, *g.others)]
-            assert sims[np.ix_(v, v)].min() >= tier.threshold - 1e-5, tier.name
-    assert max(len(g.others) + 1 for t in near.tiers for g in near.groups[t.name]) < len(ids)
+            assert sims[v[0], v].min() >= tier.threshold - 1e-5, tier.name
+            assert min((g.keeper, *g.others), key=keeper_order) is g.keeper
+            if linkage == "complete":
+                assert sims[np.ix_(v, v)].min() >= tier.threshold - 1e-5, tier.name
+    if linkage != "star":  # a star may hold everything that passes against its keeper
+        assert max(len(g.others) + 1 for t in near.tiers for g in near.groups[t.name]) < len(ids)
+    with pytest.raises(ReportError, match="linkage"):
+        near_duplicates(engine, tiers, phash=False, linkage="single")
 
 
 def test_tiers_show_a_group_at_the_strictest_tier_only(engine: Engine) -> None:
