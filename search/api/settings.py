@@ -32,7 +32,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A body must arrive within this, plus 1 s per min_upload_rate bytes announced."
     )
     min_upload_rate: int = Field(100_000, ge=1, description="Bytes a second a slow upload is still allowed.")
-    keep_alive_s: float = Field(5.0, gt=0, description="An idle kept-alive connection is closed after this.")
+    # Longer than the idle expiry of common clients (httpx 5 s, aiohttp 15 s): a client that
+    # reuses a connection the server is closing at that moment loses the request
+    # ("Server disconnected without sending a response"), and with httpx's 5 s against the
+    # old 5 s here that race was met (bench/keepalive_race.py). Under the 30 s an idle
+    # connection may be held.
+    keep_alive_s: float = Field(20.0, gt=0, description="An idle kept-alive connection is closed after this.")
     max_connections: int = Field(256, ge=1, description="Connections at once; more are answered 503.")
     decode_slots: int | None = Field(
         None, ge=1, description="Uploads decoded at once (each can take ~300 MB at the pixel cap) [default: cores]."
