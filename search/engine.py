@@ -34,7 +34,7 @@ from indexer.catalog import STATUS_OK, bytes_hash
 from indexer.hit_rows import HitRows, read_hit_rows
 from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS, STORE, THUMBNAILS
 from indexer.neighbours import lookup, read_neighbours
-from indexer.vectors import read_search_index
+from indexer.vectors import apply_search_params, read_search_index
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,8 @@ class Engine:
 
     def _open_generation(self, manifest: Manifest) -> Snapshot:
         files = manifest.files(self.index_dir)  # the index directory itself for an index from before generations
-        store = read_search_index(files / STORE)
-        if manifest.search_file == STORE:
-            search = store
-        else:
-            search = read_search_index(files / manifest.search_file, manifest.params)
+        store = _read_mapped(files / STORE)
+        search = store if manifest.search_file == STORE else _read_mapped(files / manifest.search_file, manifest.params)
         old = getattr(self, "_snapshot", None)
         if old is not None and old.manifest.model_id == manifest.model_id:
             encoder = old.encoder  # same model: no need to load it again
@@ -519,6 +516,23 @@ class Engine:
         if self._reloader is not None:
             self._reloader.join(timeout=60)
         self.catalog.close()
+
+
+def _read_mapped(path: Path, params: dict | None = None) -> faiss.Index:
+    """An index file opened read-only with its vectors memory-mapped, where FAISS can (the flat
+    codes of the store, HNSW's storage, IVF's lists): the page cache then holds one copy for
+    every server process over the index (``--workers``), and opening costs no copy. Safe
+    because a published file is never written in place (indexer/generations.py). Otherwise,
+    as the indexer reads it."""
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", None)  # FAISS >= 1.10
+    if flags is None:
+        return read_search_index(path, params)
+    try:
+        index = faiss.read_index(os.fspath(path), flags | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        return read_search_index(path, params)
+    apply_search_params(index, params or {})
+    return index
 
 
 #: The thumbnail sizes kept on disk (the web page asks for 64-512; reports embed 128).

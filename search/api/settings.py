@@ -38,9 +38,18 @@ class Settings(BaseSettings):
     # old 5 s here that race was met (bench/keepalive_race.py). Under the 30 s an idle
     # connection may be held.
     keep_alive_s: float = Field(20.0, gt=0, description="An idle kept-alive connection is closed after this.")
-    max_connections: int = Field(256, ge=1, description="Connections at once; more are answered 503.")
+    max_connections: int = Field(
+        256, ge=1, description="Connections at once, per worker process; more are answered 503."
+    )
     decode_slots: int | None = Field(
         None, ge=1, description="Uploads decoded at once (each can take ~300 MB at the pixel cap) [default: cores]."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes answering on the one port, each with its own engine over the same "
+        "memory-mapped index; each follows new index generations by itself.",
     )
     access_log: bool = Field(True, description="Log one line a request (uvicorn's access log) on stderr.")
     fast_lane: bool = Field(

@@ -29,9 +29,17 @@ def serve(
         help="Let clients resolve duplicates (move files into the index's quarantine and back) and dismiss "
         "groups; needs LOOKALIKE_API_TOKEN [default: off, or LOOKALIKE_ALLOW_WRITES].",
     ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        max=64,
+        help="Server processes on the one port, each opening the index itself (memory-mapped, so they "
+        "share its pages) [default: 1, or LOOKALIKE_WORKERS].",
+    ),
 ) -> None:
     """Serve the search API and web page (LOOKALIKE_* environment variables set the defaults)."""
-    settings = server_settings(index_for(index_dir), host, port, device, allow_writes=allow_writes)
+    settings = server_settings(index_for(index_dir), host, port, device, allow_writes=allow_writes, workers=workers)
     serve_index(settings)
 
 
@@ -52,12 +60,19 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def server_settings(
-    index: Path, host: str | None, port: int | None, device: str | None, *, allow_writes: bool = False
+    index: Path,
+    host: str | None,
+    port: int | None,
+    device: str | None,
+    *,
+    allow_writes: bool = False,
+    workers: int | None = None,
 ) -> Settings:
     """The settings a server would run with (LOOKALIKE_* variables, then these options), checked."""
     from search.api.settings import Settings
 
-    overrides = {k: v for k, v in {"host": host, "port": port, "device": device}.items() if v is not None}
+    options = {"host": host, "port": port, "device": device, "workers": workers}
+    overrides = {k: v for k, v in options.items() if v is not None}
     if allow_writes:  # the flag only switches writes on; LOOKALIKE_ALLOW_WRITES=1 does too
         overrides["allow_writes"] = True
     settings = Settings(index=index, **overrides)
@@ -67,12 +82,9 @@ def server_settings(
 
 
 def serve_index(settings: Settings, sock: socket.socket | None = None) -> None:
-    """Serve `settings.index` on `sock` (bound here if not given) until Ctrl+C."""
-    import uvicorn
-
-    from search.api import create_app
-    from search.api.malloc import tune_malloc
-    from search.api.protocol import guarded_protocol
+    """Serve `settings.index` on `sock` (bound here if not given) until Ctrl+C, in
+    `settings.workers` processes (search/api/server.py)."""
+    from search.api.server import run_server
 
     sock = sock or bind(settings.host, settings.port)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
@@ -81,24 +93,11 @@ def serve_index(settings: Settings, sock: socket.socket | None = None) -> None:
             err=True,
         )
     writes = "  writes ON: /duplicates/resolve moves files" if settings.allow_writes else ""
-    typer.echo(f"serving {settings.index} at http://{settings.host}:{settings.port}/  (Ctrl+C stops){writes}")
-    # log_level "warning" keeps uvicorn's start-up chatter out; the access log has its own switch.
-    config = uvicorn.Config(
-        create_app(settings),
-        fd=sock.fileno(),
-        log_level="warning",
-        access_log=settings.access_log,
-        http=guarded_protocol(settings.header_timeout_s) or "auto",
-        timeout_keep_alive=settings.keep_alive_s,
-        limit_concurrency=settings.max_connections,
-    )
-    tune_malloc()  # before the threads that serve queries first allocate (search/api/malloc.py)
-    server = uvicorn.Server(config)
-    if settings.access_log:
-        import logging
-
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    workers = f" by {settings.workers} workers" if settings.workers > 1 else ""
+    typer.echo(f"serving {settings.index} at http://{settings.host}:{settings.port}/{workers}  (Ctrl+C stops){writes}")
     try:
-        server.run()
+        code = run_server(settings, sock)
     finally:
         sock.close()
+    if code:
+        raise typer.Exit(code)
