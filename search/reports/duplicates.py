@@ -43,7 +43,7 @@ from indexer.catalog import STATUS_OK
 
 from ..engine import Engine
 from .grouping import Rule, attach_to_keepers, complete_groups, star_groups
-from .members import canonical_ids, keeper_order, members
+from .members import canonical_ids, members
 from .model import (
     Group,
     Member,
@@ -245,8 +245,9 @@ def near_duplicates(
     if linkage not in LINKAGES:
         raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
     rows = members(engine, cand.ids[np.unique(np.concatenate([cand.i, cand.j]))])
-    rank = _keeper_rank(cand.ids, rows)
-    groups = _describe(engine, cand, _tier_groups(cand, tiers, linkage, rank), tiers, rows)
+    degree = np.bincount(np.concatenate([cand.i, cand.j]), minlength=len(cand.ids))
+    rank = _keeper_rank(cand.ids, rows, degree)
+    groups = _describe(cand, _tier_groups(cand, tiers, linkage, rank), tiers, rows, rank)
     sim = "cosine of the whitened search vectors" if whitened else "cosine of the search vectors"
     sim += " (or perceptual hash distance)" if use_hash else ""
     if phash and not use_hash:
@@ -345,26 +346,33 @@ def _tier_groups(
     return out
 
 
-def _keeper_rank(ids: np.ndarray, rows: dict[int, Member]) -> np.ndarray:
-    """Each node's place in keeper order (:func:`.members.keeper_order`); nodes without a
-    catalog row (deleted since the snapshot) last."""
-    known = sorted((rows[int(x)] for x in ids if int(x) in rows), key=keeper_order)
-    place = {m.id: n for n, m in enumerate(known)}
-    return np.array([place.get(int(x), len(known) + n) for n, x in enumerate(ids)], dtype=np.int64)
+def _keeper_rank(ids: np.ndarray, rows: dict[int, Member], degree: np.ndarray) -> np.ndarray:
+    """Each node's place in keeper order; nodes without a catalog row (deleted since the
+    snapshot) last. The keeper is the largest resolution; among equals, the image the most
+    others pass against (`degree`: its passing candidate pairs), then the largest file, then
+    the lowest id. The most-matched image is the one the others were made from: its edits
+    each pass against it but not always against each other. File size alone picked a
+    brightened copy over its original in two groups of three on the cross-corpus benchmark
+    (a brighter PNG compresses worse), so resolving would have quarantined the original."""
+    n = {int(x): k for k, x in enumerate(ids)}
+
+    def key(m: Member) -> tuple:
+        return (-(m.width or 0) * (m.height or 0), -int(degree[n[m.id]]), -(m.size or 0), m.id)
+
+    known = sorted((rows[int(x)] for x in ids if int(x) in rows), key=key)
+    place = {m.id: k for k, m in enumerate(known)}
+    return np.array([place.get(int(x), len(known) + k) for k, x in enumerate(ids)], dtype=np.int64)
 
 
 def _describe(
-    engine: Engine,
     cand: _Candidates,
     node_groups: dict[str, list[np.ndarray]],
     tiers: Sequence[Tier],
-    rows: dict[int, Member] | None = None,
+    rows: dict[int, Member],
+    rank: np.ndarray,
 ) -> dict[str, list[Group]]:
-    """Each group's members as the catalog has them, the keeper (largest resolution, then
-    file, then lowest id) first, the others by similarity to it."""
-    if rows is None:
-        nodes = [np.concatenate(g) for g in node_groups.values() if g]
-        rows = members(engine, cand.ids[np.unique(np.concatenate(nodes))] if nodes else [])
+    """Each group's members as the catalog has them, the keeper (:func:`_keeper_rank`)
+    first, the others by similarity to it."""
     groups: dict[str, list[Group]] = {}
     for tier in tiers:
         out = []
@@ -372,9 +380,8 @@ def _describe(
             present = [int(p) for p in g if int(cand.ids[p]) in rows]  # rows deleted since the snapshot drop out
             if len(present) < 2:
                 continue
-            ms = sorted((rows[int(cand.ids[p])] for p in present), key=keeper_order)
-            pos = {int(cand.ids[p]): p for p in present}
-            order = [pos[m.id] for m in ms]
+            order = sorted(present, key=lambda p: rank[p])
+            ms = [rows[int(cand.ids[p])] for p in order]
             sims = cand.vecs[order] @ cand.vecs[order[0]]
             bits = _keeper_distance(cand, tier, order)
             ms = [
