@@ -12,11 +12,11 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
   threshold, or when their perceptual hashes differ in at most the tier's `hamming`
   bits, or (tiers with `crop_hamming`) when one's hash is that close to a window of the
   other's picture (:func:`.scan.crop_distance`: a crop of 5-15%). Groups never chain:
-  every two members of a group pass the tier's rule (:mod:`.grouping`), so every member
-  passes against the keeper. A group is shown at the strictest tier at which it holds
-  together; a looser tier shows a group only when it adds images. Each group names a
-  keeper (largest resolution, then largest file, then lowest id) and lists the others
-  with their similarity and hash distance to it.
+  every member passes the tier's rule against the group's keeper (:data:`LINKAGE`,
+  :mod:`.grouping`). A group is shown at the strictest tier at which it holds together;
+  a looser tier shows a group only when it adds images. Each group names a keeper
+  (largest resolution, then most matched, then largest file: :func:`_keeper_rank`) and
+  lists the others with their similarity and hash distance to it.
 
 Byte-identical copies count once in the near-duplicate and outlier sections (they
 are the exact-duplicate section's business). The tiers were calibrated with
