@@ -36,7 +36,7 @@ class ServerConfig(uvicorn.Config):
     """uvicorn's Config for a lookalike server over `settings.index`; picklable (module level, settings
     only), so that uvicorn can hand it to spawned workers."""
 
-    def __init__(self, settings: Settings, fd: int | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         workers = settings.workers
         if workers > 1 and settings.decode_slots is None:
             # The default (one decode per core) is the machine's: share it out, so N workers
@@ -49,7 +49,6 @@ class ServerConfig(uvicorn.Config):
                 formatter["fmt"] = formatter["fmt"].replace("%(levelprefix)s", "%(levelprefix)s [%(process)d]", 1)
         super().__init__(
             "lookalike",  # a placeholder: load_app() builds the app from the settings
-            fd=fd,
             workers=workers,
             log_config=log_config,
             log_level="warning",  # keeps uvicorn's start-up chatter out; the access log has its own switch
@@ -81,9 +80,12 @@ def run_server(settings: Settings, sock: socket.socket) -> int:
     """Serve on the bound `sock` until Ctrl+C or SIGTERM: in this process, or in `settings.workers`
     processes under uvicorn's supervisor. Returns 0, or uvicorn's start-up failure code when a
     worker could not start (the supervisor then stops the others)."""
-    config = ServerConfig(settings, fd=sock.fileno())
+    config = ServerConfig(settings)
     if settings.workers == 1:
-        uvicorn.Server(config).run()
+        # The socket itself, not its fd: uvicorn reopens an fd as AF_UNIX, and asyncio then
+        # leaves Nagle's algorithm on for every TCP connection accepted from it (a response's
+        # head and body written apart waited ~40 ms for the client's delayed ACK).
+        uvicorn.Server(config).run(sockets=[sock])
         return 0
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
