@@ -30,12 +30,13 @@ from .checkpoint import save_model
 from .config import ModelConfig
 from .decoding import decode_to_array
 from .device import pick_device
-from .errors import TrainError
+from .errors import ConfigError, TrainError
 from .images import DEFAULT_MAX_PIXELS, find_images
 from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
 from .registry import create_model
 from .resume import load_resume_state, save_resume_state
+from .siamese import vicreg_loss
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class TrainConfig:
     #: the same in every collection (unrelated images at about 0) and kept retrieval as it was
     #: (tuxpaint mAP@10 0.315 -> 0.318); whitening cost it there (0.250; docs/benchmarks.md).
     calibration: str = "centre"
+    #: Weight of the siamese term (encoder/siamese.py: VICReg on two augmented views' search
+    #: vectors) next to reconstruction; 0 trains reconstruction alone. Needs an augmentation.
+    siamese: float = 0.0
 
 
 @dataclass
@@ -139,6 +143,10 @@ def train(
     out_dir = Path(out)
     if not root.is_dir():
         raise TrainError(f"{root}: not a folder")
+    if not (cfg.siamese >= 0 and math.isfinite(cfg.siamese)):
+        raise ConfigError(f"siamese weight must be a finite number >= 0, not {cfg.siamese}")
+    if cfg.siamese > 0 and cfg.augment == "none":
+        raise ConfigError("the siamese term compares two augmented views: it needs augment 'flip' or 'invariant'")
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -268,6 +276,11 @@ class _Run:
             inp, target = augment_batch(x, cfg.augment, self.gen)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
                 loss, self.parts, _ = model.training_loss(inp, target, y)
+                if cfg.siamese > 0:
+                    other, _ = augment_batch(x, cfg.augment, self.gen)  # a second view of the same images
+                    term, parts = vicreg_loss(model.encode(inp), model.encode(other))
+                    loss = loss + cfg.siamese * term
+                    self.parts = {**self.parts, **parts}
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
