@@ -6,15 +6,33 @@ least 1 over the batch (variance: a hinge) and the dimensions stay uncorrelated
 (covariance: the squared off-diagonal entries), which keeps the pull from collapsing every
 vector onto one point. The seed article's conclusion suggests exactly this pairing of a
 reconstruction objective with a siamese one; reconstruction keeps the model an autoencoder.
+
+As in VICReg, the three terms act on a projector's output (an MLP over the search vector,
+used in training only and not saved): applied to the search vector itself, the variance
+hinge asked the pooled features for a standard deviation of 1 they never reach (0.1 on Tux
+Paint: the hinge stayed at 0.90 and the term changed mAP@10 by +0.005 at weights 0.01 and 0.1).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 #: VICReg's published weights of its three terms (invariance, variance, covariance).
 INVARIANCE, VARIANCE, COVARIANCE = 25.0, 25.0, 1.0
+#: The projector's width (VICReg uses 8192 on ImageNet; a 2-core budget wants less).
+PROJECTOR = 512
+
+
+class Projector(nn.Module):
+    """Search vector -> the space the siamese term acts in (training only)."""
+
+    def __init__(self, dim: int, width: int = PROJECTOR) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, width))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z.float())
 
 
 def vicreg_loss(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> tuple[Tensor, dict[str, float]]:

@@ -36,7 +36,7 @@ from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
 from .registry import create_model
 from .resume import load_resume_state, save_resume_state
-from .siamese import vicreg_loss
+from .siamese import Projector, vicreg_loss
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,7 @@ class _Run:
     parts: dict[str, float] = field(default_factory=dict)  # the last step's loss parts
     seen_total: int = 0
     train_time_total: float = 0.0
+    projector: torch.nn.Module | None = None  # the siamese term's (training only, not saved)
 
     @property
     def cuda(self) -> bool:
@@ -276,9 +277,10 @@ class _Run:
             inp, target = augment_batch(x, cfg.augment, self.gen)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
                 loss, self.parts, _ = model.training_loss(inp, target, y)
-                if cfg.siamese > 0:
+                if self.projector is not None:
                     other, _ = augment_batch(x, cfg.augment, self.gen)  # a second view of the same images
-                    term, parts = vicreg_loss(model.encode(inp), model.encode(other))
+                    z1, z2 = self.projector(model.encode(inp)), self.projector(model.encode(other))
+                    term, parts = vicreg_loss(z1, z2)
                     loss = loss + cfg.siamese * term
                     self.parts = {**self.parts, **parts}
             self.opt.zero_grad(set_to_none=True)
@@ -365,7 +367,10 @@ def _start_run(mcfg: ModelConfig, cfg: TrainConfig, data: _Data, device: torch.d
     model = create_model(mcfg).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The siamese term's projector trains with the model; on --resume it starts afresh.
+    projector = Projector(model.embedding_dim).to(device) if cfg.siamese > 0 else None
+    params = [*model.parameters(), *(projector.parameters() if projector is not None else ())]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data.train_idx) / cfg.batch_size))
     planned = planned_steps(len(data.train_idx), cfg.min_steps)
     epochs = cfg.epochs or min(300, max(2, math.ceil(planned / steps_per_epoch)))
@@ -375,7 +380,7 @@ def _start_run(mcfg: ModelConfig, cfg: TrainConfig, data: _Data, device: torch.d
         opt, lambda s: _lr_factor(s, cfg.warmup_epochs * steps_per_epoch, total_steps)
     )
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    return _Run(cfg, data, device, model, opt, sched, gen, steps_per_epoch)
+    return _Run(cfg, data, device, model, opt, sched, gen, steps_per_epoch, projector=projector)
 
 
 def _resume_run(run: _Run, resume_dir: Path) -> None:
