@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2 as httpx  # the dev extra's httpx (same API, same 5 s keepalive_expiry)
 from common import RESULTS, command_line, describe_machine, machine, table, write_json
 from load_mixed import prepare
 from loadgen import Server

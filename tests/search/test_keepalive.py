@@ -7,7 +7,7 @@ clients' expiry and still close an idle connection within the 30 s the hardening
 
 from __future__ import annotations
 
-import httpx
+import httpx2 as httpx  # the dev extra's httpx (same API, same 5 s keepalive_expiry)
 import pytest
 
 from search.api.settings import Settings
