@@ -79,7 +79,8 @@ TIERS: tuple[Tier, ...] = (
     ),
 )
 #: Below this cap (1% of unrelated pairs within 17 bits) a hash says too little to use at
-#: all. Hash distances are even (each hash has 32 bits set), so the per-collection caps come
+#: all. Hash distances are almost always even (a hash has 32 of its 64 bits set unless DCT
+#: coefficients tie at their median, as on flat pictures), so the per-collection caps come
 #: in steps of 2. Measured over 20 (corpus, model) pairs of the cross-corpus benchmark (three
 #: corpus seeds, product and shared models): MNIST digits' caps were 2 or 4 (1% of unrelated
 #: digits within 14-16 bits; which one depended on the model), the photo and clip-art
