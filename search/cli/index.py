@@ -120,7 +120,17 @@ def index(
 ) -> None:
     """Index a folder: add new images, re-embed changed ones, follow moves, drop deleted ones."""
     from indexer import build_index
+    from indexer.layout import default_index_dir
 
+    from ..review import recover
+
+    # A review operation (dedupe --apply, restore) killed half-way left files in the
+    # quarantine that the catalog may not know of: finish or undo it before the walk, or the
+    # walk would take the moved files for deleted ones.
+    target = index_dir if index_dir is not None else default_index_dir(folder)
+    if target.is_dir():
+        for line in recover(target, catalog):
+            typer.echo(f"recovered an interrupted review operation: {line}", err=True)
     summary = build_index(
         folder,
         index_dir,

@@ -205,3 +205,25 @@ def test_sigkill_mid_batch_loses_nothing(review: Review, tmp_path: Path) -> None
     restore(review.index, batch)
     assert {p: (review.folder / p).read_bytes() for p in moved} == original
     assert list((review.index / "quarantine").iterdir()) == []
+
+
+def test_lookalike_index_recovers_a_killed_review_before_it_walks(review: Review, tmp_path: Path) -> None:  # noqa: F811
+    """Killed after the first of three moves, before the catalog recorded anything: the next
+    `lookalike index` puts the file back first, so the walk sees it where it was and keeps its row."""
+    moved = (SMALL, Q60, COPY)
+    original = {p: (review.folder / p).read_bytes() for p in moved}
+    before = dict(review.ids())
+    kill_when_stalled(tmp_path, "move:1", "dedupe", "--index", str(review.index), "--apply")
+    assert sum((review.folder / p).exists() for p in moved) == 2  # one file sits in the quarantine
+    run = subprocess.run(
+        [sys.executable, "-m", "search", "index", str(review.folder), "--index", str(review.index)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "recovered an interrupted review operation" in run.stderr and "put back" in run.stderr
+    assert {p: (review.folder / p).read_bytes() for p in moved} == original
+    assert review.ids() == before  # same ids: nothing was taken for deleted and re-added
