@@ -41,22 +41,12 @@ def complete_groups(
     """Disjoint groups (arrays of node numbers) of `n` nodes, from the passing pairs (i[e], j[e])
     with `closeness[e]` (higher = closer): every two members of a group pass `passes`. `start`:
     groups that are kept whole (a stricter tier's), merged with others only as a whole."""
-    unit = np.arange(n, dtype=np.int64)  # node -> the unit it belongs to
-    for u, g in enumerate(start):
-        unit[np.asarray(g, np.int64)] = n + u
-    _, unit = np.unique(unit, return_inverse=True)  # units numbered 0..m-1
-    m = int(unit.max()) + 1 if n else 0
-    by_unit = np.argsort(unit, kind="stable")
-    bounds = np.searchsorted(unit[by_unit], np.arange(m + 1))
+    unit, m, by_unit, bounds = _units(n, start)
 
     def members(u: int) -> np.ndarray:
         return by_unit[bounds[u] : bounds[u + 1]]
 
-    a, b = unit[np.asarray(i, np.int64)], unit[np.asarray(j, np.int64)]
-    c = np.asarray(closeness, np.float64)
-    cross = a != b
-    a, b, c = a[cross], b[cross], c[cross]
-    a, b, c = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([c, c])
+    a, b, c = _unit_pairs(unit, i, j, closeness)
     # Each pair of units once, at its closest pair of images; then by unit, closest first.
     best = np.lexsort((-c, b, a))
     a, b, c = a[best], b[best], c[best]
@@ -118,23 +108,13 @@ def star_groups(
     passing pairs with, closest first, when every node of theirs passes against it. Units
     of a better rank were taken first, so the keeper is always its group's best-ranked
     member. Cost: one rule call per passing pair, n*k at most."""
-    unit = np.arange(n, dtype=np.int64)
-    for u, g in enumerate(start):
-        unit[np.asarray(g, np.int64)] = n + u
-    _, unit = np.unique(unit, return_inverse=True)
-    m = int(unit.max()) + 1 if n else 0
-    by_unit = np.argsort(unit, kind="stable")
-    bounds = np.searchsorted(unit[by_unit], np.arange(m + 1))
+    unit, m, by_unit, bounds = _units(n, start)
     rank = np.asarray(rank, np.int64)
     centre = np.full(m, -1, dtype=np.int64)  # each unit's best-ranked node
     for node in np.argsort(rank, kind="stable")[::-1]:
         centre[unit[node]] = node
 
-    a, b = unit[np.asarray(i, np.int64)], unit[np.asarray(j, np.int64)]
-    c = np.asarray(closeness, np.float64)
-    cross = a != b
-    a, b, c = a[cross], b[cross], c[cross]
-    a, b, c = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([c, c])
+    a, b, c = _unit_pairs(unit, i, j, closeness)
     order = np.lexsort((b, -c, a))  # by unit, closest first
     a, b = a[order], b[order]
     starts = np.searchsorted(a, np.arange(m + 1))
@@ -211,3 +191,26 @@ def attach_to_keepers(
     return [
         np.concatenate([m, np.asarray(extra, np.int64)]) if extra else m for m, extra in zip(groups, added, strict=True)
     ]
+
+
+def _units(n: int, start: Sequence[np.ndarray]) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """(node -> unit 0..m-1, m, nodes sorted by unit, each unit's bounds in that order): single
+    nodes, and each of `start` as one unit."""
+    unit = np.arange(n, dtype=np.int64)
+    for u, g in enumerate(start):
+        unit[np.asarray(g, np.int64)] = n + u
+    _, unit = np.unique(unit, return_inverse=True)
+    m = int(unit.max()) + 1 if n else 0
+    by_unit = np.argsort(unit, kind="stable")
+    return unit, m, by_unit, np.searchsorted(unit[by_unit], np.arange(m + 1))
+
+
+def _unit_pairs(
+    unit: np.ndarray, i: np.ndarray, j: np.ndarray, closeness: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The node pairs as pairs of different units, both ways round, with their closeness."""
+    a, b = unit[np.asarray(i, np.int64)], unit[np.asarray(j, np.int64)]
+    c = np.asarray(closeness, np.float64)
+    cross = a != b
+    a, b, c = a[cross], b[cross], c[cross]
+    return np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([c, c])
