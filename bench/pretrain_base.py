@@ -1,0 +1,88 @@
+"""Pretrain the base model that ships in the package (issue 18 item 2), and install it.
+
+    .venv/bin/python bench/pretrain_base.py [--corpus bench/results/corpora/pretrain] [--epochs 6]
+        [--siamese 0.01] [--seed 0] [--out bench/results/base_model/pretrained] [--install]
+
+Trains the default model (``ModelConfig()``) with the product's own training code on the corpus
+that ``bench/pretrain_corpus.py`` assembles from Debian game and icon packages: reconstruction plus
+the siamese (VICReg) term at the weight tuned on Tux Paint, the default "invariant" augmentation,
+a fixed number of epochs (no early stop). ``--install`` then copies the weights and config into
+``encoder/base_model/`` with ``PROVENANCE.md``: how it was trained, on what, and every package's
+version, .deb SHA-256 and licence. Train on a GPU when one is at hand (``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+BASE_DIR = REPO / "encoder" / "base_model"
+
+
+def provenance_md(corpus: Path, model_dir: Path) -> str:
+    prov = json.loads((corpus / "provenance.json").read_text())
+    log = json.loads((model_dir / "train_log.json").read_text()) if (model_dir / "train_log.json").exists() else {}
+    config = json.loads((model_dir / "config.json").read_text())
+    train = config.get("meta", {}).get("train", {})
+    lines = [
+        "# The base model: what it learned from",
+        "",
+        "Pretrained by the lookalike project with its own training code (`bench/pretrain_base.py`) on",
+        f"{prov['images']:,} images assembled by `bench/pretrain_corpus.py` (seed {prov['seed']}, at most "
+        f"{prov['per_package']:,} per package) from the artwork of the Debian 12 packages below, fetched with",
+        "`apt-get download` and unpacked with `dpkg-deb -x`. No image of any evaluation corpus (Tux Paint stamps,",
+        "the wallpaper packages, the oxygen, gnome and elementary-xfce icon themes, MNIST) and none of the sets",
+        "kept for independent checks (openclipart, the MATE backgrounds, emoji sets) is in it.",
+        "",
+        f"Training: `ModelConfig()` defaults; {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
+        f"lr {train.get('lr')}, augment {train.get('augment')!r}, siamese weight {train.get('siamese')}, "
+        f"seed {train.get('seed')}; {log.get('images_per_second', '?')} images/s on the machine it ran on.",
+        "The weights are a derived work of the images; each package's licence is kept below, and the",
+        "copyright files travel in the repository's bench corpus folder (`COPYRIGHT/<package>`).",
+        "",
+        "| package | version | images | licence (`Files: *`) | every licence named | .deb SHA-256 |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for p in prov["packages"]:
+        lines.append(
+            f"| {p['package']} | {p['version']} | {p['images']:,} | {p['licence']} | {', '.join(p['licences'])} | "
+            f"`{p['deb_sha256'][:16]}...` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=REPO / "bench" / "results" / "corpora" / "pretrain")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--siamese", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "base_model" / "pretrained")
+    ap.add_argument("--install", action="store_true", help="copy the model into encoder/base_model/")
+    ap.add_argument("--skip-training", action="store_true", help="install a model already trained into --out")
+    args = ap.parse_args()
+    from encoder import ModelConfig, TrainConfig, train
+
+    if not args.skip_training:
+        t0 = time.perf_counter()
+        cfg = TrainConfig(epochs=args.epochs, siamese=args.siamese, patience=10**6, seed=args.seed, device=args.device)
+        result = train(args.corpus, args.out, ModelConfig(), cfg, progress=True)
+        print(f"trained {result.epochs_run} epochs on {result.images} images in {time.perf_counter() - t0:.0f} s")
+    if args.install:
+        BASE_DIR.mkdir(exist_ok=True)
+        for name in ("model.safetensors", "config.json"):
+            shutil.copyfile(args.out / name, BASE_DIR / name)
+        (BASE_DIR / "PROVENANCE.md").write_text(provenance_md(args.corpus, args.out))
+        print(f"installed into {BASE_DIR}")
+
+
+if __name__ == "__main__":
+    main()
