@@ -6,11 +6,17 @@ embed (indexer/embed.py) -> exact-duplicate copies -> publish. The state the
 stages share is one :class:`~indexer.run.IndexRun`.
 
 Crash safety: a catalog row is committed *before* its vector reaches the
-store file, and carries the sequence number of the store save that will hold
-it. On the next run, rows newer than the last completed save, or whose id is
-missing from the store, are embedded again; vectors without a row are
-dropped. Catalog ids are never reused, so a stale vector cannot be paired
-with a different file.
+store (a new segment, indexer/segments.py), and carries the sequence number of
+the store save that will hold it. On the next run, rows newer than the last
+completed save, or whose id is missing from the store, are embedded again;
+vectors without a row are dropped. Catalog ids are never reused, so a stale
+vector cannot be paired with a different file. A damaged segment (bad
+checksum, truncated) is dropped with every newer one when the store opens; rows
+saved since the oldest save it held are then embedded again too.
+
+An index from before segments has its single-file store (``vectors.faiss``)
+moved into a first segment when it is opened; until the segment list is
+written, that file stays the store, so a kill during the move loses nothing.
 """
 
 from __future__ import annotations
@@ -37,17 +43,18 @@ from .embed import add_copies, cpu_thread_budget, default_decode_workers, embed_
 from .generations import tidy_generations
 from .hit_rows import read_hit_rows
 from .index_model import IndexBuildError, prepare_model
-from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, STORE, default_index_dir
+from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEGMENTS, STORE, default_index_dir
 from .neighbours import read_neighbours
 from .run import IndexRun, IndexSummary, RunOptions
-from .vectors import Manifest, VectorStore, plan_index, publish, republish_derived
+from .segments import SegmentStore, has_segments, migrate_store
+from .vectors import Manifest, plan_index, publish, republish_derived
 from .walk import diff_folder
 
 __all__ = ["IndexSummary", "build_index", "cpu_thread_budget", "default_decode_workers", "index_lock"]
 
 log = logging.getLogger(__name__)
 
-SAVE_EVERY_S = 20.0  # default: save the store at least this often during a long run
+SAVE_EVERY_S = 20.0  # default: checkpoint the store (write a segment) at least this often during a long run
 
 
 @contextmanager
@@ -135,7 +142,7 @@ def build_index(
                     catalog.set_meta("root", str(root))  # where the files are: the server serves only these
                 manifest = Manifest.read(idx)
                 tidy_generations(idx, manifest.generation if manifest else 0)
-                store = _open_store(idx, encoder.dim, options.reembed)
+                store = _open_store(idx, encoder.dim, options.reembed, catalog.store_seq())
                 run = IndexRun(root, idx, catalog, encoder, store, summary, options, seq=catalog.store_seq() + 1)
                 run.changed = _reconcile(run)
                 work = diff_folder(run)
@@ -173,17 +180,19 @@ def _remove_if_empty(idx: Path) -> None:
         shutil.rmtree(idx, ignore_errors=True)
 
 
-def _open_store(idx: Path, dim: int, reembed: bool) -> VectorStore:
-    path = idx / STORE
-    if not path.exists():
-        return VectorStore(dim)
-    store = VectorStore.load(path)
+def _open_store(idx: Path, dim: int, reembed: bool, saved_seq: int) -> SegmentStore:
+    """The index's segment store; an index from before segments has its ``vectors.faiss`` (which
+    then holds saves up to `saved_seq`) moved into a first segment."""
+    directory = idx / SEGMENTS
+    if not has_segments(directory) and (idx / STORE).exists():
+        migrate_store(idx / STORE, directory, seq=saved_seq)
+    store = SegmentStore.open(directory, dim)
     if store.dim != dim:
         if not reembed:
             raise IndexBuildError(
                 f"{idx}: stored vectors have {store.dim} dimensions, the model makes {dim}; pass --reembed"
             )
-        return VectorStore(dim)
+        return SegmentStore(directory, dim, [])  # its first save replaces the list (the old files go then)
     return store
 
 
@@ -191,6 +200,8 @@ def _reconcile(run: IndexRun) -> bool:
     """Make catalog and store agree after a crash (or a model change). Returns True if anything moved."""
     catalog, store, mid, reembed = run.catalog, run.store, run.model_id, run.options.reembed
     saved_seq = catalog.store_seq()
+    if store.trusted_seq is not None:  # a damaged segment was dropped: rows saved since lost their vectors
+        saved_seq = min(saved_seq, store.trusted_seq)
     stored = set(store.ids().tolist())
     changed = False
     with catalog.session() as s, s.begin():

@@ -84,6 +84,7 @@ def link_model(gen: Path, index_dir: Path) -> None:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(exist_ok=True)  # a name inside a folder of the index (segments/...)
     try:
         os.link(src, dst)
     except OSError:  # no hard links here (some network and FAT filesystems): pay for a copy
@@ -94,6 +95,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def seal_generation(gen: Path) -> None:
     """Make the generation's directory entries durable before the manifest names it."""
+    for sub in gen.iterdir():
+        if sub.is_dir():
+            fsync_dir(sub)
     fsync_dir(gen)
     fsync_dir(gen.parent)
     kill_point("generation:synced")

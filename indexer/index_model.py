@@ -19,7 +19,7 @@ from encoder.checkpoint import CONFIG, WEIGHTS, read_config
 from encoder.errors import LookalikeError
 from encoder.training import RESUME_DIR, TRAIN_LOG
 
-from .layout import MODEL_DIR, MODEL_INCOMING, MODEL_OLD, STORE
+from .layout import MODEL_DIR, MODEL_INCOMING, MODEL_OLD, SEGMENT_LIST, SEGMENTS, STORE
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def prepare_model(
     index), the one already there, or one trained (or finished training) on `root`."""
     inside = idx / MODEL_DIR
     trained_s: float | None = None
-    has_vectors = (idx / STORE).exists()
+    has_vectors = (idx / STORE).exists() or (idx / SEGMENTS / SEGMENT_LIST).exists()  # published, or checkpointed
     if model_dir is not None:
         src = Path(model_dir).resolve()
         if not _is_model_dir(src):

@@ -14,7 +14,11 @@ DEFAULT_INDEX_DIR = ".lookalike"
 # ---- written by `lookalike index`
 CATALOG = "catalog.sqlite"  # one row per image file (indexer/catalog.py)
 CATALOG_URL = "catalog.url"  # where the catalog is when it is not CATALOG: a database URL, without password
-STORE = "vectors.faiss"  # the exact vectors, keyed by catalog id: the source of truth (indexer/vectors.py)
+STORE = "vectors.faiss"  # all exact vectors in one FAISS file, written by each publish for servers (indexer/vectors.py)
+#: The exact vectors as append-only segments, keyed by catalog id: the source of truth (indexer/segments.py).
+#: A checkpoint adds a segment; SEGMENTS/SEGMENT_LIST names the live ones.
+SEGMENTS = "segments"
+SEGMENT_LIST = "list.json"
 SEARCH = "search.faiss"  # the approximate index built from the store, for large corpora
 NEIGHBOURS = "neighbours.npy"  # neighbours precomputed per image (indexer/neighbours.py)
 HIT_ROWS = "hit_rows.bin"  # path, width, height of the indexed images (indexer/hit_rows.py)

@@ -10,8 +10,7 @@ from pathlib import Path
 from encoder import Encoder
 
 from .catalog import Catalog, ImageRecord, utcnow
-from .layout import STORE
-from .vectors import VectorStore
+from .segments import SegmentStore
 
 
 @dataclass
@@ -64,7 +63,7 @@ class IndexRun:
     idx: Path
     catalog: Catalog
     encoder: Encoder
-    store: VectorStore
+    store: SegmentStore
     summary: IndexSummary
     options: RunOptions
     #: The sequence number the next store save records (see ImageRecord.vector_seq).
@@ -85,7 +84,10 @@ class IndexRun:
         return self.encoder.model_id
 
     def save_store(self) -> None:
-        """Save the store, then record that every row up to :attr:`seq` has its vector on disk."""
-        self.store.save(self.idx / STORE)
+        """Checkpoint the store (a new segment of what changed), then record that every row up to
+        :attr:`seq` has its vector on disk; then merge segments if the merge policy says so (a merge
+        changes where vectors are, not which: the catalog need not know)."""
+        self.store.save(seq=self.seq)
         self.catalog.set_store_seq(self.seq)
         self.seq += 1
+        self.store.merge_if_due()

@@ -43,8 +43,9 @@ from .generations import (
     tidy_generations,
 )
 from .hit_rows import HitRows, write_hit_rows
-from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, STORE
+from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, SEGMENTS, STORE
 from .neighbours import read_neighbours, update_neighbours, write_neighbours
+from .segments import segment_files
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 #: Up to this many vectors, exact search is fast enough (~N*d multiply-adds per query:
@@ -145,6 +146,10 @@ class VectorStore:
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_index(self.index, Path(path))
+
+    def write_flat(self, path: str | os.PathLike) -> None:
+        """Write the store as the one FAISS file a server opens (what SegmentStore.write_flat does)."""
+        self.save(path)
 
 
 def atomic_write_index(index: faiss.Index, path: Path) -> None:
@@ -359,7 +364,7 @@ def publish(
     catalog), then make them a new generation (:func:`commit_generation`).
     `store_seq`: the catalog's sequence number of the store save published."""
     kill_point("publish:begin")
-    store.save(index_dir / STORE)
+    store.write_flat(index_dir / STORE)  # the server's exact store; the segments were saved by the caller
     kill_point("publish:store")
     if plan.index_type == "flat":
         search_file = STORE
@@ -427,7 +432,7 @@ def commit_generation(index_dir: Path, manifest: Manifest, previous: Manifest | 
     manifest.generation = (previous.generation + 1) if previous else 1
     manifest.directory = generation_dir_name(manifest.generation)
     gen = start_generation(index_dir, manifest.generation)
-    names = [STORE]
+    names = [STORE, *(f"{SEGMENTS}/{name}" for name in segment_files(index_dir / SEGMENTS))]
     if manifest.search_file != STORE:
         names.append(manifest.search_file)
     if manifest.neighbours_k > 0 and (index_dir / NEIGHBOURS).exists():

@@ -14,22 +14,23 @@ from conftest import REPO, write_jpeg
 
 from indexer import Catalog, Manifest, VectorStore
 from indexer.hit_rows import read_hit_rows
-from indexer.layout import HIT_ROWS, NEIGHBOURS
+from indexer.layout import HIT_ROWS, NEIGHBOURS, SEGMENTS
 from indexer.neighbours import fingerprints, read_neighbours
+from indexer.segments import SegmentStore, has_segments
 
 N = 400
 
 
 def durable(index_dir: Path) -> dict[int, np.ndarray]:
-    """Vectors that a finished save made durable: in the store, with an ok row, not newer than the save."""
-    if not (index_dir / "vectors.faiss").exists() or not (index_dir / "catalog.sqlite").exists():
+    """Vectors that a finished save made durable: in the segments, with an ok row, not newer than the save."""
+    if not has_segments(index_dir / SEGMENTS) or not (index_dir / "catalog.sqlite").exists():
         return {}
     cat = Catalog.for_directory(index_dir)
     seq = int(cat.get_meta("store_seq") or 0)
     with cat.engine.connect() as c:
         ok = {i for (i,) in c.exec_driver_sql(f"SELECT id FROM images WHERE status='ok' AND vector_seq <= {seq}")}
     cat.close()
-    store = VectorStore.load(index_dir / "vectors.faiss")
+    store = SegmentStore.open(index_dir / SEGMENTS, 0, writable=False)
     ids = [i for i in store.ids().tolist() if i in ok]
     return dict(zip(ids, store.get(ids), strict=True))
 
@@ -113,6 +114,9 @@ def test_sigkill_at_several_points(tmp_path: Path, tiny_model: Path) -> None:
     store = VectorStore.load(idx / "vectors.faiss")
     assert len(rows) == N and set(rows.values()) == {"ok"}
     assert set(store.ids().tolist()) == set(rows)
+    # The published flat store is the segments' vectors, whatever the kills left behind.
+    segments = SegmentStore.open(idx / SEGMENTS, 0, writable=False)
+    assert np.array_equal(segments.get(store.ids()), store.all_vectors()[1])
     assert Manifest.read(idx).count == N
     # The neighbour table describes exactly these vectors (fingerprints), whatever the kills left behind.
     table = read_neighbours(idx / NEIGHBOURS, Manifest.read(idx).neighbours_k)

@@ -1,0 +1,175 @@
+"""Adding 1,000 vectors to a 1M-vector store: what a checkpoint writes with segments, against the
+single-file store it replaces (indexer/segments.py; issue 16, item 5's second target: < 5%).
+
+    nice -n 5 .venv/bin/python bench/segments_append.py [--n 1000000] [--dim 240] [--add 1000] [--dir /tmp]
+
+Steps, each timed, with the bytes it wrote (the sizes of the files it created, and this process's
+``/proc/self/io`` write counters: ``wchar`` is what went through write(), ``write_bytes`` what the
+kernel sent to storage):
+
+1. build: `--n` autoencoder-like unit vectors (bench/neighbours.py's generator) added through the
+   store API in 10 batches, a checkpoint after each (10 segments);
+2. merge: the 10 segments merged into one (on demand: what a full merge costs at this size);
+3. open: the writer's open (checksums verified) and a reader's (sizes only, memory-mapped);
+4. append: `--add` new vectors, then a checkpoint: the figure the target is about;
+5. tail merge: 16 more such checkpoints, then the policy's merge of the small segments (the base
+   segment is left alone);
+6. get: 1,000 random ids read by id from the memory-mapped segments (a re-rank's access pattern);
+7. baseline: the same `--n` + `--add` vectors in today's single-file store (``IndexIDMap2(IndexFlatIP)``),
+   saved whole, as every checkpoint did before segments.
+
+Prints a table, writes JSON to bench/results/segments_append/segments_append.json. Every file it
+makes lives in a temporary folder under `--dir`, removed at the end (they are ~1 GB each at 1M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, command_line, describe_machine, machine, max_rss_mib, table, write_json
+
+from indexer.segments import MAX_SEGMENTS, SegmentStore
+from indexer.vectors import VectorStore
+
+
+def vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Autoencoder-like unit vectors: a common component plus anisotropic noise (as bench/neighbours.py)."""
+    common = np.random.default_rng(0).standard_normal(dim).astype(np.float32) * 3
+    scales = np.geomspace(1.0, 0.05, dim).astype(np.float32)
+    x = common + rng.standard_normal((n, dim)).astype(np.float32) * scales
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def io_counters() -> dict[str, int]:
+    try:
+        lines = Path("/proc/self/io").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in (line.split(": ") for line in lines)}
+
+
+def tree_bytes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+@contextmanager
+def measure(folder: Path, out: dict) -> Iterator[None]:
+    """Fill `out` with the seconds a block took, the bytes of the files it created or replaced
+    under `folder`, and the /proc/self/io write counters' growth."""
+    before_files = {k: (v, (folder / k).stat().st_ino) for k, v in tree_bytes(folder).items()}
+    before_io = io_counters()
+    t0 = time.perf_counter()
+    yield
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    after_io = io_counters()
+    new = {
+        k: v
+        for k, v in tree_bytes(folder).items()
+        if before_files.get(k, (None, None))[1] != (folder / k).stat().st_ino
+    }
+    out["files_written"] = len(new)
+    out["bytes_written"] = sum(new.values())
+    for key in ("wchar", "write_bytes"):
+        if key in after_io:
+            out[key] = after_io[key] - before_io.get(key, 0)
+
+
+def step(name: str, folder: Path, results: dict, fn: Callable[[], object]) -> object:
+    out: dict = {}
+    with measure(folder, out):
+        value = fn()
+    results[name] = out
+    print(f"{name:>22}: {out}", flush=True)
+    return value
+
+
+def bench(n: int, dim: int, add: int, work: Path) -> dict:
+    rng = np.random.default_rng(1)
+    seg_dir, flat_dir = work / "segments", work / "flat"
+    seg_dir.mkdir()
+    flat_dir.mkdir()
+    r: dict = {"n": n, "dim": dim, "add": add}
+    store = SegmentStore.open(seg_dir, dim)
+    batch = max(1, n // 10)
+
+    def build() -> None:
+        for seq, start in enumerate(range(0, n, batch), 1):
+            store.add(np.arange(start, min(n, start + batch)), vectors(min(n, start + batch) - start, dim, rng))
+            store.save(seq=seq)
+
+    step("build (10 checkpoints)", seg_dir, r, build)
+    step("merge all", seg_dir, r, store.merge)
+    reopened = step("open (writer, crc)", seg_dir, r, lambda: SegmentStore.open(seg_dir, dim))
+    step("open (reader, mmap)", seg_dir, r, lambda: SegmentStore.open(seg_dir, dim, writable=False))
+    store = reopened
+    new = vectors(add, dim, rng)
+    store.add(np.arange(n, n + add), new)
+    step("append: checkpoint", seg_dir, r, lambda: store.save(seq=100))
+    r["append: checkpoint"]["merged"] = store.merge_if_due()
+    seq = 101
+    for _ in range(MAX_SEGMENTS - 1):
+        store.add(np.arange(n + seq * add, n + (seq + 1) * add), vectors(add, dim, rng))
+        store.save(seq=seq)
+        seq += 1
+    segments_before = len(store.segments)
+    merged = step("tail merge (policy)", seg_dir, r, store.merge_if_due)
+    r["tail merge (policy)"].update(merged=merged, segments_before=segments_before, segments_after=len(store.segments))
+    reader = SegmentStore.open(seg_dir, dim, writable=False)
+    ids = rng.choice(reader.ids(), 1000, replace=False)
+    got = step("get 1,000 by id", seg_dir, r, lambda: reader.get(ids))
+    assert np.array_equal(got, store.get(ids)) and np.array_equal(store.get(np.arange(n, n + add)), new)
+
+    flat = VectorStore(dim)
+    rng = np.random.default_rng(1)
+    for start in range(0, n, batch):
+        flat.add(np.arange(start, min(n, start + batch)), vectors(min(n, start + batch) - start, dim, rng))
+    flat.save(flat_dir / "vectors.faiss")
+    flat.add(np.arange(n, n + add), new)
+    step("baseline: full rewrite", flat_dir, r, lambda: flat.save(flat_dir / "vectors.faiss"))
+    append, base = r["append: checkpoint"], r["baseline: full rewrite"]
+    r["append_vs_rewrite_bytes"] = round(append["bytes_written"] / base["bytes_written"], 6)
+    if base.get("write_bytes"):
+        r["append_vs_rewrite_write_bytes"] = round(append["write_bytes"] / base["write_bytes"], 6)
+    r["append_vs_rewrite_seconds"] = round(append["seconds"] / base["seconds"], 4)
+    r["max_rss"] = max_rss_mib()
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=240)
+    ap.add_argument("--add", type=int, default=1000)
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="Where the temporary files go.")
+    ap.add_argument("--out", type=Path, default=RESULTS / "segments_append" / "segments_append.json")
+    args = ap.parse_args()
+    info = machine(with_torch=False)
+    print(describe_machine(info))
+    work = Path(tempfile.mkdtemp(prefix="segments_append.", dir=args.dir))
+    try:
+        r = bench(args.n, args.dim, args.add, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    steps = [k for k, v in r.items() if isinstance(v, dict) and "seconds" in v]
+    rows = [
+        [k, r[k]["seconds"], r[k]["bytes_written"], r[k].get("write_bytes", ""), r[k]["files_written"]] for k in steps
+    ]
+    print()
+    print(table(rows, ["step", "seconds", "bytes in files", "write_bytes (/proc)", "files"]))
+    print(
+        f"\nappend {args.add:,} to {args.n:,}: the checkpoint wrote {r['append_vs_rewrite_bytes']:.4%} of a full "
+        f"rewrite's bytes, in {r['append_vs_rewrite_seconds']:.2%} of its time"
+    )
+    path = write_json(args.out, {"command": command_line(), "machine": info, "results": r})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
