@@ -318,3 +318,20 @@ def test_a_generation_keeps_its_segments_when_a_merge_retires_them(tmp_path: Pat
     assert not any((idx / SEGMENTS / f"{s.name}.json").exists() for s in published.segments)
     again = SegmentStore.open(gen / SEGMENTS, 0, writable=False, verify=True)  # hard links: intact
     assert np.array_equal(again.get(flat.ids()), flat.all_vectors()[1])
+
+
+def test_a_store_of_another_dimension_is_replaced_at_the_first_save(tmp_path: Path) -> None:
+    """What `--reembed` with a model of another width does (indexer/build.py): an empty store takes
+    the directory; the old segments stay the store until its first save, then their files go."""
+    directory = tmp_path / SEGMENTS
+    old = SegmentStore.open(directory, DIM)
+    old.add(np.arange(20), vecs(20, 0))
+    old.save(seq=1)
+    assert SegmentStore.open(directory, 16).dim == DIM  # the stored width, for the caller to compare
+    new = SegmentStore(directory, 16, [])
+    assert SegmentStore.open(directory, 16).dim == DIM  # nothing written yet
+    new.add([3], np.ones((1, 16), np.float32))
+    new.save(seq=2)
+    reopened = SegmentStore.open(directory, 16)
+    assert reopened.dim == 16 and reopened.ids().tolist() == [3]
+    assert len(list(directory.iterdir())) == 5
