@@ -185,7 +185,7 @@ class _Breakdown:
         self.t_decode_start: float | None = None
         self.wait_decode = 0.0
         self.embed = 0.0
-        self.embed_batch = 0.0
+        self.ingest = 0.0
         self.publish = 0.0
         self.dup_links = 0.0
         self.save_store = 0.0
@@ -227,7 +227,7 @@ class _Breakdown:
 
         decoding.decode_many = decode_many
         timed(Encoder, "embed_pixels", "embed")
-        timed(embed, "_embed_batch", "embed_batch")
+        timed(embed, "_ingest", "ingest")
         timed(b, "publish", "publish")
         timed(Catalog, "refresh_duplicate_links", "dup_links")
         timed(IndexRun, "save_store", "save_store")
@@ -238,7 +238,7 @@ class _Breakdown:
             "setup_walk_hash_classify_s": before,
             "waiting_for_decode_s": self.wait_decode,
             "embed_s": self.embed,
-            "catalog_and_store_s": self.embed_batch - self.embed,
+            "catalog_and_store_s": self.ingest,
             "store_saves_s": self.save_store,
             "publish_s": self.publish,
             "duplicate_links_s": self.dup_links,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import LoadFailure
 from .images import DEFAULT_MAX_PIXELS, ImageInfo, ImageLoadError, load_image_with_info
 
 
@@ -37,6 +38,7 @@ class Decoded:
     pixels: np.ndarray | None = None  # (S, S, 3) uint8
     info: ImageInfo | None = None
     error: str | None = None
+    failure: LoadFailure | None = None  # which kind of failure `error` is, when the decoder knows
 
 
 def _decode_one(args: tuple[int, str, int, int]) -> Decoded:
@@ -45,7 +47,7 @@ def _decode_one(args: tuple[int, str, int, int]) -> Decoded:
         pixels, info = load_image_with_info(path, size, max_pixels=max_pixels)
         return Decoded(index, path, pixels, info)
     except ImageLoadError as exc:
-        return Decoded(index, path, error=exc.reason)
+        return Decoded(index, path, error=exc.reason, failure=exc.kind)
     except Exception as exc:  # a worker must report, never die: one file never stops a run
         return Decoded(index, path, error=f"unexpected decoder failure: {type(exc).__name__}: {exc}")
 

@@ -1,124 +1,86 @@
-"""Decode and embed what the walk found, committing each batch and checkpointing the store; then
-give each byte-identical copy the vector of the file it copies."""
+"""Decode and embed what the walk found (on the run's distributor, indexer/distribute.py), committing
+each result here and checkpointing the store; then give each byte-identical copy the vector of the
+file it copies."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 
 import numpy as np
 from sqlalchemy import select
 
-from encoder import Encoder
-from encoder.decoding import Decoded, decode_batches, default_backend
 from encoder.images import ImageInfo
 
 from .catalog import STATUS_OK, STATUS_PENDING, ImageRecord, content_hash, upsert_failed
+from .distribute import ShardResult, cpu_thread_budget, current_distributor, default_decode_workers, make_shards
 from .run import IndexRun
+
+# cpu_thread_budget and default_decode_workers live with the local threads now; build.py imports them here.
+__all__ = ["add_copies", "cpu_thread_budget", "default_decode_workers", "embed_files"]
 
 
 def embed_files(run: IndexRun, to_decode: list[str]) -> None:
-    """Decode `to_decode` in parallel and embed it in batches, committing each batch; save the
-    store after a full batch when the last save is more than ``checkpoint_every_s`` old."""
+    """Decode and embed `to_decode` with the run's distributor (indexer/distribute.py: this
+    machine's threads unless another was chosen), in shards of the batch size, ingesting each
+    result here, the single writer; save the store after a full shard when the last save is
+    more than ``checkpoint_every_s`` old."""
     opts = run.options
+    if not to_decode:
+        return
     bar = None
-    if opts.progress and to_decode:
+    if opts.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(to_decode), unit="img", desc="embedding", dynamic_ncols=True)
-    n_workers = opts.workers if opts.workers is not None else default_decode_workers(run.encoder, len(to_decode))
-    paths = [run.seen[rel][0] for rel in to_decode]
-    batches = decode_batches(
-        paths, run.encoder.image_size, opts.batch_size, workers=n_workers, max_pixels=opts.max_pixels
-    )
-    with cpu_thread_budget(run.encoder, n_workers):
-        last_save = time.monotonic()
-        for batch in batches:
-            _embed_batch(run, batch, to_decode)
+    distributor = current_distributor(opts.workers)
+    shards = make_shards([str(run.seen[rel][0]) for rel in to_decode], opts.batch_size)
+    last_save = time.monotonic()
+    with closing(distributor.embed(run.encoder, shards, opts.max_pixels)) as results:
+        for result in results:
+            _ingest(run, result, to_decode)
             run.changed = True
             if bar is not None:
-                bar.update(len(batch))
-            if len(batch) == opts.batch_size and time.monotonic() - last_save > opts.checkpoint_every_s:
+                bar.update(len(result.indexes))
+            if len(result.indexes) >= opts.batch_size and time.monotonic() - last_save > opts.checkpoint_every_s:
                 run.save_store()
                 last_save = time.monotonic()
     if bar is not None:
         bar.close()
 
 
-def default_decode_workers(encoder: Encoder, n_files: int) -> int:
-    """Decoders for `n_files`. Threads (the default backend on small machines) start for free:
-    one per core; torch then gets one thread and the embedding interleaves with decoding
-    (measured best on 2 cores). Processes cost a start-up: none for a handful of files,
-    else one per core, less the core that embeds when the model runs on the CPU."""
-    cores = os.cpu_count() or 1
-    if default_backend() == "thread":
-        return min(cores, max(1, n_files))
-    if n_files < 64:
-        return 0
-    return max(1, cores - 1) if encoder.device.type == "cpu" else cores
-
-
-@contextmanager
-def cpu_thread_budget(encoder: Encoder, decode_workers: int | None, backend: str | None = None) -> Iterator[None]:
-    """On a CPU, give torch only the cores the decoders leave free.
-
-    Torch's intra-op threads (OpenMP, which spin while they wait) and the
-    decoders otherwise fight over the same cores; measured on 2 cores, this
-    alone doubled end-to-end throughput. Decoding threads sleep in Pillow's C
-    code rather than spin, so with them torch keeps half the cores (decoding
-    and embedding cost about the same per image on a CPU).
-    """
-    import torch
-
-    if encoder.device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    cores = os.cpu_count() or 1
-    if decode_workers:
-        if (backend or default_backend()) == "thread":
-            torch.set_num_threads(max(1, cores // 2))
-        else:
-            torch.set_num_threads(max(1, cores - decode_workers))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _embed_batch(run: IndexRun, batch: list[Decoded], to_decode: list[str]) -> None:
+def _ingest(run: IndexRun, result: ShardResult, to_decode: list[str]) -> None:
+    """Commit one shard's catalog rows, then put its vectors into the store."""
     summary = run.summary
-    good = [d for d in batch if d.pixels is not None]
-    vectors = run.encoder.embed_pixels(np.stack([d.pixels for d in good])) if good else None
-    rels = [to_decode[d.index] for d in batch]
+    rels = [to_decode[i] for i in result.indexes]
     embedded_rows: list[ImageRecord] = []
     with run.catalog.session() as s, s.begin():
         # One SELECT and one flush per batch: a round-trip per image costs ~1 ms each.
         existing = {r.path: r for r in s.scalars(select(ImageRecord).where(ImageRecord.path.in_(rels)))}
-        for d, rel in zip(batch, rels, strict=True):
+        hashes = result.hashes or [None] * len(rels)
+        for rel, error, info, computed in zip(rels, result.errors, result.infos, hashes, strict=True):
             path, st = run.seen[rel]
             row = existing.get(rel)
-            if d.pixels is None:
-                upsert_failed(s, row, rel, st, d.error or "unknown error")
-                summary.failed.append((rel, d.error or "unknown error"))
+            if error is not None:
+                upsert_failed(s, row, rel, st, error)
+                summary.failed.append((rel, error))
                 continue
-            digest = run.hashes.get(rel, (None, None))[0] or (row.content_hash if row else None)
+            digest = computed or run.hashes.get(rel, (None, None))[0] or (row.content_hash if row else None)
             if row is None:
                 row = ImageRecord(path=rel)
                 summary.added += 1
             elif run.rows.get(rel) is not None and run.rows[rel].status != STATUS_PENDING:
                 summary.updated += 1
-            _set_indexed(run, row, st, digest or content_hash(path), d.info)
+            _set_indexed(run, row, st, digest or content_hash(path), info)
             row.duplicate_of = None
             s.add(row)
             embedded_rows.append(row)
         s.flush()
         ids = [row.id for row in embedded_rows]
-    summary.embedded += len(good)
-    if good:
-        run.store.replace(np.array(ids, dtype=np.int64), vectors)  # a changed file replaces its old vector
+    summary.embedded += len(ids)
+    if ids:
+        run.store.replace(np.array(ids, dtype=np.int64), result.vectors)  # a changed file replaces its old vector
 
 
 def add_copies(run: IndexRun, copies: list[tuple[str, str]]) -> None:

@@ -1,0 +1,173 @@
+"""Where decoding and embedding run: the distributor interface, and its local implementation.
+
+The walk and the diff against the catalog stay on the driver (the process that
+holds the index's lock); what is left to embed is cut into shards of paths. A
+:class:`Distributor` turns shards into :class:`ShardResult`s (vectors, image
+info and per-file errors, nothing written anywhere), in any order, and the
+driver ingests each one (indexer/embed.py): the catalog and the vector store
+keep a single writer however many machines embed.
+
+Two implementations: :class:`ThreadDistributor`, this machine's decoding
+threads (or processes) feeding the encoder in the driver, the default; and
+``indexer.ray_embed.RayDistributor``, Ray Data tasks and actors on a cluster.
+A distributor is chosen for a run with :func:`use_distributor` (a context
+variable, so ``build_index`` needs no argument for it and a run in another
+thread is not affected).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from encoder import Encoder
+from encoder.decoding import Decoded, decode_many, default_backend
+from encoder.images import ImageInfo
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive entries of a run's to-decode list: ``paths[i]`` is entry ``start + i``."""
+
+    start: int
+    paths: list[str]
+
+
+@dataclass
+class ShardResult:
+    """What became of some files: one entry a file in `indexes`, `errors` and `infos`, one row of
+    `vectors` a file that decoded (in the order of `indexes`). Which worker made it is in `worker`."""
+
+    indexes: list[int]  # positions in the run's to-decode list
+    errors: list[str | None]  # None: decoded and embedded
+    infos: list[ImageInfo | None]  # header size and format of each file that decoded
+    vectors: np.ndarray  # (number of files without an error, D) float32, unit length
+    hashes: list[str | None] | None = None  # content hashes, when the worker computed them
+    worker: str = field(default="local")
+
+    def __post_init__(self) -> None:
+        good = sum(e is None for e in self.errors)
+        if not len(self.indexes) == len(self.errors) == len(self.infos) or len(self.vectors) != good:
+            raise ValueError(
+                f"inconsistent shard result: {len(self.indexes)} indexes, {len(self.errors)} errors, "
+                f"{len(self.infos)} infos, {len(self.vectors)} vectors for {good} decoded files"
+            )
+
+    @classmethod
+    def from_decoded(cls, encoder: Encoder, batch: list[Decoded], indexes: list[int]) -> ShardResult:
+        """Embed a batch of decoded files, the files at positions `indexes` of the to-decode list."""
+        good = [d for d in batch if d.pixels is not None]
+        vectors = (
+            encoder.embed_pixels(np.stack([d.pixels for d in good])) if good else np.zeros((0, encoder.dim), np.float32)
+        )
+        return cls(
+            indexes=indexes,
+            errors=[None if d.pixels is not None else (d.error or "unknown error") for d in batch],
+            infos=[d.info for d in batch],
+            vectors=vectors,
+        )
+
+
+class Distributor(Protocol):
+    """Decodes and embeds shards of files somewhere; never writes the index."""
+
+    #: A word for messages and benchmarks ("threads", "ray").
+    name: str
+
+    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
+        """Yield results covering every file of `shards` exactly once, in any order and grouping.
+        `encoder` is the driver's; a remote implementation loads the same model (its directory,
+        ``encoder.model_dir``, checked by ``encoder.model_id``) where it runs."""
+        ...
+
+
+def make_shards(paths: Sequence[str], size: int) -> list[Shard]:
+    """Cut `paths` into consecutive shards of `size` (the last one possibly shorter)."""
+    if size < 1:
+        raise ValueError(f"shard size must be >= 1, got {size}")
+    return [Shard(s, list(paths[s : s + size])) for s in range(0, len(paths), size)]
+
+
+class ThreadDistributor:
+    """This machine: decoding threads (processes above 8 cores, encoder/decoding.py) feed the
+    encoder in the calling thread, one shard at a time; torch gets the cores the decoders leave."""
+
+    name = "threads"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers  # None: indexer.embed.default_decode_workers
+
+    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
+        paths = [p for shard in shards for p in shard.paths]
+        n_workers = self.workers if self.workers is not None else default_decode_workers(encoder, len(paths))
+        # One decoder stream across every shard, so the decoders never drain at a shard's end.
+        decoded = decode_many(paths, encoder.image_size, workers=n_workers, max_pixels=max_pixels)
+        with cpu_thread_budget(encoder, n_workers):
+            for shard in shards:
+                batch = [next(decoded) for _ in shard.paths]
+                yield ShardResult.from_decoded(encoder, batch, [shard.start + k for k in range(len(batch))])
+
+
+def default_decode_workers(encoder: Encoder, n_files: int) -> int:
+    """Decoders for `n_files`. Threads (the default backend on small machines) start for free:
+    one per core; torch then gets one thread and the embedding interleaves with decoding
+    (measured best on 2 cores). Processes cost a start-up: none for a handful of files,
+    else one per core, less the core that embeds when the model runs on the CPU."""
+    cores = os.cpu_count() or 1
+    if default_backend() == "thread":
+        return min(cores, max(1, n_files))
+    if n_files < 64:
+        return 0
+    return max(1, cores - 1) if encoder.device.type == "cpu" else cores
+
+
+@contextmanager
+def cpu_thread_budget(encoder: Encoder, decode_workers: int | None, backend: str | None = None) -> Iterator[None]:
+    """On a CPU, give torch only the cores the decoders leave free.
+
+    Torch's intra-op threads (OpenMP, which spin while they wait) and the
+    decoders otherwise fight over the same cores; measured on 2 cores, this
+    alone doubled end-to-end throughput. Decoding threads sleep in Pillow's C
+    code rather than spin, so with them torch keeps half the cores (decoding
+    and embedding cost about the same per image on a CPU).
+    """
+    import torch
+
+    if encoder.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if decode_workers:
+        if (backend or default_backend()) == "thread":
+            torch.set_num_threads(max(1, cores // 2))
+        else:
+            torch.set_num_threads(max(1, cores - decode_workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_current: contextvars.ContextVar[Distributor | None] = contextvars.ContextVar("lookalike_distributor", default=None)
+
+
+@contextmanager
+def use_distributor(distributor: Distributor | None) -> Iterator[None]:
+    """Index with `distributor` inside this block (None: the local threads)."""
+    token = _current.set(distributor)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current_distributor(workers: int | None = None) -> Distributor:
+    """The distributor chosen by :func:`use_distributor`, else this machine's threads."""
+    return _current.get() or ThreadDistributor(workers)
