@@ -116,10 +116,23 @@ def index(
     neighbours: int = typer.Option(
         NEIGHBOURS_K, min=0, help="Neighbours of each image precomputed for fast by-id queries; 0 = none."
     ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Decode and embed on Ray (pip install 'lookalike[ray]'): on the cluster of --ray-address or "
+        "$RAY_ADDRESS, else on a Ray started on this machine for the run. Every node must read the folder "
+        "and the model at the same paths as this machine (a shared file system), and have lookalike installed.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        help="The Ray cluster for --ray (implies it): auto, ray://HOST:PORT or HOST:PORT "
+        "[default: $RAY_ADDRESS, else a Ray started on this machine].",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Index a folder: add new images, re-embed changed ones, follow moves, drop deleted ones."""
     from indexer import build_index
+    from indexer.distribute import use_distributor
     from indexer.layout import default_index_dir
 
     from ..review import recover
@@ -131,25 +144,35 @@ def index(
     if target.is_dir():
         for line in recover(target, catalog):
             typer.echo(f"recovered an interrupted review operation: {line}", err=True)
-    summary = build_index(
-        folder,
-        index_dir,
-        model,
-        index_type=index_type,
-        reembed=reembed,
-        catalog_url=catalog,
-        workers=workers,
-        device=device,
-        batch_size=batch_size,
-        checkpoint_every_s=checkpoint_every,
-        neighbours=neighbours,
-    )
+    with use_distributor(ray_distributor(ray_address) if ray or ray_address else None):
+        summary = build_index(
+            folder,
+            index_dir,
+            model,
+            index_type=index_type,
+            reembed=reembed,
+            catalog_url=catalog,
+            workers=workers,
+            device=device,
+            batch_size=batch_size,
+            checkpoint_every_s=checkpoint_every,
+            neighbours=neighbours,
+        )
     if as_json:
         import json
 
         typer.echo(json.dumps(summary.as_dict(), indent=2))
         return
     print_index_summary(summary)
+
+
+def ray_distributor(address: str | None) -> Any:
+    """The distributor of `--ray [--ray-address ADDRESS]`; says how to install Ray, before any
+    work, when it is missing."""
+    from indexer.ray_embed import RayDistributor, import_ray
+
+    import_ray()
+    return RayDistributor(address)
 
 
 def print_index_summary(summary: Any) -> None:

@@ -1,0 +1,162 @@
+"""Indexing on a real Ray cluster of two nodes on localhost (indexer/ray_embed.py): the same index as
+the local threads make, an embedding actor killed mid-run, the CLI's --ray, and the errors a user
+sees (Ray missing, a node that cannot read a file the driver can).
+
+One cluster for the module: two nodes of one CPU each and a small object store, so it fits a
+2-core, 24 GB machine; the embedding actor takes one node's CPU, decoding tasks the other's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA, fill_folder
+from same_index import assert_same_index, index_state
+from typer.testing import CliRunner
+
+from encoder import Encoder
+from indexer import IndexBuildError, build_index
+from indexer.distribute import Shard, ShardResult, use_distributor
+from indexer.ray_embed import INSTALL_HINT, RayDistributor, _refuse_unseen_files, import_ray
+
+OBJECT_STORE = 150 * 2**20
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A head node and a second node on this machine, this process connected as the driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE}
+    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    c.add_node(**node)
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level="WARNING")
+    try:
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield c.address
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample corpus (169 images) plus a file that is not an image."""
+    root = tmp_path_factory.mktemp("ray") / "data"
+    shutil.copytree(DATA, root, ignore=shutil.ignore_patterns(".lookalike"))
+    (root / "notes.png").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_index(corpus: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus indexed by this machine's threads: what every Ray run must match."""
+    index_dir = tmp_path_factory.mktemp("local") / "index"
+    summary = build_index(corpus, index_dir, tiny_model, progress=False)
+    assert summary.failed == [("notes.png", "not a recognised image format")]
+    return index_dir
+
+
+def good_images(folder: Path) -> int:
+    return len([p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg"} and p.name != "notes.png"])
+
+
+def test_ray_builds_the_index_the_threads_build(
+    cluster: str, corpus: Path, local_index: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    ray_run = RayDistributor(cluster)
+    with use_distributor(ray_run):
+        on_ray = build_index(corpus, tmp_path / "ray", tiny_model, progress=False, batch_size=64)
+    n = good_images(corpus)
+    assert n >= 160
+    assert on_ray.embedded == on_ray.added == n
+    assert on_ray.failed == [("notes.png", "not a recognised image format")]
+    assert ray_run.duplicates == 0 and ray_run.timings["first_result"] > 0
+    assert assert_same_index(local_index, tmp_path / "ray") == n
+
+
+class KillTheEmbedder:
+    """Ray, with the embedding actor's process killed (SIGKILL) as soon as its first result is in."""
+
+    name = "ray, one worker killed"
+
+    def __init__(self, inner: RayDistributor) -> None:
+        self.inner = inner
+        self.killed: int | None = None
+        self.workers_after: set[str] = set()
+
+    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
+        for result in self.inner.embed(encoder, shards, max_pixels):
+            if self.killed is None:
+                self.killed = int(result.worker.split(",")[0].rsplit(":", 1)[1])
+                os.kill(self.killed, signal.SIGKILL)
+            else:
+                self.workers_after.add(result.worker)
+            yield result
+
+
+def test_a_killed_embedding_actor_is_restarted_and_nothing_is_lost_or_doubled(
+    cluster: str, corpus: Path, local_index: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    run = KillTheEmbedder(RayDistributor(cluster))
+    with use_distributor(run):
+        # Small shards: most of them are still to decode when the first result comes back.
+        summary = build_index(corpus, tmp_path / "killed", tiny_model, progress=False, batch_size=8)
+    assert run.killed is not None
+    # Results after the kill came from a restarted actor (another process), not only from before it.
+    assert any(f":{run.killed}" not in w for w in run.workers_after), run.workers_after
+    n = good_images(corpus)
+    assert summary.embedded == summary.added == n and len(summary.failed) == 1
+    rows, vectors = index_state(tmp_path / "killed")
+    assert sum(r[0] == "ok" for r in rows.values()) == len(vectors) == n  # each file once, each with a vector
+    assert assert_same_index(local_index, tmp_path / "killed") == n
+
+
+def test_cli_index_with_ray_address(cluster: str, tiny_model: Path, tmp_path: Path) -> None:
+    from search.cli import app
+
+    folder = fill_folder(tmp_path / "pics")
+    res = CliRunner().invoke(
+        app, ["index", str(folder), "--model", str(tiny_model), "--ray-address", cluster, "--batch-size", "4", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert '"embedded": 12' in res.output
+
+
+def test_a_node_that_cannot_read_a_file_the_driver_can_stops_the_run(tmp_path: Path) -> None:
+    seen = tmp_path / "seen here.png"
+    seen.write_bytes(b"x")
+    rows = {
+        "path": np.array([str(tmp_path / "gone.png"), str(seen)], dtype=object),
+        "node": np.array(["host/abcd1234", "host/abcd1234"], dtype=object),
+        "cannot_read": np.array([True, False]),
+        "error": np.array(["cannot read file (No such file or directory)", ""], dtype=object),
+    }
+    _refuse_unseen_files(rows)  # gone for the driver too: that file fails, as on one machine
+    rows["cannot_read"] = np.array([False, True])
+    with pytest.raises(IndexBuildError) as err:
+        _refuse_unseen_files(rows)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "node host/abcd1234 cannot read" in message and str(seen) in message and "same path" in message
+
+
+def test_without_ray_the_cli_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from search.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    with pytest.raises(IndexBuildError, match="pip install 'lookalike\\[ray\\]'"):
+        import_ray()
+    folder = fill_folder(tmp_path / "pics", 1)
+    res = CliRunner().invoke(app, ["index", str(folder), "--ray"])
+    assert res.exit_code == 2
+    assert INSTALL_HINT in res.output
+    assert not (folder / ".lookalike" / "catalog.sqlite").exists()  # said before any work
