@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from encoder import Encoder
 from indexer import IndexBuildError, build_index
-from indexer.distribute import Shard, ShardResult, use_distributor
+from indexer.distribute import Shard, ShardResult, make_shards, use_distributor
 from indexer.ray_embed import INSTALL_HINT, RayDistributor, _refuse_unseen_files, import_ray
 
 OBJECT_STORE = 150 * 2**20
@@ -129,6 +129,20 @@ def test_cli_index_with_ray_address(cluster: str, tiny_model: Path, tmp_path: Pa
     )
     assert res.exit_code == 0, res.output
     assert '"embedded": 12' in res.output
+
+
+def test_an_actor_that_loads_another_model_stops_the_run_in_one_line(
+    cluster: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    folder = fill_folder(tmp_path / "pics", 1)
+    encoder = Encoder(tiny_model, "cpu")
+    encoder.model_id = "0123456789abcdef"  # the driver's model is not the one the nodes read at its path
+    shards = make_shards(sorted(str(p) for p in folder.rglob("*.png")), 4)
+    with pytest.raises(IndexBuildError) as err:
+        list(RayDistributor(cluster).embed(encoder, shards, 10_000_000))
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"reads another model at {tiny_model.resolve()}" in message and "0123456789abcdef" in message
 
 
 def test_a_node_that_cannot_read_a_file_the_driver_can_stops_the_run(tmp_path: Path) -> None:
