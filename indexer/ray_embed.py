@@ -47,6 +47,10 @@ NODE_ERROR = "lookalike-node-error: "
 _CANNOT_READ = (LoadFailure.NOT_FOUND, LoadFailure.UNREADABLE)
 
 
+#: Memory an embedding actor reserves (Ray's `memory` resource): the model, a batch in and out.
+ACTOR_MEMORY = 512 * 2**20
+
+
 def import_ray() -> Any:
     try:
         import ray
@@ -87,6 +91,7 @@ def decode_block(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> di
         "error": error,
         "cannot_read": cannot_read,
         "node": np.full(n, node, dtype=object),
+        "decoder": np.full(n, f"{node}:{os.getpid()}", dtype=object),
         "width": width,
         "height": height,
         "format": fmt,
@@ -149,6 +154,9 @@ class RayDistributor:
         self.timings: dict[str, float] = {}
         #: Results the last run dropped because the driver already had their files (retries).
         self.duplicates = 0
+        #: The processes ("host/node:pid") that decoded and that embedded in the last run.
+        self.decoders: set[str] = set()
+        self.embedders: set[str] = set()
 
     def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
         ray = import_ray()
@@ -190,6 +198,10 @@ class RayDistributor:
             n_actors, actor_resources, device = self.actors or gpus, {"num_gpus": 1, "num_cpus": 1}, "cuda"
         else:
             n_actors, actor_resources, device = self.actors or max(1, cpus // 2), {"num_cpus": 1}, "cpu"
+        # A reservation for the model and a batch. Resources that differ from the decoding tasks' also
+        # keep Ray Data from fusing those tasks into the actors, where decoding would run one process per
+        # actor (on a CPU cluster, the other half of the CPUs idle) instead of on every free CPU.
+        actor_resources["memory"] = ACTOR_MEMORY
         ctx = DataContext.get_current()
         saved = ctx.enable_progress_bars, ctx.print_on_execution_start
         ctx.enable_progress_bars = ctx.print_on_execution_start = False  # the driver shows its own bar
@@ -234,6 +246,7 @@ class RayDistributor:
         """Turn Ray Data's batches into results: each file once, and every file."""
         done: set[int] = set()
         self.duplicates = 0
+        self.decoders, self.embedders = set(), set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             keep = [k for k, i in enumerate(batch["index"].tolist()) if i not in done]
             self.duplicates += len(batch["index"]) - len(keep)
@@ -243,6 +256,8 @@ class RayDistributor:
             _refuse_unseen_files(rows)
             result = _to_result(rows)
             done.update(result.indexes)
+            self.decoders.update(str(d) for d in rows["decoder"])
+            self.embedders.update(str(w) for w in rows["worker"])
             if "first_result" not in self.timings:
                 self.timings["first_result"] = time.perf_counter() - t0
             yield result

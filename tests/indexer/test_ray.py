@@ -80,6 +80,10 @@ def test_ray_builds_the_index_the_threads_build(
     assert on_ray.embedded == on_ray.added == n
     assert on_ray.failed == [("notes.png", "not a recognised image format")]
     assert ray_run.duplicates == 0 and ray_run.timings["first_result"] > 0
+    # Decoding ran in tasks of its own, on the other node (the actor holds its node's only CPU).
+    assert len(ray_run.embedders) == 1 and ray_run.decoders.isdisjoint(ray_run.embedders)
+    nodes = {w.rsplit(":", 1)[0] for w in ray_run.decoders | ray_run.embedders}
+    assert len(nodes) == 2, ray_run.decoders | ray_run.embedders
     assert assert_same_index(local_index, tmp_path / "ray") == n
 
 
