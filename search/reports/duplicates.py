@@ -10,8 +10,12 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
   the index's own HNSW/IVF), so memory grows with n*k. A pair of neighbours joins a
   tier when the cosine of their *whitened* vectors (:func:`whiten`) reaches the tier's
   threshold, or when their perceptual hashes differ in at most the tier's `hamming`
-  bits, or (tiers with `crop_hamming`) when one's hash is that close to a window of the
-  other's picture (:func:`.scan.crop_distance`: a crop of 5-15%). Groups never chain:
+  bits *and* their 16x16 thumbnails agree in detail once tone and resolution are matched
+  (:mod:`.detail`: variants of one drawing, a dreidel with another letter, hash as close as
+  copies do), or (tiers with `crop_hamming`) when one's hash is closer to a window of the
+  other's picture than to the whole and within `crop_hamming` bits (:func:`.scan.crop_distance`:
+  a crop of 5-15%). A pair whose whole pictures hash alike and whose detail differs is not
+  rescued by a crop window that matches no better (:func:`_whole`). Groups never chain:
   every member passes the tier's rule against the group's keeper (:data:`LINKAGE`,
   :mod:`.grouping`). A group is shown at the strictest tier at which it holds together;
   a looser tier shows a group only when it adds images. Each group names a keeper
@@ -42,6 +46,8 @@ from indexer import ImageRecord
 from indexer.catalog import STATUS_OK
 
 from ..engine import Engine
+from .detail import DETAIL_LIMIT, Details, detail_distance
+from .detail import SIDE as DETAIL_SIDE
 from .grouping import Rule, attach_to_keepers, complete_groups, star_groups
 from .members import canonical_ids, members
 from .model import (
@@ -161,8 +167,10 @@ class _Candidates:
     s: np.ndarray  # (p,) cosine of each pair
     d: np.ndarray  # (p,) hash distance of each pair (255: not hashed)
     dc: np.ndarray  # (p,) crop distance of each pair (255: not hashed)
+    dd: np.ndarray  # (p,) detail distance of each pair whose hashes are close (0: not compared)
     codes: np.ndarray | None  # (n,) perceptual hashes, when used
     crops: np.ndarray | None  # (n, CROP_HASHES) crop hashes, when used
+    details: Details | None  # detail thumbnails, when hashes are used
     method: str
 
     def passes(self, tier: Tier) -> Rule:
@@ -170,11 +178,22 @@ class _Candidates:
 
         def rule(node: int, others: np.ndarray) -> np.ndarray:
             ok = self.vecs[others] @ self.vecs[node] >= tier.threshold
-            if tier.hamming is not None and self.codes is not None:
-                ok |= hamming(self.codes[others], np.full(len(others), self.codes[node])) <= tier.hamming
+            whole = np.zeros(len(others), dtype=bool)
+            crop = None
             if tier.crop_hamming is not None and self.crops is not None:
                 mine = np.broadcast_to(self.crops[node], (len(others), self.crops.shape[1]))
-                ok |= crop_distance(self.crops[others], mine) <= tier.crop_hamming
+                crop = crop_distance(self.crops[others], mine)
+            if tier.hamming is not None and self.codes is not None:
+                d = hamming(self.codes[others], np.full(len(others), self.codes[node]))
+                whole = _whole(tier, d, crop)
+                same = whole.copy()
+                check = np.flatnonzero(whole & ~ok)  # cosine-admitted pairs need no second look
+                if len(check) and self.details is not None:
+                    far = detail_distance(self.details, np.full(len(check), node), others[check], limit=DETAIL_LIMIT)
+                    same[check] = far <= DETAIL_LIMIT
+                ok |= same
+            if crop is not None and tier.crop_hamming is not None:
+                ok |= ~whole & (crop <= tier.crop_hamming)
             return ok
 
         return rule
@@ -185,12 +204,40 @@ class _Candidates:
         return np.minimum(d, dc) if tier.crop_hamming is not None and self.crops is not None else d
 
 
-def _tier_mask(tier: Tier, s: np.ndarray, d: np.ndarray, dc: np.ndarray) -> np.ndarray:
+def _tier_mask(tier: Tier, s: np.ndarray, d: np.ndarray, dc: np.ndarray, dd: np.ndarray) -> np.ndarray:
+    """The pairs that pass `tier`: cosine; or whole-picture hashes within `hamming` bits and the
+    same detail (:mod:`.detail`); or, for pairs whose whole pictures do not hash alike, a crop
+    window within `crop_hamming` bits. A pair whose whole pictures hash alike is aligned: when
+    its detail differs it is two variants of one drawing, and no crop window makes it a copy."""
     m = s >= tier.threshold
-    if tier.hamming is not None:
-        m |= d <= tier.hamming
+    whole = _whole(tier, d, dc)
+    m |= whole & (dd <= DETAIL_LIMIT)
     if tier.crop_hamming is not None:
-        m |= dc <= tier.crop_hamming
+        m |= ~whole & (dc <= tier.crop_hamming)
+    return m
+
+
+def _whole(tier: Tier, d: np.ndarray, dc: np.ndarray | None) -> np.ndarray:
+    """Pairs compared as whole pictures: their hashes within the tier's `hamming`, and (at a tier
+    that counts crops) no crop window matching as well. Detail decides those (:mod:`.detail`);
+    the others are compared as a crop, where thumbnails of the two whole pictures do not line up.
+    A tie goes to the crop: on the tuxpaint-edits corpus (three seeds) counting ties as whole
+    left core recall 0.91-0.93 but a "similar" group of 11 around a family of 9 (seed 2); as crops
+    0.90-0.91 and no group over its family + 1 (docs/benchmarks.md, "Near-duplicates across corpora")."""
+    if tier.hamming is None:
+        return np.zeros(len(d), dtype=bool)
+    whole = d <= tier.hamming
+    if tier.crop_hamming is not None and dc is not None:
+        whole &= d < dc
+    return whole
+
+
+def _any_tier(tiers: Sequence[Tier], s: np.ndarray, d: np.ndarray, dc: np.ndarray, dd: np.ndarray) -> np.ndarray:
+    """The pairs that pass at least one tier (a looser tier's hash caps may exclude a crop that a
+    stricter tier's admits: a pair hashes "whole" at 10 bits but not at 8)."""
+    m = np.zeros(len(s), dtype=bool)
+    for t in tiers:
+        m |= _tier_mask(t, s, d, dc, dd)
     return m
 
 
@@ -216,7 +263,7 @@ def near_duplicates(
     Similarities are cosines of the whitened search vectors (:func:`whiten`), unless
     `whitened` is False (the raw cosine that searches use). With `phash` (and tiers that
     set `hamming`), every image is also decoded once (:func:`scan_images`, cached) and a
-    pair whose perceptual hashes are that close passes too: the vectors alone miss
+    pair whose perceptual hashes are that close (and whose detail agrees) passes too: the vectors alone miss
     brightness changes that the hash sees (docs/benchmarks.md, "Reports")."""
     t0 = time.perf_counter()
     tiers = tuple(sorted(tiers, key=lambda t: -t.threshold))
@@ -227,10 +274,10 @@ def near_duplicates(
     floor = -1.0 if use_hash else tiers[-1].threshold  # with hashes, every neighbour is a candidate
     i, j, s = similar_pairs(vecs, floor, k, index=index, ids=ids, queries=raw, batch_size=batch_size)
     del raw
-    codes = crops = None
+    codes = crops = thumbs = None
     d = dc = np.full(len(i), 255, dtype=np.int16)
     if use_hash:
-        codes, crops = _hash_codes(engine, ids, scan)
+        codes, crops, thumbs = _hash_codes(engine, ids, scan)
         tiers = _hash_tiers(tiers, codes, crops, vecs)
         if any(t.hamming is not None for t in tiers):
             d = hamming(codes[i], codes[j])
@@ -241,11 +288,19 @@ def near_duplicates(
         else:
             crops = None
         use_hash = codes is not None or crops is not None
-    keep = _tier_mask(tiers[-1], s, d, dc)
-    cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], dc[keep], codes, crops, method)
     if linkage not in LINKAGES:
         raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
-    rows = members(engine, cand.ids[np.unique(np.concatenate([cand.i, cand.j]))])
+    keep = _any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
+    i, j, s, d, dc = i[keep], j[keep], s[keep], d[keep], dc[keep]
+    rows = members(engine, ids[np.unique(np.concatenate([i, j]))])
+    details, dd = None, np.zeros(len(s))
+    if codes is not None and thumbs is not None:
+        sides = np.array([_side(rows.get(int(x))) for x in ids], dtype=np.int64)
+        details = Details(thumbs, sides)
+        near = np.flatnonzero(d <= max(t.hamming for t in tiers if t.hamming is not None))
+        dd[near] = detail_distance(details, i[near], j[near], limit=DETAIL_LIMIT)
+    keep = _any_tier(tiers, s, d, dc, dd)
+    cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep], codes, crops, details, method)
     degree = np.bincount(np.concatenate([cand.i, cand.j]), minlength=len(cand.ids))
     rank = _keeper_rank(cand.ids, rows, degree)
     groups = _describe(cand, _tier_groups(cand, tiers, linkage, rank), tiers, rows, rank)
@@ -276,18 +331,28 @@ def _distinct_vectors(engine: Engine, method: str, whitened: bool):
     return ids, (whiten(raw) if whitened else raw), raw, index, method
 
 
-def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.ndarray, np.ndarray]:
-    """The perceptual hash and crop hashes of each of `ids` (NO_HASH where an image failed to decode)."""
+def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The perceptual hash, crop hashes and detail thumbnail of each of `ids` (NO_HASH where an
+    image failed to decode; a flat grey thumbnail there, never compared since its hashes are
+    missing). Thumbnails are None when the scan has none."""
     scan = scan if scan is not None else scan_images(engine)
     codes = np.full(len(ids), NO_HASH, dtype=np.int64)
     crops = np.full((len(ids), CROP_HASHES), NO_HASH, dtype=np.int64)
+    thumbs = None if scan.details is None else np.full((len(ids), DETAIL_SIDE, DETAIL_SIDE), 128, dtype=np.uint8)
     if len(scan.ids):
         where = np.searchsorted(scan.ids, ids).clip(0, len(scan.ids) - 1)
         found = scan.ids[where] == ids
         codes[found] = scan.phashes[where[found]]
         if scan.crops is not None:
             crops[found] = scan.crops[where[found]]
-    return codes, crops
+        if thumbs is not None and scan.details is not None:
+            thumbs[found] = scan.details[where[found]]
+    return codes, crops, thumbs
+
+
+def _side(m: Member | None) -> int:
+    """A picture's smaller side in pixels (0 when unknown: compared at full detail)."""
+    return min(m.width or 0, m.height or 0) if m is not None else 0
 
 
 def _crop_distances(crops: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
@@ -330,7 +395,7 @@ def _tier_groups(
     out: dict[str, list[np.ndarray]] = {}
     stricter: list[np.ndarray] = []
     for tier in tiers:
-        m = _tier_mask(tier, cand.s, cand.d, cand.dc)
+        m = _tier_mask(tier, cand.s, cand.d, cand.dc, cand.dd)
         d = cand.distance(tier, cand.d[m], cand.dc[m])
         closeness = cand.s[m] - np.where(d == 255, 0, d) / 64.0
         if linkage == "star":

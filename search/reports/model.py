@@ -21,8 +21,9 @@ FORMATS = ("html", "json", "csv")
 @dataclass(frozen=True)
 class Tier:
     """A named band of near-duplicates: pairs of neighbours whose cosine similarity is >=
-    `threshold`, or whose perceptual hashes differ in at most `hamming` bits, or where one
-    is within `crop_hamming` bits of a window of the other (a small crop, anywhere)."""
+    `threshold`, or whose perceptual hashes differ in at most `hamming` bits and whose detail
+    agrees (:mod:`.detail`), or where one is within `crop_hamming` bits of a window of the
+    other (a small crop, anywhere)."""
 
     name: str
     threshold: float

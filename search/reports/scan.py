@@ -1,6 +1,6 @@
 """One decoding pass over every distinct indexed image, for what vectors cannot tell:
-the autoencoder's reconstruction error (the outlier score) and a perceptual hash (the
-near-duplicate check that complements the vectors).
+the autoencoder's reconstruction error (the outlier score), a perceptual hash and crop
+hashes (the near-duplicate checks that complement the vectors) and a detail thumbnail.
 
 The catalog keeps no pixels, so images are decoded again, in parallel and in
 batches. Results are cached in ``report_cache.sqlite`` in the index directory, keyed by
@@ -20,6 +20,14 @@ middles and centre. A copy cut down by 5-15% at any place is close to one of the
 original's windows (:func:`crop_distance`): on the cross-corpus benchmark's crops of
 8-10%, 96% of (original, crop) pairs are within 8 bits this way and 9-35% by the whole
 hash (docs/benchmarks.md, "Near-duplicates across corpora").
+
+Detail thumbnails: the picture (padding left out) in grey, averaged down to 16x16
+(:func:`.detail.detail_thumbnails`, 256 bytes an image). A pair that the whole-picture hash
+admits must also agree in this finer detail (:mod:`.detail`): stamps drawn as variants of one
+another (a dreidel with another letter) hash within 2-6 bits of each other.
+
+The cache table is ``scan_v3``; a cache written before thumbnails existed (``scan_v2``) is
+ignored and its images scanned again.
 
 Mirror images are left out on purpose: a mirror hash (the same DCT, odd horizontal
 frequencies negated) lifted mirror recall from 0.08 to 0.47-0.58 on that benchmark but
@@ -47,6 +55,8 @@ from indexer.catalog import STATUS_OK, in_chunks
 from indexer.layout import REPORT_CACHE
 
 from ..engine import Engine
+from .detail import SIDE as DETAIL_SIDE
+from .detail import detail_thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -196,17 +206,18 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d
 
 
-#: A scan result: (outlier score, perceptual hash, crop hashes).
-ScanRow = tuple[float, int, np.ndarray]
+#: A scan result: (outlier score, perceptual hash, crop hashes, detail thumbnail).
+ScanRow = tuple[float, int, np.ndarray, np.ndarray]
 
 
 class ScanCache:
-    """(content hash, model id) -> (score, perceptual hash, crop hashes), in a small SQLite file.
+    """(content hash, model id) -> (score, perceptual hash, crop hashes, detail thumbnail), in
+    a small SQLite file.
 
-    The table is versioned by name: a cache written before crop hashes existed is ignored
-    (its images are scanned again), never misread."""
+    The table is versioned by name: a cache written before crop hashes (``scan_v1``) or detail
+    thumbnails (``scan_v2``) existed is ignored (its images are scanned again), never misread."""
 
-    TABLE = "scan_v2"
+    TABLE = "scan_v3"
 
     def __init__(self, path: Path | str) -> None:
         self.conn: sqlite3.Connection | None = None
@@ -214,7 +225,7 @@ class ScanCache:
             self.conn = sqlite3.connect(path, timeout=10)
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.TABLE} (content_hash TEXT NOT NULL, model_id TEXT NOT NULL, "
-                "score REAL NOT NULL, phash INTEGER NOT NULL, crops BLOB NOT NULL, "
+                "score REAL NOT NULL, phash INTEGER NOT NULL, crops BLOB NOT NULL, detail BLOB NOT NULL, "
                 "PRIMARY KEY (content_hash, model_id))"
             )
             self.conn.commit()
@@ -230,13 +241,14 @@ class ScanCache:
             chunk = list(part)
             marks = ",".join("?" * len(chunk))
             q = (
-                f"SELECT content_hash, score, phash, crops FROM {self.TABLE} "
+                f"SELECT content_hash, score, phash, crops, detail FROM {self.TABLE} "
                 f"WHERE model_id = ? AND content_hash IN ({marks})"
             )
-            for h, s, p, c in self.conn.execute(q, [model_id, *chunk]):
+            for h, s, p, c, t in self.conn.execute(q, [model_id, *chunk]):
                 crops = np.frombuffer(c, dtype="<i8")
-                if len(crops) == CROP_HASHES:  # another layout of windows: scan again
-                    out[h] = (s, p, crops.astype(np.int64))
+                thumb = np.frombuffer(t, dtype=np.uint8)
+                if len(crops) == CROP_HASHES and len(thumb) == DETAIL_SIDE**2:  # another layout: scan again
+                    out[h] = (s, p, crops.astype(np.int64), thumb.reshape(DETAIL_SIDE, DETAIL_SIDE).copy())
         return out
 
     def put(self, model_id: str, rows: dict[str, ScanRow]) -> None:
@@ -244,8 +256,11 @@ class ScanCache:
             return
         try:
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?)",
-                [(h, model_id, s, p, np.asarray(c, "<i8").tobytes()) for h, (s, p, c) in rows.items()],
+                f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (h, model_id, s, p, np.asarray(c, "<i8").tobytes(), np.asarray(t, np.uint8).tobytes())
+                    for h, (s, p, c, t) in rows.items()
+                ],
             )
             self.conn.commit()
         except sqlite3.Error as exc:
@@ -258,8 +273,8 @@ class ScanCache:
 
 @dataclass
 class Scan:
-    """Per distinct image (ids sorted): reconstruction error, perceptual hash and crop hashes
-    (:func:`crop_hashes`); what failed."""
+    """Per distinct image (ids sorted): reconstruction error, perceptual hash, crop hashes
+    (:func:`crop_hashes`) and detail thumbnail (:func:`.detail.detail_thumbnails`); what failed."""
 
     ids: np.ndarray
     scores: np.ndarray
@@ -267,6 +282,7 @@ class Scan:
     failed: list[dict] = field(default_factory=list)
     model_id: str | None = None
     crops: np.ndarray | None = None  # (n, CROP_HASHES)
+    details: np.ndarray | None = None  # (n, DETAIL_SIDE, DETAIL_SIDE) uint8 grey thumbnails
 
 
 def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int = 256, cache: bool = True) -> Scan:
@@ -292,10 +308,11 @@ def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int =
                 errs, hashes = enc.reconstruction_error(pixels), perceptual_hash(pixels)
                 sizes = [(d.info.width, d.info.height) if d.info else pixels.shape[2:0:-1] for d in good]
                 crops = crop_hashes(pixels, sizes)
+                thumbs = detail_thumbnails(pixels, [letterbox_box(w, h, pixels.shape[1]) for w, h in sizes])
                 fresh.update(
                     {
-                        todo[d.index][0]: (float(e), int(h), c)
-                        for d, e, h, c in zip(good, errs, hashes, crops, strict=True)
+                        todo[d.index][0]: (float(e), int(h), c, t)
+                        for d, e, h, c, t in zip(good, errs, hashes, crops, thumbs, strict=True)
                     }
                 )
             failed.extend(
@@ -312,4 +329,5 @@ def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int =
         failed,
         enc.model_id,
         np.array([v[2] for _, v in got], dtype=np.int64).reshape(len(got), CROP_HASHES),
+        np.array([v[3] for _, v in got], dtype=np.uint8).reshape(len(got), DETAIL_SIDE, DETAIL_SIDE),
     )

@@ -16,6 +16,7 @@ from PIL import Image
 from encoder.images import load_image_with_info
 from search.engine import Engine
 from search.reports import CACHE_FILE, Tier, near_duplicates
+from search.reports.detail import SIDE as DETAIL_SIDE
 from search.reports.scan import CROP_HASHES, ScanCache, crop_distance, crop_hashes, hamming, scan_images
 
 SIZE = 64
@@ -99,16 +100,33 @@ def test_the_cache_keeps_crop_hashes_and_ignores_another_layout(tmp_path: Path) 
     path = tmp_path / CACHE_FILE
     store = ScanCache(path)
     crops = np.arange(CROP_HASHES, dtype=np.int64) - 3
-    store.put("m", {"h1": (0.5, 7, crops)})
+    thumb = np.arange(DETAIL_SIDE**2, dtype=np.uint8).reshape(DETAIL_SIDE, DETAIL_SIDE)
+    store.put("m", {"h1": (0.5, 7, crops, thumb)})
     store.close()
-    with sqlite3.connect(path) as conn:  # a row written with another number of windows
-        conn.execute(f"INSERT INTO {ScanCache.TABLE} VALUES ('h2', 'm', 0.1, 1, ?)", (b"\0" * 16,))
+    with sqlite3.connect(path) as conn:  # rows written with another number of windows, or of pixels
+        conn.execute(f"INSERT INTO {ScanCache.TABLE} VALUES ('h2', 'm', 0.1, 1, ?, ?)", (b"\0" * 16, thumb.tobytes()))
+        conn.execute(f"INSERT INTO {ScanCache.TABLE} VALUES ('h3', 'm', 0.1, 1, ?, ?)", (crops.tobytes(), b"\0" * 64))
     store = ScanCache(path)
-    got = store.get("m", ["h1", "h2"])
+    got = store.get("m", ["h1", "h2", "h3"])
     store.close()
     assert list(got) == ["h1"]
-    score, phash, back = got["h1"]
-    assert (score, phash) == (0.5, 7) and (back == crops).all()
+    score, phash, back, back_thumb = got["h1"]
+    assert (score, phash) == (0.5, 7) and (back == crops).all() and (back_thumb == thumb).all()
+
+
+def test_a_cache_from_before_detail_thumbnails_is_scanned_again(tmp_path: Path) -> None:
+    path = tmp_path / CACHE_FILE
+    with sqlite3.connect(path) as conn:  # the previous layout: no detail column
+        conn.execute(
+            "CREATE TABLE scan_v2 (content_hash TEXT NOT NULL, model_id TEXT NOT NULL, score REAL NOT NULL, "
+            "phash INTEGER NOT NULL, crops BLOB NOT NULL, PRIMARY KEY (content_hash, model_id))"
+        )
+        conn.execute("INSERT INTO scan_v2 VALUES ('h1', 'm', 0.5, 7, ?)", (np.zeros(CROP_HASHES, "<i8").tobytes(),))
+    store = ScanCache(path)
+    try:
+        assert ScanCache.TABLE != "scan_v2" and store.get("m", ["h1"]) == {}
+    finally:
+        store.close()
 
 
 def test_a_tier_with_crop_hamming_groups_a_crop_the_whole_hash_misses(

@@ -1,0 +1,130 @@
+"""The detail check: two drawings that differ only in a small sign hash alike (the old rule,
+a whole-picture hash match, grouped them) and are told apart; the edits a near-duplicate may
+have (resize 50%/25%, JPEG q30/q60, brightness x0.8/x1.25, greyscale) are not; and the report
+groups an original with its copies but not with its variant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageEnhance
+
+from encoder.images import letterbox_box, load_image_with_info
+from search.engine import Engine
+from search.reports import Tier, near_duplicates
+from search.reports.detail import DETAIL_LIMIT, SIDE, Details, detail_distance, detail_thumbnails
+from search.reports.scan import hamming, perceptual_hash, scan_images
+
+SIZE = 64
+
+
+def _drawing(sign: str) -> Image.Image:
+    """A flat drawing (a house on white) with a small black sign in one corner, "T" or "L":
+    the only difference between the two variants, as a letter is between Tux Paint's dreidels."""
+    img = Image.new("RGB", (240, 200), (250, 250, 250))
+    d = ImageDraw.Draw(img)
+    d.polygon([(30, 190), (30, 80), (120, 20), (210, 80), (210, 190)], fill=(40, 170, 200), outline=(0, 0, 0))
+    d.rectangle((60, 110, 110, 160), fill=(230, 220, 90), outline=(0, 0, 0))
+    if sign == "T":
+        d.rectangle((12, 12, 44, 20), fill=(0, 0, 0))
+        d.rectangle((24, 12, 32, 46), fill=(0, 0, 0))
+    else:
+        d.rectangle((12, 12, 20, 46), fill=(0, 0, 0))
+        d.rectangle((12, 38, 44, 46), fill=(0, 0, 0))
+    return img
+
+
+EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "resize50": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS),
+    "resize25": lambda im: im.resize((im.width // 4, im.height // 4), Image.Resampling.LANCZOS),
+    "bright80": lambda im: ImageEnhance.Brightness(im).enhance(0.8),
+    "bright125": lambda im: ImageEnhance.Brightness(im).enhance(1.25),
+    "grey": lambda im: im.convert("L").convert("RGB"),
+}
+
+
+@pytest.fixture(scope="module")
+def drawings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{name: file}: the two variants, and the T drawing's edited copies."""
+    base = tmp_path_factory.mktemp("drawings")
+    out = {}
+    for sign in ("T", "L"):
+        out[sign] = base / f"sign-{sign}.png"
+        _drawing(sign).save(out[sign])
+    original = _drawing("T")
+    for name, edit in EDITS.items():
+        out[name] = base / f"sign-T-{name}.png"
+        edit(original).save(out[name])
+    for q in (30, 60):
+        out[f"jpeg{q}"] = base / f"sign-T-q{q}.jpg"
+        original.save(out[f"jpeg{q}"], quality=q)
+    return out
+
+
+def _prepared(paths: list[Path]) -> tuple[np.ndarray, Details]:
+    """(64-bit hashes, prepared thumbnails) of `paths`, as the scan makes them."""
+    pixels, sizes = [], []
+    for p in paths:
+        px, info = load_image_with_info(p, SIZE)
+        pixels.append(px)
+        sizes.append((info.width, info.height))
+    stack = np.stack(pixels)
+    thumbs = detail_thumbnails(stack, [letterbox_box(w, h, SIZE) for w, h in sizes])
+    assert thumbs.shape == (len(paths), SIDE, SIDE) and thumbs.dtype == np.uint8
+    return perceptual_hash(stack), Details(thumbs, np.array([min(s) for s in sizes]))
+
+
+def test_variants_that_hash_alike_differ_in_detail_and_edits_do_not(drawings: dict[str, Path]) -> None:
+    names = list(drawings)
+    codes, details = _prepared([drawings[n] for n in names])
+    t, v = names.index("T"), names.index("L")
+    # the premise: the whole-picture hash cannot tell the variants apart (the old rule grouped them)
+    assert hamming(codes[[t]], codes[[v]])[0] <= 8
+    assert detail_distance(details, np.array([t]), np.array([v]))[0] > 2 * DETAIL_LIMIT
+    edits = [k for k, n in enumerate(names) if n not in ("T", "L")]
+    assert len(edits) == 7
+    to_original = detail_distance(details, np.full(len(edits), t), np.array(edits))
+    assert (to_original <= DETAIL_LIMIT).all(), dict(zip([names[k] for k in edits], to_original.round(2), strict=True))
+    # every edit stays as far from the other variant as the original is
+    to_variant = detail_distance(details, np.full(len(edits), v), np.array(edits))
+    assert (to_variant > DETAIL_LIMIT).all()
+
+
+def test_the_distance_is_symmetric_zero_on_itself_and_ignores_a_tone_curve() -> None:
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 256, (3, SIDE, SIDE)).astype(np.uint8)
+    curved = (255 * (pic[0] / 255.0) ** 2.2).astype(np.uint8)  # gamma: monotone, far from linear
+    details = Details(np.concatenate([pic, curved[None]]), np.full(4, 500))
+    a, b = np.array([0, 1, 0, 0]), np.array([1, 0, 0, 3])
+    d = detail_distance(details, a, b)
+    assert d[0] == pytest.approx(d[1]) and d[0] > 1.0  # unrelated noise pictures: far, either way round
+    assert d[2] == 0.0
+    assert d[3] < 0.15
+
+
+def test_small_pictures_are_compared_at_their_own_resolution() -> None:
+    details = Details(np.zeros((3, SIDE, SIDE), np.uint8), np.array([500, 12, 0]))
+    assert details.level_of(np.array([0, 0, 0]), np.array([0, 1, 2])).tolist() == [16, 8, 16]  # 0: unknown
+
+
+def test_the_report_groups_copies_but_not_the_variant(
+    drawings: dict[str, Path], tmp_path: Path, make_index: Callable[[Path], Path]
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("T", "L", "resize50", "jpeg60"):
+        (folder / drawings[name].name).write_bytes(drawings[name].read_bytes())
+    engine = Engine(make_index(folder))
+    try:
+        ids = {n: engine.get_by_path(drawings[n].name).id for n in ("T", "L", "resize50", "jpeg60")}
+        scan = scan_images(engine, workers=1, cache=False)
+        assert scan.details is not None and scan.details.shape == (4, SIDE, SIDE)
+        tier = Tier("t", 1.01, hamming=8)  # no cosine passes 1.01: the hashes alone decide
+        near = near_duplicates(engine, (tier,), scan=scan)
+        groups = [{m.id for m in g.members} for g in near.groups["t"]]
+        assert groups == [{ids["T"], ids["resize50"], ids["jpeg60"]}]
+    finally:
+        engine.close()
