@@ -297,7 +297,8 @@ def near_duplicates(
     if codes is not None and thumbs is not None:
         sides = np.array([_side(rows.get(int(x))) for x in ids], dtype=np.int64)
         details = Details(thumbs, sides)
-        near = np.flatnonzero(d <= max(t.hamming for t in tiers if t.hamming is not None))
+        # only pairs a hash could admit and the cosine does not already pass at every tier
+        near = np.flatnonzero((d <= max(t.hamming for t in tiers if t.hamming is not None)) & (s < tiers[0].threshold))
         dd[near] = detail_distance(details, i[near], j[near], limit=DETAIL_LIMIT)
     keep = _any_tier(tiers, s, d, dc, dd)
     cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep], codes, crops, details, method)
