@@ -32,6 +32,7 @@ import numpy as np
 from encoder.atomic import atomic_write_json, atomic_write_via
 from encoder.errors import ConfigError
 
+from . import ondisk
 from .catalog import Catalog
 from .generations import (
     generation_dir_name,
@@ -44,10 +45,10 @@ from .generations import (
 )
 from .hit_rows import HitRows, write_hit_rows
 from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, SEGMENTS, STORE
-from .neighbours import read_neighbours, update_neighbours, write_neighbours
+from .neighbours import read_neighbours, table_dtype, update_neighbours, write_neighbours
 from .segments import segment_files
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", ondisk.ONDISK)
 #: Up to this many vectors, exact search is fast enough (~N*d multiply-adds per query:
 #: 100k x 128 is a few ms on one core) and perfectly accurate.
 FLAT_MAX = 100_000
@@ -69,14 +70,22 @@ def plan_index(n: int, dim: int, requested: str = "auto") -> IndexPlan:
     if requested == "auto":
         if n <= FLAT_MAX:
             return IndexPlan("flat", {}, f"{n} vectors <= {FLAT_MAX:,}: exact search is fast and exact")
-        requested = "hnsw"
-        why = f"{n:,} vectors > {FLAT_MAX:,}: exact search grows with N, HNSW stays ~log N"
+        if n > ondisk.ONDISK_ABOVE:
+            requested = ondisk.ONDISK
+            why = f"{n:,} vectors > {ondisk.ONDISK_ABOVE:,}: HNSW's ~1,240 bytes a vector in RAM cost too much"
+        else:
+            requested = "hnsw"
+            why = f"{n:,} vectors > {FLAT_MAX:,}: exact search grows with N, HNSW stays ~log N"
     else:
         why = "asked for"
     if requested == "flat":
         return IndexPlan("flat", {}, why)
     if requested == "hnsw":
         return IndexPlan("hnsw", {"M": 32, "efConstruction": 80, "efSearch": 96}, why)
+    if requested == ondisk.ONDISK:
+        if n < 1024:  # too few to train the PQ codebooks
+            return IndexPlan("flat", {}, f"{requested} asked for, but {n} vectors are too few to train it: flat")
+        return IndexPlan(requested, ondisk.ondisk_params(n, dim), why)
     # IVF needs ~39 training points per list; with too few vectors it cannot train.
     nlist = int(min(max(1, 4 * math.sqrt(n)), max(1, n // 39)))
     if requested == "ivf":
@@ -217,7 +226,7 @@ def tune_search(
     """
     if plan.index_type == "hnsw":
         key, ladder = "efSearch", EF_LADDER
-    elif plan.index_type in ("ivf", "ivfpq"):
+    elif plan.index_type in ("ivf", "ivfpq", ondisk.ONDISK):
         key, ladder = "nprobe", tuple(v for v in NPROBE_LADDER if v <= plan.params["nlist"])
     else:
         return plan
@@ -233,7 +242,10 @@ def tune_search(
 
     def recall_at(value: int) -> float:
         apply_search_params(index, {key: value})
-        _, found = index.search(q, k + 1)
+        if plan.index_type == ondisk.ONDISK:  # recall after the exact re-rank, as the engine searches
+            _, found = ondisk.search(index, q, k + 1, store.get, plan.params.get("rerank", ondisk.RERANK))
+        else:
+            _, found = index.search(q, k + 1)
         hits = [len(t & set(row[row != qi][:k].tolist())) for t, row, qi in zip(truth, found, qids, strict=True)]
         return float(np.mean(hits)) / k
 
@@ -254,7 +266,12 @@ def tune_search(
 
 
 def read_search_index(path: str | os.PathLike, params: dict[str, Any] | None = None) -> faiss.Index:
-    """Open an index read-only, memory-mapped where FAISS supports it for the type."""
+    """Open an index read-only, memory-mapped where FAISS supports it for the type (an on-disk
+    index's lists from the ``.ivfdata`` file beside `path`, indexer/ondisk.py)."""
+    if (Path(path).parent / ondisk.SEARCH_DATA).exists():  # IO_FLAG_MMAP leaves such lists unmapped
+        index = ondisk.read(path)
+        apply_search_params(index, params or {})
+        return index
     try:
         index = faiss.read_index(os.fspath(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:
@@ -329,6 +346,11 @@ def refresh_neighbours(
     if k <= 0:
         path.unlink(missing_ok=True)
         return ""
+    if len(store) > ondisk.NEIGHBOURS_MAX:
+        # Published empty (every by-id query then searches): filling it would cost one search per
+        # image; an empty table of width k, not none, so the indexer does not see it as missing.
+        write_neighbours(np.zeros(0, dtype=table_dtype(k)), path)
+        return f"no precomputed neighbours above {ondisk.NEIGHBOURS_MAX:,} images (one search each to fill)"
     ids, vecs = store.all_vectors()
     table, stats = update_neighbours(ids, vecs, index, read_neighbours(path, k), k=k, progress=progress)
     write_neighbours(table, path)
@@ -370,6 +392,23 @@ def publish(
         search_file = STORE
         size = (index_dir / STORE).stat().st_size
         index = store.index
+    elif plan.index_type == ondisk.ONDISK:
+        same = previous is not None and previous.index_type == plan.index_type and previous.model_id == model_id
+        ids, vecs = store.all_vectors()
+        index, params, note = ondisk.refresh(
+            index_dir,
+            lambda: ondisk.chunked(ids, vecs),
+            len(store),
+            plan.params,
+            previous.files(index_dir) if same and previous is not None else None,
+            previous.params if same and previous is not None else None,
+        )
+        del ids, vecs
+        plan = tune_search(index, store, IndexPlan(plan.index_type, params, f"{plan.reason}; {note}"))
+        apply_search_params(index, plan.params)
+        kill_point("publish:search")
+        search_file = SEARCH
+        size = sum((index_dir / name).stat().st_size for name in (SEARCH, *ondisk.ONDISK_FILES))
     else:
         index = build_search_index(store, plan)
         plan = tune_search(index, store, plan)
@@ -379,6 +418,9 @@ def publish(
         size = (index_dir / SEARCH).stat().st_size
     if plan.index_type == "flat" and (index_dir / SEARCH).exists():
         (index_dir / SEARCH).unlink()
+    if plan.index_type != ondisk.ONDISK:  # left by an on-disk index published before: not this one's
+        for name in ondisk.ONDISK_FILES:
+            (index_dir / name).unlink(missing_ok=True)
     neighbours_note = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
     kill_point("publish:neighbours")
     refresh_hit_rows(index_dir, store, catalog)
@@ -435,6 +477,8 @@ def commit_generation(index_dir: Path, manifest: Manifest, previous: Manifest | 
     names = [STORE, *(f"{SEGMENTS}/{name}" for name in segment_files(index_dir / SEGMENTS))]
     if manifest.search_file != STORE:
         names.append(manifest.search_file)
+    if manifest.index_type == ondisk.ONDISK:
+        names.extend(ondisk.ONDISK_FILES)
     if manifest.neighbours_k > 0 and (index_dir / NEIGHBOURS).exists():
         names.append(NEIGHBOURS)
     if (index_dir / HIT_ROWS).exists():  # refresh_hit_rows removes it when there are none to publish

@@ -29,7 +29,7 @@ from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
 from encoder.atomic import atomic_write_bytes
 from encoder.errors import LookalikeError
 from encoder.images import open_image
-from indexer import Catalog, ImageRecord, Manifest
+from indexer import Catalog, ImageRecord, Manifest, ondisk
 from indexer.catalog import STATUS_OK, bytes_hash
 from indexer.hit_rows import HitRows, read_hit_rows
 from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS, STORE, THUMBNAILS
@@ -157,7 +157,12 @@ class Engine:
     def _open_generation(self, manifest: Manifest) -> Snapshot:
         files = manifest.files(self.index_dir)  # the index directory itself for an index from before generations
         store = _read_mapped(files / STORE)
-        search = store if manifest.search_file == STORE else _read_mapped(files / manifest.search_file, manifest.params)
+        if manifest.search_file == STORE:
+            search = store
+        elif manifest.index_type == ondisk.ONDISK:  # its lists are mapped from the .ivfdata file beside it
+            search = ondisk.read(files / manifest.search_file, manifest.params)
+        else:
+            search = _read_mapped(files / manifest.search_file, manifest.params)
         old = getattr(self, "_snapshot", None)
         if old is not None and old.manifest.model_id == manifest.model_id:
             encoder = old.encoder  # same model: no need to load it again
@@ -339,6 +344,10 @@ class Engine:
             # Filtered queries search the exact store: approximate indexes lose recall under a filter.
             sel = faiss.IDSelectorBatch(np.array(ids, dtype=np.int64))
             sims, found = snap.store.search(q, min(want, len(ids)), params=faiss.SearchParameters(sel=sel))
+        elif snap.manifest.index_type == ondisk.ONDISK:
+            # PQ scores only pick candidates; the exact stored vectors rank them (indexer/ondisk.py).
+            rerank = int(snap.manifest.params.get("rerank", ondisk.RERANK))
+            sims, found = ondisk.search(snap.search, q, min(want, n), lambda ids: _vectors(snap.store, ids), rerank)
         else:
             sims, found = snap.search.search(q, min(want, n))
         return [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i not in excluded]
@@ -533,6 +542,11 @@ def _read_mapped(path: Path, params: dict | None = None) -> faiss.Index:
         return read_search_index(path, params)
     apply_search_params(index, params or {})
     return index
+
+
+def _vectors(store: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The exact stored vectors of `ids` (all indexed: they come from the search index)."""
+    return store.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
 
 #: The thumbnail sizes kept on disk (the web page asks for 64-512; reports embed 128).
