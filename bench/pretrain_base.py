@@ -31,6 +31,7 @@ def provenance_md(corpus: Path, model_dir: Path) -> str:
     log = json.loads((model_dir / "train_log.json").read_text()) if (model_dir / "train_log.json").exists() else {}
     config = json.loads((model_dir / "config.json").read_text())
     train = config.get("meta", {}).get("train", {})
+    minutes = sum(h.get("seconds", 0) for h in log.get("history", [])) / 60
     lines = [
         "# The base model: what it learned from",
         "",
@@ -43,9 +44,10 @@ def provenance_md(corpus: Path, model_dir: Path) -> str:
         "",
         f"Training: `ModelConfig()` defaults; {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
         f"lr {train.get('lr')}, augment {train.get('augment')!r}, siamese weight {train.get('siamese')}, "
-        f"seed {train.get('seed')}; {log.get('images_per_second', '?')} images/s on the machine it ran on.",
-        "The weights are a derived work of the images; each package's licence is kept below, and the",
-        "copyright files travel in the repository's bench corpus folder (`COPYRIGHT/<package>`).",
+        f"seed {train.get('seed')}; {minutes:.0f} minutes at {log.get('train_images_per_second', 0):.0f} images/s "
+        f"({log.get('device', '?')}).",
+        "The weights are a derived work of the images; each package's licence is named below, and its",
+        "copyright file, as Debian ships it, is in `COPYRIGHT/<package>` beside this file.",
         "",
         "| package | version | images | licence (`Files: *`) | every licence named | .deb SHA-256 |",
         "|---|---|---:|---|---|---|",
@@ -81,6 +83,7 @@ def main() -> None:
         for name in ("model.safetensors", "config.json"):
             shutil.copyfile(args.out / name, BASE_DIR / name)
         (BASE_DIR / "PROVENANCE.md").write_text(provenance_md(args.corpus, args.out))
+        shutil.copytree(args.corpus / "COPYRIGHT", BASE_DIR / "COPYRIGHT", dirs_exist_ok=True)
         print(f"installed into {BASE_DIR}")
 
 

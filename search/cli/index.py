@@ -51,6 +51,11 @@ def train(
     batch_size: int | None = typer.Option(None, help="Images per step [default: 32]."),
     lr: float | None = typer.Option(None, help="Peak learning rate (AdamW) [default: 2e-3]."),
     augment: str | None = typer.Option(None, help="none, flip or invariant [default: invariant]."),
+    init_from: str | None = typer.Option(
+        None,
+        help="Start from these weights: a model directory, or 'base' for the base model shipped with lookalike "
+        "(pretrained on licence-clean artwork; see encoder/base_model/PROVENANCE.md) [default: random weights].",
+    ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch's checkpoint in OUT."),
@@ -84,7 +89,7 @@ def train(
             "sparsity_weight": sparsity_weight,
         }
     )
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment, "init_from": init_from}
     tcfg = TrainConfig(seed=seed, device=device, **{k: v for k, v in given.items() if v is not None})
     out = out or default_index_dir(folder) / MODEL_DIR
     result = train_model(folder, out, mcfg, tcfg, resume=resume)

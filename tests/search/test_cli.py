@@ -34,6 +34,24 @@ def test_train_end_to_end(tiny_folder: Path, tmp_path: Path) -> None:
     assert (out / "model.safetensors").exists() and (out / "reconstructions.png").exists()
 
 
+def test_train_from_the_shipped_base_model(tiny_folder: Path, tmp_path: Path) -> None:
+    from encoder.base import BASE_MODEL_DIR
+    from encoder.checkpoint import read_config
+
+    out = tmp_path / "model"
+    res = runner.invoke(app, ["train", str(tiny_folder), "--out", str(out), "--init-from", "base", "--epochs", "1"])
+    if not (BASE_MODEL_DIR / "model.safetensors").exists():
+        assert res.exit_code == 2 and "ships no base model" in res.output
+        return
+    assert res.exit_code == 0, res.output
+    assert read_config(out)[0] == read_config(BASE_MODEL_DIR)[0]  # the base model's configuration, fine-tuned
+    # another configuration cannot start from it: one line, no traceback
+    res = runner.invoke(
+        app, ["train", str(tiny_folder), "--out", str(tmp_path / "m2"), "--init-from", "base", "--image-size", "32"]
+    )
+    assert res.exit_code == 2 and "init_from" in res.output and "Traceback" not in res.output
+
+
 def test_train_user_error_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["train", str(tmp_path / "empty"), "--out", str(tmp_path / "m")])
