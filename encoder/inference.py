@@ -42,6 +42,12 @@ class Encoder:
         # Small batches are faster on a CPU (they stay in cache); GPUs want large ones.
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
         self.max_pixels = max_pixels
+        #: On CUDA, embedding runs in bf16 autocast on channels-last activations: tensor cores and
+        #: memory layout the convolutions want, about twice the fp32 speed on the bench's GPUs; the
+        #: vectors stay float32, unit length, within ~1e-2 in cosine of fp32's. Elsewhere fp32 as ever.
+        self.fast_cuda = self.device.type == "cuda"
+        if self.fast_cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     @property
     def image_size(self) -> int:
@@ -64,10 +70,18 @@ class Encoder:
         """(N, S, S, 3) uint8 letterboxed images -> (N, D) float32, unit length."""
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = [self.model.encode(x).float() for x in self._batches(pixels)]
-        z = torch.cat(out)
+        if self.fast_cuda:
+            z = torch.cat([self._encode_fast(x) for x in self._batches(pixels)])
+        else:
+            out = [self.model.encode(x).float() for x in self._batches(pixels)]
+            z = torch.cat(out)
         z = torch.nn.functional.normalize(z, dim=1).cpu().numpy().astype(np.float32, copy=False)
         return z if self.calibration is None else self.calibration.apply(z)
+
+    def _encode_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) on CUDA -> (B, D) float32: bf16 autocast, channels-last (see ``fast_cuda``)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.model.encode(x.contiguous(memory_format=torch.channels_last)).float()
 
     @torch.inference_mode()
     def reconstruction_error(self, pixels: np.ndarray) -> np.ndarray:

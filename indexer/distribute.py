@@ -27,7 +27,8 @@ from typing import Protocol
 import numpy as np
 
 from encoder import Encoder
-from encoder.decoding import Decoded, decode_many, default_backend
+from encoder.decoding import Decoded, decode_many, default_backend, default_workers
+from encoder.gpu_decode import decode_many_jpeg, wants_gpu_decode
 from encoder.images import ImageInfo
 
 
@@ -96,18 +97,32 @@ def make_shards(paths: Sequence[str], size: int) -> list[Shard]:
 
 class ThreadDistributor:
     """This machine: decoding threads (processes above 8 cores, encoder/decoding.py) feed the
-    encoder in the calling thread, one shard at a time; torch gets the cores the decoders leave."""
+    encoder in the calling thread, one shard at a time; torch gets the cores the decoders leave.
+
+    With the encoder on CUDA, JPEGs are decoded on the GPU in batches (encoder/gpu_decode.py,
+    nvJPEG; threads read the files and decode the other formats with Pillow) unless
+    ``LOOKALIKE_GPU_DECODE=0``; `gpu_decode` overrides that setting (True: torchvision's
+    decoder on the encoder's device, whichever it is)."""
 
     name = "threads"
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, gpu_decode: bool | None = None) -> None:
         self.workers = workers  # None: indexer.embed.default_decode_workers
+        self.gpu_decode = gpu_decode  # None: encoder.gpu_decode.wants_gpu_decode
 
     def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
         paths = [p for shard in shards for p in shard.paths]
-        n_workers = self.workers if self.workers is not None else default_decode_workers(encoder, len(paths))
-        # One decoder stream across every shard, so the decoders never drain at a shard's end.
-        decoded = decode_many(paths, encoder.image_size, workers=n_workers, max_pixels=max_pixels)
+        gpu = wants_gpu_decode(encoder.device) if self.gpu_decode is None else self.gpu_decode
+        if gpu:
+            # The reading threads sleep in I/O and Pillow's header parse: one per core, whatever the backend.
+            n_workers = self.workers or default_workers()
+            decoded = decode_many_jpeg(
+                paths, encoder.image_size, device=encoder.device, workers=n_workers, max_pixels=max_pixels
+            )
+        else:
+            n_workers = self.workers if self.workers is not None else default_decode_workers(encoder, len(paths))
+            # One decoder stream across every shard, so the decoders never drain at a shard's end.
+            decoded = decode_many(paths, encoder.image_size, workers=n_workers, max_pixels=max_pixels)
         with cpu_thread_budget(encoder, n_workers):
             for shard in shards:
                 batch = [next(decoded) for _ in shard.paths]
