@@ -12,12 +12,16 @@ need CUDA or a missing package are reported as skipped, with the reason.
 2. indexing, end to end on generated 640x480 JPEGs (Pillow, quality 90, in a temp dir):
    - Pillow: `encoder.decoding.decode_batches` (draft + letterbox) in threads, and in
      worker processes where that is the default backend, feeding `Encoder.embed_pixels`
-     (bf16 autocast, channels-last on CUDA);
+     (which itself runs in bf16 autocast, channels-last, on CUDA);
    - nvJPEG (CUDA only): file bytes read in threads, `torchvision.io.decode_jpeg(device="cuda")`
-     in batches, letterboxed on the GPU, embedded as above;
-   - `indexer.build_index` itself on the folder (needs faiss and sqlalchemy), in a fresh process.
-3. query latency: `Encoder.embed` of one uploaded JPEG (bytes), model on the best device,
-   p50/p99; and a faiss flat inner-product search over 100,000 random vectors (needs faiss).
+     in batches, letterboxed on the GPU, embedded as above: the decoder's ceiling, no product code;
+   - `indexer.build_index` itself on the folder (needs faiss and sqlalchemy), in a fresh process:
+     the product's default path (on CUDA: JPEGs decoded on the GPU, encoder/gpu_decode.py), and
+     next to it the other decoder (`LOOKALIKE_GPU_DECODE=0` on CUDA: Pillow; on a CPU
+     `LOOKALIKE_GPU_DECODE=1`: torchvision's decoder on the CPU, so the smoke run exercises it).
+3. query latency: `Encoder.embed` of one uploaded JPEG (bytes), model on the best device, as the
+   server runs it (bf16 autocast on CUDA), p50/p99; and a faiss flat inner-product search over
+   100,000 random vectors (needs faiss).
 
 Each part has a time budget (a share of --budget-s), so the whole run stays under 8 minutes
 on one H200. The JSON (written after every part, "complete" once all ran) holds the machine,
@@ -281,14 +285,10 @@ def make_model(model_dir: Path) -> Path:
 
 
 def load_encoder(model_dir: Path, device: Any) -> Any:
-    import torch
-
+    """The product's Encoder: on CUDA it keeps its model channels-last and embeds in bf16 autocast itself."""
     from encoder import Encoder
 
-    enc = Encoder(model_dir, str(device))
-    if device.type == "cuda":
-        enc.model = enc.model.to(memory_format=torch.channels_last)
-    return enc
+    return Encoder(model_dir, str(device))
 
 
 def autocast(device: Any) -> Any:
@@ -305,16 +305,15 @@ def pillow_pipeline(enc: Any, paths: list[Path], batch: int, workers: int, backe
 
     done, failed, stopped = 0, 0, False
     t0 = time.perf_counter()
-    with autocast(enc.device):
-        for chunk in decode_batches(paths, enc.image_size, batch, workers=workers, backend=backend):
-            ok = [d.pixels for d in chunk if d.pixels is not None]
-            failed += len(chunk) - len(ok)
-            if ok:
-                enc.embed_pixels(np.stack(ok))
-            done += len(chunk)
-            if time.perf_counter() - t0 > cap:
-                stopped = done < len(paths)
-                break
+    for chunk in decode_batches(paths, enc.image_size, batch, workers=workers, backend=backend):
+        ok = [d.pixels for d in chunk if d.pixels is not None]
+        failed += len(chunk) - len(ok)
+        if ok:
+            enc.embed_pixels(np.stack(ok))  # bf16 autocast, channels-last on CUDA: the Encoder's own
+        done += len(chunk)
+        if time.perf_counter() - t0 > cap:
+            stopped = done < len(paths)
+            break
     dt = time.perf_counter() - t0
     return {
         "status": "ok",
@@ -420,16 +419,32 @@ def build_index_child(folder: str, index_dir: str, model_dir: str, device: str) 
     print(json.dumps({"wall_s": wall, "summary": {k: d[k] for k in keep if k in d}}, default=str))
 
 
-def build_index_part(folder: Path, n: int, model_dir: Path, device: str, cap: float) -> dict[str, Any]:
+def build_index_part(
+    folder: Path, n: int, model_dir: Path, device: str, cap: float, gpu_decode: str | None = None
+) -> dict[str, Any]:
+    """build_index in a fresh process; `gpu_decode` sets LOOKALIKE_GPU_DECODE there (None: the default)."""
+    import torch
+
     from encoder.decoding import default_backend, default_workers
+    from encoder.gpu_decode import ENV_SWITCH, wants_gpu_decode
 
     index_dir = folder.parent / "index"
     shutil.rmtree(index_dir, ignore_errors=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--build-index-child", str(folder), str(index_dir)]
     cmd += [str(model_dir), device]
+    env = dict(os.environ)
+    env.pop(ENV_SWITCH, None)
+    if gpu_decode is not None:
+        env[ENV_SWITCH] = gpu_decode
+    if wants_gpu_decode(torch.device(device), gpu_decode):
+        decode = f"JPEGs by torchvision.io.decode_jpeg on {device} in batches (encoder/gpu_decode.py)"
+    else:
+        decode = f"Pillow, {default_workers()} {plural(default_backend())} (its defaults)"
+    if gpu_decode is not None:
+        decode += f"; {ENV_SWITCH}={gpu_decode}"
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, cap))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, cap), env=env)
     except subprocess.TimeoutExpired:
         return skipped(f"build_index on {n} images did not finish within its budget of {cap:.0f} s")
     outer = time.perf_counter() - t0
@@ -443,7 +458,7 @@ def build_index_part(folder: Path, n: int, model_dir: Path, device: str, cap: fl
         "status": "ok",
         "what": "indexer.build_index on a fresh index (walk, hash, decode, embed, catalog, publish), fresh process",
         "device": device,
-        "decode": f"{default_workers()} {plural(default_backend())} (its defaults)",
+        "decode": decode,
         "images": n,
         "seconds": round(res["wall_s"], 3),
         "process_seconds": round(outer, 3),
@@ -461,7 +476,7 @@ def query_embed(model_dir: Path, device: Any, jpeg: bytes, n: int, cap: float) -
 
     from encoder import Encoder
 
-    enc = Encoder(model_dir, str(device))  # as the server loads it: fp32, no autocast
+    enc = Encoder(model_dir, str(device))  # as the server loads it (bf16 autocast, channels-last on CUDA)
     cuda = device.type == "cuda"
     for _ in range(5):
         enc.embed([jpeg])
@@ -478,7 +493,7 @@ def query_embed(model_dir: Path, device: Any, jpeg: bytes, n: int, cap: float) -
     return {
         "status": "ok",
         "what": f"Encoder.embed([bytes]) of one {WIDTH}x{HEIGHT} JPEG: decode + letterbox on the CPU, model on "
-        f"{device.type}",
+        f"{device.type}" + (" in bf16 autocast, channels-last" if cuda else ""),
         "jpeg_bytes": len(jpeg),
         **percentiles(ms),
     }
@@ -597,6 +612,8 @@ def report(r: dict[str, Any]) -> str:
         ("pillow_processes", "index: Pillow processes -> embed"),
         ("nvjpeg", "index: nvJPEG on the GPU -> embed"),
         ("build_index", "index: build_index end to end"),
+        ("build_index_pillow", "index: build_index, Pillow (LOOKALIKE_GPU_DECODE=0)"),
+        ("build_index_torchvision", "index: build_index, torchvision decoder on the CPU"),
     ):
         if name in ix:
             row(label, ix[name], "images_per_s", "img/s")
@@ -744,6 +761,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "indexing.build_index",
                     lambda: build_index_part(
                         folder, len(paths), model_dir, str(device), budget.part(caps["build_index"], keep=20)
+                    ),
+                    args.out,
+                )
+                # The other decoder, side by side: Pillow on CUDA; torchvision's on a CPU (a check, not a speed).
+                other, switch = ("build_index_pillow", "0") if cuda else ("build_index_torchvision", "1")
+                run_part(
+                    results,
+                    f"indexing.{other}",
+                    lambda: build_index_part(
+                        folder, len(paths), model_dir, str(device), budget.part(caps["build_index"], keep=20), switch
                     ),
                     args.out,
                 )

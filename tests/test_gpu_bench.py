@@ -4,7 +4,8 @@ The quick run must finish with every section in its JSON: the parts a CPU can ru
 figures above zero, the GPU-only part (nvJPEG) skipped with its reason. A module that is
 missing (faiss, sqlalchemy on a bare GPU machine without wheels) skips its parts with a
 reason rather than failing the run. The GPU letterbox and the nvJPEG pipeline run here
-on the CPU (torchvision decodes on either device) and must match Pillow's letterbox.
+on the CPU (torchvision decodes on either device) and must match Pillow's letterbox; so does
+build_index with the product's torchvision decoding switched on (LOOKALIKE_GPU_DECODE=1).
 """
 
 from __future__ import annotations
@@ -70,9 +71,16 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         _ok(ix["nvjpeg"], "images_per_s")
     else:
         assert ix["nvjpeg"]["status"] == "skipped" and "CUDA" in ix["nvjpeg"]["reason"]
+    # build_index end to end with the product's default decoder, and with the other one beside it:
+    # on a CPU that is torchvision's decoder (encoder/gpu_decode.py), on CUDA Pillow's.
+    other = "build_index_pillow" if _cuda() else "build_index_torchvision"
     if _importable("faiss", "sqlalchemy"):
-        _ok(ix["build_index"], "images_per_s")
-        assert ix["build_index"]["summary"]["embedded"] == ix["corpus"]["usable"]
+        for name in ("build_index", other):
+            _ok(ix[name], "images_per_s")
+            assert ix[name]["summary"]["embedded"] == ix["corpus"]["usable"], name
+        assert "Pillow" in ix["build_index"]["decode"] or _cuda()
+        assert "torchvision" in ix[other]["decode"] or _cuda()
+        assert "LOOKALIKE_GPU_DECODE" in ix[other]["decode"]
     else:
         assert ix["build_index"]["status"] == "skipped" and ix["build_index"]["reason"]
 
