@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one run (issue 17): training images/s at 128 px,
-# indexing images/s end to end on generated 640x480 JPEGs (Pillow and nvJPEG paths, and the
-# real build_index), query latency with the model on the GPU. Under 8 minutes on one H200.
+# indexing images/s end to end on generated 640x480 JPEGs (Pillow and nvJPEG-only pipelines, and the
+# real build_index: on CUDA with its GPU decode, encoder/gpu_decode.py, and again with
+# LOOKALIKE_GPU_DECODE=0), query latency with the model on the GPU. Under 8 minutes on one H200.
 #
 #   bash bench/gpu.sh                      # writes ${OUT:-bench/results}/gpu.json and gpu.log
 #   GPU_BENCH_QUICK=1 bash bench/gpu.sh    # a tiny smoke run (seconds; what the tests run, on the CPU)

@@ -207,6 +207,7 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
             return out
 
 
+@torch.inference_mode()
 def _finish(jobs: list[_Job], size: int, max_pixels: int, device: torch.device) -> list[Decoded]:
     """Decode and letterbox the torchvision share of `jobs` on `device`; the results of all of them in order."""
     todo = [j for j in jobs if j.done is None]
