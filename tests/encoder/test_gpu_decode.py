@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import encoder.gpu_decode as gpu_decode
 import indexer.distribute as distribute
 from encoder import Encoder, ModelConfig, create_model, save_model
 from encoder.decoding import Decoded, decode_many
@@ -116,20 +117,41 @@ def test_upright_is_pillows_transpose() -> None:
         np.testing.assert_array_equal(got, want, err_msg=str(method))
 
 
-def test_greyscale_jpeg_is_decoded_by_torchvision_like_pillow(tmp_path: Path) -> None:
-    path = _jpeg(tmp_path / "grey.jpg", _picture(300, 200), mode="L")
-    (g,), (r,) = _both([path], 64)
-    assert g.error is None and g.info == r.info
-    assert (g.pixels[..., 0] == g.pixels[..., 1]).all() and (g.pixels[..., 1] == g.pixels[..., 2]).all()
-    mean, worst = _levels(g.pixels, r.pixels)
-    assert mean < MEAN_LEVELS and worst <= MAX_LEVELS
+@pytest.fixture
+def pillow_fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths that encoder/gpu_decode.py hands to the Pillow path (the real one, only watched)."""
+    seen: list[str] = []
+    real = gpu_decode._decode_one
+
+    def watched(job):
+        seen.append(job[1])
+        return real(job)
+
+    monkeypatch.setattr(gpu_decode, "_decode_one", watched)
+    return seen
 
 
-def test_cmyk_jpeg_and_png_go_through_pillow_unchanged(tmp_path: Path) -> None:
+def test_greyscale_and_progressive_jpegs_are_decoded_by_torchvision_like_pillow(
+    tmp_path: Path, pillow_fallbacks: list[str]
+) -> None:
+    grey = _jpeg(tmp_path / "grey.jpg", _picture(300, 200), mode="L")
+    progressive = _jpeg(tmp_path / "progressive.jpg", _picture(300, 200), progressive=True, optimize=True)
+    got, ref = _both([grey, progressive], 64)
+    assert pillow_fallbacks == []  # neither went to Pillow
+    for g, r in zip(got, ref, strict=True):
+        assert g.error is None and g.info == r.info
+        mean, worst = _levels(g.pixels, r.pixels)
+        assert mean < MEAN_LEVELS and worst <= MAX_LEVELS
+    assert (got[0].pixels[..., 0] == got[0].pixels[..., 1]).all()
+    assert (got[0].pixels[..., 1] == got[0].pixels[..., 2]).all()
+
+
+def test_cmyk_jpeg_and_png_go_through_pillow_unchanged(tmp_path: Path, pillow_fallbacks: list[str]) -> None:
     cmyk = _jpeg(tmp_path / "cmyk.jpg", _picture(200, 150), mode="CMYK")
     png = tmp_path / "p.png"
     Image.fromarray(_picture(90, 120)).save(png)
     got, ref = _both([cmyk, png], 64)
+    assert pillow_fallbacks == [str(cmyk), str(png)]
     for g, r in zip(got, ref, strict=True):
         assert g.error is None and g.info == r.info
         np.testing.assert_array_equal(g.pixels, r.pixels)  # the very same decoder: byte for byte
@@ -172,7 +194,7 @@ def test_order_is_kept_across_batches_and_fallbacks(tmp_path: Path) -> None:
     assert sum(d.error is not None for d in got) == 2
 
 
-def test_a_batch_the_decoder_rejects_costs_only_its_bad_file(tmp_path: Path) -> None:
+def test_a_batch_the_decoder_rejects_costs_only_its_bad_file(tmp_path: Path, pillow_fallbacks: list[str]) -> None:
     """A file that looks like a plain JPEG but that libjpeg refuses: the batch is retried file by
     file, the good ones still decode with torchvision, the bad one gets Pillow's verdict."""
     good = _jpeg(tmp_path / "good.jpg", _picture(120, 90))
@@ -181,6 +203,7 @@ def test_a_batch_the_decoder_rejects_costs_only_its_bad_file(tmp_path: Path) -> 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(bytes(data[:sos]) + b"\xff\xd9")  # a header and no scan at all, but an end marker
     got, ref = _both([good, bad, good], 32)
+    assert pillow_fallbacks == [str(bad)]
     assert got[0].error is None and got[2].error is None
     assert got[1].error == ref[1].error and got[1].error is not None
 
