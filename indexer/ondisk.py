@@ -45,11 +45,12 @@ ONDISK_FILES = (SEARCH_DATA, SEARCH_IDS)
 #: Above this many vectors, ``plan_index(..., "auto")`` picks the on-disk index over HNSW.
 #: HNSW costs ~1,240 bytes a vector that must stay in RAM to search fast (2.5 GB at 2M,
 #: past the 3 GB server target at 2.4M), took 26 min to build at 1M on this machine and needs
-#: efSearch 384 for recall 0.95 on autoencoder-like vectors; IVF-PQ on disk builds 1M in ~2 min,
-#: keeps ~10 MB in RAM and answers in a few ms after re-rank (docs/pending-ondisk.md).
+#: efSearch 384 for recall 0.95 on autoencoder-like vectors; IVF-PQ on disk built 1M in 2.2 min,
+#: holds ~65 MB of RAM (its precomputed L2 table) and answered in 2.9 ms p50 at recall 0.96 after
+#: the re-rank (docs/pending-ondisk.md). Below it HNSW fits in RAM and keeps the neighbour table.
 ONDISK_ABOVE = 2_000_000
 #: Above this many vectors the precomputed neighbour table is published empty: filling it costs
-#: one search per image (10M images x ~5 ms = 14 h of CPU per full table) and 400 bytes an image
+#: one search per image (10M images x ~3-8 ms measured = 8-22 h of CPU per full table) and 400 bytes an image
 #: (4 GB at 10M), to save each by-id query one search of a few ms.
 NEIGHBOURS_MAX = ONDISK_ABOVE
 #: The quantiser is retrained (the index rebuilt) once the collection has grown past this factor
