@@ -6,20 +6,22 @@ Three files in a generation (all written by a publish, never edited in place):
   each inverted list lies in the data file: a few MB whatever the collection's size.
 - ``search.ivfdata``: the inverted lists, ``m`` bytes of PQ code + 8 bytes of id a vector
   (68 at 240 dims), read by the server through ``mmap``: only the lists a query probes are
-  paged in, so RSS does not grow with the collection. FAISS records this file's name inside
-  ``search.faiss``; readers open it with ``IO_FLAG_ONDISK_SAME_DIR`` (the file beside the
-  index file, whatever directory it was written in), so a generation can be linked or moved.
+  paged in (page cache, shared by every worker), so anonymous RSS does not grow with the
+  collection. FAISS records this file's name inside ``search.faiss``; readers open it with
+  ``IO_FLAG_ONDISK_SAME_DIR`` (the file beside the index file, whatever directory it was
+  written in), so a generation can be linked or moved.
 - ``search.ids.npy``: (id, fingerprint) of every indexed vector, sorted by id. Only the
   writer reads it: it tells the next publish which vectors are new, changed or gone without
   re-encoding the others.
 
 A query probes ``nprobe`` lists, takes ``rerank`` x k candidates by their PQ scores (which
-are approximate: 30 bytes cannot rank near-ties) and re-ranks them by exact inner product
-with the stored vectors (a callable ``get_vectors(ids)``, so any store that can fetch by id
-serves). Adding images does not rebuild: the new vectors are encoded with the trained
-quantiser and the old lists are copied as they are into a new data file (FAISS cannot append
-to a merged on-disk list: its slot bookkeeping breaks, so each publish writes a fresh file,
-~68 bytes a vector, against the exact store's 968).
+are approximate: 60 bytes cannot rank near-ties; L2 on the unit vectors, see :func:`train`)
+and re-ranks them by exact inner product with the stored vectors (a callable
+``get_vectors(ids)``, so any store that can fetch by id serves). Adding images does not
+rebuild: the new vectors are encoded with the trained quantiser and the old lists are copied
+as they are into a new data file (FAISS cannot append to a merged on-disk list: its slot
+bookkeeping breaks, so each publish writes a fresh file, ~68 bytes a vector, against the
+exact store's 968).
 """
 
 from __future__ import annotations
