@@ -109,7 +109,9 @@ def index(
     model: Path | None = typer.Option(
         None, "--model", help="Model directory [default: the index's own; trains one if none]."
     ),
-    index_type: str = typer.Option("auto", help="auto, flat, hnsw, ivf or ivfpq."),
+    index_type: str = typer.Option(
+        "auto", help="auto, flat, hnsw, ivf, ivfpq or ivfpq-disk (inverted lists on disk, memory-mapped)."
+    ),
     reembed: bool = typer.Option(False, "--reembed", help="Re-embed every image (needed after changing the model)."),
     catalog: str | None = typer.Option(None, help="SQLAlchemy URL of the catalog [default: SQLite in the index]."),
     workers: int | None = typer.Option(
