@@ -10,7 +10,8 @@ beside the models, on the same images):
   calibration fitted on the folder, as training fits it), no training at all;
 - ``finetune``: the product's default training on the folder, started from the base model
   (``TrainConfig(init_from=BASE)``, the default step budget);
-- ``scratch``: the product's default training from random weights (what lookalike did before).
+- ``scratch``: the default training from random weights (``init_from=None``: what lookalike did
+  before the base model).
 
 Prints a markdown table (mAP@10 by label, self excluded; each arm's ratio to HOG + colour and to
 PCA) and writes ``<out>/summary.json``. Trained models are reused when already there.
@@ -77,7 +78,7 @@ def run_one(name: str, seed: int, arms: list[str], base: Path, out: Path) -> dic
     if "finetune" in arms:
         specs.append(ModelSpec(name="base-finetune", kind="conv", train_overrides={"init_from": str(base)}))
     if "scratch" in arms:
-        specs.append(ModelSpec(name="scratch", kind="conv"))
+        specs.append(ModelSpec(name="scratch", kind="conv", train_overrides={"init_from": None}))
     t0 = time.perf_counter()
     report = evaluate(
         folder, specs, work_dir=work, label_column=label_column, max_images=max_images, seed=seed, near_duplicates=0
