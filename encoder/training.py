@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from . import variants  # noqa: F401  (importing it registers every model kind)
 from .atomic import atomic_write_json
 from .augment import augment_batch
+from .base import load_start_weights, resolve_init, start_config
 from .calibration import CALIBRATION, fit_calibration, save_calibration
 from .checkpoint import save_model
 from .config import ModelConfig
@@ -147,7 +148,7 @@ def train(
     """
     cfg = config or TrainConfig()
     start_from = resolve_init(cfg.init_from, model_config)
-    mcfg = _start_config(model_config, start_from)
+    mcfg = start_config(model_config, start_from)
     root = Path(folder)
     out_dir = Path(out)
     if not root.is_dir():
@@ -165,7 +166,7 @@ def train(
         mcfg = dataclasses.replace(mcfg, labels=tuple(data.classes))
     run = _start_run(mcfg, cfg, data, device)
     if start_from is not None:
-        _load_start_weights(run.model, start_from)
+        load_start_weights(run.model, start_from)
     if resume:
         _resume_run(run, out_dir / RESUME_DIR)
     _run_epochs(run, out_dir, progress)
@@ -174,48 +175,6 @@ def train(
     show_idx = data.val_idx if len(data.val_idx) else data.train_idx
     _write_outputs(result, run.cfg, mcfg, data.cache, show_idx, device, data.decode_s)
     return result
-
-
-def resolve_init(init_from: str | None, model_config: ModelConfig | None = None) -> Path | None:
-    """The model directory `init_from` names ("base": the shipped base model; "auto": that one
-    when it ships and `model_config` is None or the base model's own), or None."""
-    if not init_from:
-        return None
-    from .base import BASE_MODEL_DIR, base_model_dir
-
-    if init_from == "auto":
-        if not (BASE_MODEL_DIR / "model.safetensors").exists():
-            return None
-        from .checkpoint import read_config
-
-        fits = model_config is None or model_config == read_config(BASE_MODEL_DIR)[0]
-        return BASE_MODEL_DIR if fits else None
-    if init_from == "base":
-        return base_model_dir()
-    path = Path(init_from)
-    if not (path / "model.safetensors").exists():
-        raise ConfigError(f"init_from {init_from!r}: not a model directory (no model.safetensors)")
-    return path
-
-
-def _start_config(given: ModelConfig | None, start_from: Path | None) -> ModelConfig:
-    if start_from is None:
-        return given or ModelConfig()
-    from .checkpoint import read_config
-
-    start_cfg, _ = read_config(start_from)
-    if given is not None and given != start_cfg:
-        raise ConfigError(
-            f"init_from {start_from}: that model is {start_cfg.to_dict()}, not the {given.to_dict()} asked for"
-        )
-    return start_cfg
-
-
-def _load_start_weights(model: Autoencoder, start_from: Path) -> None:
-    """Copy the starting model's weights (BatchNorm statistics included) into `model`."""
-    from .checkpoint import load_model
-
-    model.load_state_dict(load_model(start_from).state_dict(), strict=True)
 
 
 # ---------------------------------------------------------------- 1. data

@@ -66,8 +66,7 @@ def test_the_shipped_base_model_loads_and_embeds() -> None:
 
 
 def test_auto_starts_from_the_base_only_for_its_own_configuration() -> None:
-    from encoder.base import BASE_MODEL_DIR
-    from encoder.training import resolve_init
+    from encoder.base import BASE_MODEL_DIR, resolve_init
 
     shipped = (BASE_MODEL_DIR / "model.safetensors").exists()
     assert resolve_init("auto", ModelConfig(**TINY_CONFIG)) is None  # another model: random weights
