@@ -278,6 +278,13 @@ def read(path: str | os.PathLike, params: dict[str, Any] | None = None) -> faiss
     return index
 
 
+def has_lists(path: str | os.PathLike) -> bool:
+    """True if the index file at `path` keeps its inverted lists in the ``.ivfdata`` file beside it
+    (``search.faiss`` -> ``search.ivfdata``): such a file must be opened with :func:`read`, since
+    FAISS's memory-mapping flags leave its lists unmapped. A store beside it is not such a file."""
+    return Path(path).with_suffix(".ivfdata").exists()
+
+
 def is_on_disk(index: faiss.Index) -> bool:
     """True if `index`'s inverted lists are read from a file (not held in RAM)."""
     try:

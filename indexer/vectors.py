@@ -268,10 +268,8 @@ def tune_search(
 def read_search_index(path: str | os.PathLike, params: dict[str, Any] | None = None) -> faiss.Index:
     """Open an index read-only, memory-mapped where FAISS supports it for the type (an on-disk
     index's lists from the ``.ivfdata`` file beside `path`, indexer/ondisk.py)."""
-    if (Path(path).parent / ondisk.SEARCH_DATA).exists():  # IO_FLAG_MMAP leaves such lists unmapped
-        index = ondisk.read(path)
-        apply_search_params(index, params or {})
-        return index
+    if ondisk.has_lists(path):  # IO_FLAG_MMAP leaves such lists unmapped
+        return ondisk.read(path, params)
     try:
         index = faiss.read_index(os.fspath(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:

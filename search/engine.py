@@ -157,12 +157,7 @@ class Engine:
     def _open_generation(self, manifest: Manifest) -> Snapshot:
         files = manifest.files(self.index_dir)  # the index directory itself for an index from before generations
         store = _read_mapped(files / STORE)
-        if manifest.search_file == STORE:
-            search = store
-        elif manifest.index_type == ondisk.ONDISK:  # its lists are mapped from the .ivfdata file beside it
-            search = ondisk.read(files / manifest.search_file, manifest.params)
-        else:
-            search = _read_mapped(files / manifest.search_file, manifest.params)
+        search = store if manifest.search_file == STORE else _read_mapped(files / manifest.search_file, manifest.params)
         old = getattr(self, "_snapshot", None)
         if old is not None and old.manifest.model_id == manifest.model_id:
             encoder = old.encoder  # same model: no need to load it again
@@ -532,7 +527,9 @@ def _read_mapped(path: Path, params: dict | None = None) -> faiss.Index:
     codes of the store, HNSW's storage, IVF's lists): the page cache then holds one copy for
     every server process over the index (``--workers``), and opening costs no copy. Safe
     because a published file is never written in place (indexer/generations.py). Otherwise,
-    as the indexer reads it."""
+    as the indexer reads it. An on-disk IVF index maps its lists its own way (indexer/ondisk.py)."""
+    if ondisk.has_lists(path):
+        return ondisk.read(path, params)
     flags = getattr(faiss, "IO_FLAG_MMAP_IFC", None)  # FAISS >= 1.10
     if flags is None:
         return read_search_index(path, params)
