@@ -151,7 +151,7 @@ def test_cmyk_jpeg_and_png_go_through_pillow_unchanged(tmp_path: Path, pillow_fa
     png = tmp_path / "p.png"
     Image.fromarray(_picture(90, 120)).save(png)
     got, ref = _both([cmyk, png], 64)
-    assert pillow_fallbacks == [str(cmyk), str(png)]
+    assert sorted(pillow_fallbacks) == sorted([str(cmyk), str(png)])  # the reading threads hand them over in any order
     for g, r in zip(got, ref, strict=True):
         assert g.error is None and g.info == r.info
         np.testing.assert_array_equal(g.pixels, r.pixels)  # the very same decoder: byte for byte
