@@ -234,6 +234,20 @@ class SegmentStore:
         self._index = None
         return len(pos)
 
+    def contains(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """A bool mask: which of `ids` are stored."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(self._ids):
+            return np.zeros(len(ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1)
+        return self._ids[pos] == ids
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether a save would write anything: vectors added or removed since the last one (what
+        :meth:`save` tests), so the files on disk are not yet the store."""
+        return bool(self._dirty or self._tombstones or (self._where >= self._saved_rows).any())
+
     def get(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """Vectors for `ids`, (len(ids), dim) float32 (KeyError for an unknown id). Reads only those rows."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
