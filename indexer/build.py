@@ -40,6 +40,7 @@ from encoder.training import RESUME_DIR
 
 from .catalog import STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, in_chunks
 from .embed import add_copies, cpu_thread_budget, default_decode_workers, embed_files
+from .exact import generation_has_vectors
 from .generations import tidy_generations
 from .hit_rows import read_hit_rows
 from .index_model import IndexBuildError, prepare_model
@@ -242,7 +243,7 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
         run.changed
         or manifest is None
         or not manifest.directory  # published before generations: upgrade it
-        or not (manifest.files(idx) / STORE).exists()  # its generation is gone
+        or not generation_has_vectors(manifest.files(idx), manifest)  # its generation is gone
         or manifest.store_seq != catalog.store_seq()  # saved since, by a run killed before it published
         or manifest.count != len(store)
         or manifest.model_id != run.model_id

@@ -1,9 +1,13 @@
-"""The vectors: a FAISS store keyed by catalog id, and the search index built from it.
+"""The vectors: the exact store keyed by catalog id, and the search index built from it.
 
-Two files, one job each:
-- ``vectors.faiss``: the *store*, an exact ``IndexIDMap2(IndexFlatIP)``. It is
-  the source of truth (it supports add, remove and reconstruct by id), and
-  for small corpora it is also what queries search.
+- The *store* holds the exact vectors, the source of truth: the indexer's is a
+  :class:`~indexer.segments.SegmentStore` (append-only segments, ``segments/``);
+  :class:`VectorStore` keeps them in memory as one FAISS index (tests, benchmarks).
+- ``vectors.faiss``: the store as one exact ``IndexIDMap2(IndexFlatIP)``, written by a
+  publish only when the search index is flat (small corpora: it is what queries search),
+  or when the store is not segments in the index directory. Otherwise servers read the
+  exact vectors from the generation's segments (indexer/exact.py) and a publish writes
+  no copy of them.
 - ``search.faiss``: for large corpora, an approximate index (HNSW, IVF or
   IVF-PQ) rebuilt from the store after a run changes it. Approximate types
   cannot remove vectors cheaply (HNSW not at all), so they are derived, never
@@ -46,7 +50,7 @@ from .generations import (
 from .hit_rows import HitRows, write_hit_rows
 from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, SEGMENTS, STORE
 from .neighbours import read_neighbours, table_dtype, update_neighbours, write_neighbours
-from .segments import segment_files
+from .segments import SegmentStore, has_segments, segment_files
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", ondisk.ONDISK)
 #: Up to this many vectors, exact search is fast enough (~N*d multiply-adds per query:
@@ -366,9 +370,22 @@ def refresh_hit_rows(index_dir: Path, store: VectorStore, catalog: Catalog | Non
     write_hit_rows(HitRows.build(r for r in catalog.indexed_rows() if r[0] in stored), path)
 
 
+def _exact_in_segments(index_dir: Path, store: VectorStore | SegmentStore) -> bool:
+    """Whether `store` is the segment store saved in `index_dir`: a generation then links its
+    segments, which servers read (indexer/exact.py), so no flat copy of the vectors is needed.
+    ValueError if it has changes not saved yet (the files would not be the store published)."""
+    if not isinstance(store, SegmentStore) or not has_segments(index_dir / SEGMENTS):
+        return False
+    if store.directory.resolve() != (index_dir / SEGMENTS).resolve():
+        return False
+    if store.unsaved:
+        raise ValueError(f"{store.directory}: save the store before publishing it (a generation links its files)")
+    return True
+
+
 def publish(
     index_dir: Path,
-    store: VectorStore,
+    store: VectorStore | SegmentStore,
     plan: IndexPlan,
     model_id: str | None,
     previous: Manifest | None,
@@ -378,13 +395,18 @@ def publish(
     progress: bool = False,
     store_seq: int = 0,
 ) -> Manifest:
-    """Save the store, (re)build the search index if the plan needs one, bring the
-    neighbour table up to date (`neighbours_k` 0: none), write the hit rows of the
-    stored images from `catalog` (None: no hit rows; hits are then read from the
-    catalog), then make them a new generation (:func:`commit_generation`).
+    """Write ``vectors.faiss`` if the plan is flat (or the store is not the index's saved segments),
+    (re)build the search index if the plan needs one, bring the neighbour table up to date
+    (`neighbours_k` 0: none), write the hit rows of the stored images from `catalog` (None: no hit
+    rows; hits are then read from the catalog), then make them a new generation
+    (:func:`commit_generation`). A segment store must have been saved by the caller.
     `store_seq`: the catalog's sequence number of the store save published."""
     kill_point("publish:begin")
-    store.write_flat(index_dir / STORE)  # the server's exact store; the segments were saved by the caller
+    # The flat file costs 4 x dim bytes a *stored* vector at every publish (968 MB at 1M): written only
+    # where it is the search index (<= FLAT_MAX vectors), or the store's only copy on disk.
+    flat_file = plan.index_type == "flat" or not _exact_in_segments(index_dir, store)
+    if flat_file:
+        store.write_flat(index_dir / STORE)
     kill_point("publish:store")
     if plan.index_type == "flat":
         search_file = STORE
@@ -437,13 +459,13 @@ def publish(
         neighbours=neighbours_note,
         store_seq=store_seq,
     )
-    commit_generation(index_dir, manifest, previous)
+    commit_generation(index_dir, manifest, previous, flat_file=flat_file)
     return manifest
 
 
 def republish_derived(
     index_dir: Path,
-    store: VectorStore,
+    store: VectorStore | SegmentStore,
     manifest: Manifest,
     *,
     neighbours_k: int = NEIGHBOURS_K,
@@ -461,18 +483,24 @@ def republish_derived(
     manifest.neighbours = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
     manifest.neighbours_k = neighbours_k
     refresh_hit_rows(index_dir, store, catalog)
-    commit_generation(index_dir, manifest, previous)
+    flat_file = manifest.search_file == STORE or not _exact_in_segments(index_dir, store)
+    commit_generation(index_dir, manifest, previous, flat_file=flat_file)
     return manifest
 
 
-def commit_generation(index_dir: Path, manifest: Manifest, previous: Manifest | None) -> None:
+def commit_generation(
+    index_dir: Path, manifest: Manifest, previous: Manifest | None, *, flat_file: bool = True
+) -> None:
     """Make the working files just written a new generation directory, then switch ``manifest.json``
     to it (the one write readers act on), then remove generations older than `previous` (a reader
-    may be opening that one right now). Sets `manifest`'s generation and directory."""
+    may be opening that one right now). Sets `manifest`'s generation and directory. `flat_file`:
+    the generation has a ``vectors.faiss``; without, one left in the index directory by an earlier
+    publish is deleted once the switch is made (the generations that have it keep their links)."""
     manifest.generation = (previous.generation + 1) if previous else 1
     manifest.directory = generation_dir_name(manifest.generation)
     gen = start_generation(index_dir, manifest.generation)
-    names = [STORE, *(f"{SEGMENTS}/{name}" for name in segment_files(index_dir / SEGMENTS))]
+    names = [STORE] if flat_file else []
+    names += [f"{SEGMENTS}/{name}" for name in segment_files(index_dir / SEGMENTS)]
     if manifest.search_file != STORE:
         names.append(manifest.search_file)
     if manifest.index_type == ondisk.ONDISK:
@@ -488,4 +516,6 @@ def commit_generation(index_dir: Path, manifest: Manifest, previous: Manifest | 
     seal_generation(gen)
     manifest.write(index_dir, stamp=False)  # the same manifest as the generation's own copy
     kill_point("pointer")
+    if not flat_file:  # only now: before the switch, an index from before generations still reads it
+        (index_dir / STORE).unlink(missing_ok=True)
     tidy_generations(index_dir, manifest.generation, point="cleanup")
