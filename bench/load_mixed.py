@@ -113,12 +113,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
     folder, index = prepare(args.workdir)
     sys.path.insert(0, str(REPO))
-    import faiss
-
     from search.engine import Engine
 
     eng = Engine(index, device="cpu")
-    ids = faiss.vector_to_array(eng.snapshot().store.id_map).astype(int).tolist()
+    ids = eng.snapshot().vectors.ids().tolist()
     eng.close()
     upload = sorted((REPO / "data").rglob("*.png"))[0].read_bytes()
     server = Server(index, args.workdir, env={"LOOKALIKE_MAX_CONNECTIONS": str(args.clients * 2)})

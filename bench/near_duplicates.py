@@ -326,12 +326,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     snap = engine.snapshot()
     from search.reports import canonical_ids
 
-    store_ids = __import__("faiss").vector_to_array(snap.store.id_map).astype(np.int64)
-    canon = np.isin(store_ids, canonical_ids(engine))
-    from indexer import VectorStore
-
-    ids, vecs = VectorStore(snap.store.d, snap.store).all_vectors()
-    ids, vecs = ids[canon], np.ascontiguousarray(vecs[canon])
+    store_ids = snap.vectors.ids()
+    ids = store_ids[np.isin(store_ids, canonical_ids(engine))]
+    vecs = snap.vectors.get(ids)
     recs = engine.catalog.get_images(ids.tolist())
     rel = [recs[int(i)].path for i in ids]
     family = np.array([truth[r][0] for r in rel])

@@ -2,8 +2,8 @@
 
 No web framework here: the HTTP API, the CLI and the reports all call this.
 
-An :class:`Engine` holds a *snapshot* (the FAISS indexes, memory-mapped and
-read-only, and the model) and swaps in a new one when ``lookalike index``
+An :class:`Engine` holds a *snapshot* (the search index and the exact vectors,
+memory-mapped and read-only, and the model) and swaps in a new one when ``lookalike index``
 publishes a new generation of the index: a request already running keeps the
 snapshot it started with, so nothing fails mid-flight.
 """
@@ -31,10 +31,11 @@ from encoder.errors import LookalikeError
 from encoder.images import open_image
 from indexer import Catalog, ImageRecord, Manifest, ondisk
 from indexer.catalog import STATUS_OK, bytes_hash
+from indexer.exact import ExactVectors, open_exact_vectors, read_mapped
 from indexer.hit_rows import HitRows, read_hit_rows
-from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS, STORE, THUMBNAILS
+from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS, THUMBNAILS
 from indexer.neighbours import lookup, read_neighbours
-from indexer.vectors import apply_search_params, read_search_index
+from indexer.segments import SegmentError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ class Snapshot:
     """One published generation of the index, opened read-only."""
 
     manifest: Manifest
-    store: faiss.Index  # exact vectors by id (IndexIDMap2 over a flat index)
-    search: faiss.Index  # what unfiltered queries search: the store itself, or HNSW/IVF
+    vectors: ExactVectors  # exact vectors by id: the flat store, or the generation's segments (indexer/exact.py)
+    search: faiss.Index  # what unfiltered queries search: the flat store itself, or HNSW/IVF
     encoder: Encoder
     neighbours: np.ndarray | None = None  # precomputed neighbours by id (memory-mapped), if published
     neighbour_ids: np.ndarray | None = None  # its id column, contiguous in memory (8 bytes an image)
@@ -146,7 +147,7 @@ class Engine:
                 raise EngineError(f"{self.index_dir}: manifest.json vanished")
             try:
                 return self._open_generation(manifest)
-            except (OSError, RuntimeError):  # faiss raises RuntimeError for a file it cannot open
+            except (OSError, RuntimeError, SegmentError):  # faiss raises RuntimeError for a file it cannot open
                 # Two publishes between reading the manifest and opening its files remove that
                 # generation: open the one the manifest names now. Anything else is a real error.
                 again = Manifest.read(self.index_dir)
@@ -156,8 +157,8 @@ class Engine:
 
     def _open_generation(self, manifest: Manifest) -> Snapshot:
         files = manifest.files(self.index_dir)  # the index directory itself for an index from before generations
-        store = _read_mapped(files / STORE)
-        search = store if manifest.search_file == STORE else _read_mapped(files / manifest.search_file, manifest.params)
+        search = read_mapped(files / manifest.search_file, manifest.params)
+        vectors = open_exact_vectors(files, manifest, search)
         old = getattr(self, "_snapshot", None)
         if old is not None and old.manifest.model_id == manifest.model_id:
             encoder = old.encoder  # same model: no need to load it again
@@ -172,7 +173,7 @@ class Engine:
             if neighbours is not None:
                 neighbour_ids = np.ascontiguousarray(neighbours["id"])
         hit_rows = read_hit_rows(files / HIT_ROWS)
-        return Snapshot(manifest, store, search, encoder, neighbours, neighbour_ids, hit_rows)
+        return Snapshot(manifest, vectors, search, encoder, neighbours, neighbour_ids, hit_rows)
 
     def snapshot(self) -> Snapshot:
         """The current snapshot, reopened first if the index on disk has moved on."""
@@ -260,8 +261,8 @@ class Engine:
     def vector(self, image_id: int) -> np.ndarray:
         snap = self.snapshot()
         try:
-            return snap.store.reconstruct(int(image_id)).reshape(1, -1)
-        except RuntimeError:
+            return snap.vectors.get([int(image_id)])
+        except KeyError:
             raise NotFound(f"no indexed image with id {image_id}") from None
 
     def embed(self, source: ImageSource) -> np.ndarray:
@@ -336,13 +337,12 @@ class Engine:
             ids = self._ids_with_prefix(path_prefix)
             if not ids:
                 return []
-            # Filtered queries search the exact store: approximate indexes lose recall under a filter.
-            sel = faiss.IDSelectorBatch(np.array(ids, dtype=np.int64))
-            sims, found = snap.store.search(q, min(want, len(ids)), params=faiss.SearchParameters(sel=sel))
+            # Filtered queries search the exact vectors: approximate indexes lose recall under a filter.
+            sims, found = snap.vectors.search_among(q, min(want, len(ids)), np.array(ids, dtype=np.int64))
         elif snap.manifest.index_type == ondisk.ONDISK:
             # PQ scores only pick candidates; the exact stored vectors rank them (indexer/ondisk.py).
             rerank = int(snap.manifest.params.get("rerank", ondisk.RERANK))
-            sims, found = ondisk.search(snap.search, q, min(want, n), lambda ids: _vectors(snap.store, ids), rerank)
+            sims, found = ondisk.search(snap.search, q, min(want, n), snap.vectors.get, rerank)
         else:
             sims, found = snap.search.search(q, min(want, n))
         return [(int(i), float(s)) for i, s in zip(found[0], sims[0], strict=True) if i >= 0 and i not in excluded]
@@ -520,30 +520,6 @@ class Engine:
         if self._reloader is not None:
             self._reloader.join(timeout=60)
         self.catalog.close()
-
-
-def _read_mapped(path: Path, params: dict | None = None) -> faiss.Index:
-    """An index file opened read-only with its vectors memory-mapped, where FAISS can (the flat
-    codes of the store, HNSW's storage, IVF's lists): the page cache then holds one copy for
-    every server process over the index (``--workers``), and opening costs no copy. Safe
-    because a published file is never written in place (indexer/generations.py). Otherwise,
-    as the indexer reads it. An on-disk IVF index maps its lists its own way (indexer/ondisk.py)."""
-    if ondisk.has_lists(path):
-        return ondisk.read(path, params)
-    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", None)  # FAISS >= 1.10
-    if flags is None:
-        return read_search_index(path, params)
-    try:
-        index = faiss.read_index(os.fspath(path), flags | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        return read_search_index(path, params)
-    apply_search_params(index, params or {})
-    return index
-
-
-def _vectors(store: faiss.Index, ids: np.ndarray) -> np.ndarray:
-    """The exact stored vectors of `ids` (all indexed: they come from the search index)."""
-    return store.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
 
 #: The thumbnail sizes kept on disk (the web page asks for 64-512; reports embed 128).

@@ -316,12 +316,10 @@ def _distinct_vectors(engine: Engine, method: str, whitened: bool):
     """(ids, vectors to compare, raw vectors, index to find neighbours with or None, method) of
     the indexed images that are not byte-identical copies (those are the exact section's)."""
     snap = engine.snapshot()
-    store_ids = faiss.vector_to_array(snap.store.id_map).astype(np.int64)
-    flat = faiss.downcast_index(snap.store.index)
-    vecs = faiss.rev_swig_ptr(flat.get_xb(), len(store_ids) * flat.d).reshape(len(store_ids), flat.d)
-    keep = np.isin(store_ids, canonical_ids(engine))
-    ids, raw = store_ids[keep], np.ascontiguousarray(vecs[keep])
-    approximate = snap.search is not snap.store and snap.search.ntotal == len(store_ids)
+    store_ids = snap.vectors.ids()  # ascending; from the flat store or the generation's segments
+    ids = store_ids[np.isin(store_ids, canonical_ids(engine))]
+    raw = snap.vectors.get(ids)  # one copy, of the distinct images' vectors only
+    approximate = snap.manifest.index_type != "flat" and snap.search.ntotal == len(store_ids)
     if method == "auto":
         method = "index" if approximate and len(ids) > EXACT_MAX else "exact"
     if method not in ("exact", "index"):

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import faiss
 import numpy as np
 from conftest import REPO, write_jpeg
 
@@ -62,7 +61,7 @@ def assert_answers_as_live_search(index: Path) -> Manifest:
     try:
         snap = eng.snapshot()
         m = snap.manifest
-        ids = np.sort(faiss.vector_to_array(snap.store.id_map))
+        ids = snap.vectors.ids()  # ascending
         assert snap.encoder.model_id == m.model_id, "the model is not the one that made the vectors"
         assert len(ids) == m.count == snap.search.ntotal
         assert snap.neighbours is not None and np.array_equal(snap.neighbour_ids, ids)

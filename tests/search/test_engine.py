@@ -274,7 +274,7 @@ def test_by_id_queries_are_answered_from_the_precomputed_table(tmp_path: Path, s
             def search(self, *a, **kw):
                 raise RuntimeError("searched")
 
-        eng._snapshot = replace(snap, search=Refuses(), store=_RefusingStore(snap.store))
+        eng._snapshot = replace(snap, search=Refuses(), vectors=_RefusingVectors(snap.vectors))
         image_id = all_ids[0]
         assert len(eng.search_id(image_id, k=6)) == 6
         assert len(eng.search_id(image_id, k=3, offset=3)) == 3
@@ -285,17 +285,16 @@ def test_by_id_queries_are_answered_from_the_precomputed_table(tmp_path: Path, s
         eng.close()
 
 
-class _RefusingStore:
-    """The store's lookups, but no searching."""
+class _RefusingVectors:
+    """The exact vectors' lookups, but no searching."""
 
-    def __init__(self, store) -> None:
-        self._store = store
-        self.ntotal = store.ntotal
+    def __init__(self, vectors) -> None:
+        self._vectors = vectors
 
-    def reconstruct(self, i: int):
-        return self._store.reconstruct(i)
+    def get(self, ids):
+        return self._vectors.get(ids)
 
-    def search(self, *a, **kw):
+    def search_among(self, *a, **kw):
         raise RuntimeError("searched")
 
 
@@ -308,7 +307,7 @@ def test_an_index_without_a_table_answers_by_search(tmp_path: Path, search_model
     eng = Engine(folder / ".lookalike", device="cpu", reload_check_s=0)
     try:
         assert eng.snapshot().neighbours is None
-        image_id = eng.snapshot().store.id_map.at(0)
+        image_id = int(eng.snapshot().vectors.ids()[0])
         assert len(eng.search_id(image_id, k=5)) == 5
     finally:
         eng.close()
@@ -335,7 +334,7 @@ def test_a_deleted_or_damaged_table_is_answered_by_search_and_rebuilt(tmp_path: 
         eng = Engine(folder / ".lookalike", device="cpu", reload_check_s=0)
         try:
             assert eng.snapshot().neighbours is None
-            image_id = eng.snapshot().store.id_map.at(0)
+            image_id = int(eng.snapshot().vectors.ids()[0])
             assert len(eng.search_id(image_id, k=5)) == 5  # a live search instead
         finally:
             eng.close()
@@ -378,7 +377,7 @@ def test_a_server_engine_opens_a_new_generation_without_making_requests_wait(
             t0 = time.monotonic()
             snap = eng.snapshot()
             answers.append(time.monotonic() - t0)
-            hits = eng.search_id(int(snap.store.id_map.at(0)), k=3)  # every query is answered meanwhile
+            hits = eng.search_id(int(snap.vectors.ids()[0]), k=3)  # every query is answered meanwhile
             assert len(hits) == 3
             if snap.manifest.generation > before:
                 break

@@ -273,8 +273,7 @@ def test_no_member_sits_below_its_tier_to_the_keeper(engine: Engine, linkage: st
     from search.reports import canonical_ids, connected_components, similar_pairs, whiten
 
     ids = canonical_ids(engine)  # what the report compares: byte-identical copies count once
-    store = engine.snapshot().store
-    white = whiten(np.stack([store.reconstruct(int(i)) for i in ids]))
+    white = whiten(engine.snapshot().vectors.get(ids))
     sims = white @ white.T
     loosest = float(sims.min()) + 0.05
     i, j, _ = similar_pairs(white, loosest, k=len(ids))
