@@ -15,7 +15,12 @@ kernel sent to storage):
 5. tail merge: 16 more such checkpoints, then the policy's merge of the small segments (the base
    segment is left alone);
 6. get: 1,000 random ids read by id from the memory-mapped segments (a re-rank's access pattern);
-7. baseline: the same `--n` + `--add` vectors in today's single-file store (``IndexIDMap2(IndexFlatIP)``),
+7. publish (`--publish TYPE`, default ivfpq-disk; `none` skips it): the store published as an index of
+   that type (indexer/vectors.py ``publish``, no neighbour table, no catalog), then `--add` more
+   vectors, a checkpoint and a publish again: what a ``lookalike index`` run that adds them writes.
+   A publish writes ``vectors.faiss`` only for a flat index now; the flat file that every publish
+   used to write is then written once more, as the before;
+8. baseline: the same `--n` + `--add` vectors in today's single-file store (``IndexIDMap2(IndexFlatIP)``),
    saved whole, as every checkpoint did before segments.
 
 Prints a table, writes JSON to bench/results/segments_append/segments_append.json. Every file it
@@ -36,7 +41,7 @@ import numpy as np
 from common import RESULTS, command_line, describe_machine, machine, max_rss_mib, table, write_json
 
 from indexer.segments import MAX_SEGMENTS, SegmentStore
-from indexer.vectors import VectorStore
+from indexer.vectors import Manifest, VectorStore, plan_index, publish
 
 
 def vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -55,27 +60,31 @@ def io_counters() -> dict[str, int]:
     return {k: int(v) for k, v in (line.split(": ") for line in lines)}
 
 
-def tree_bytes(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+def tree_files(folder: Path) -> dict[int, tuple[str, int]]:
+    """inode -> (first path relative to `folder`, size) of every file: a file hard-linked into a
+    generation is one file."""
+    files: dict[int, tuple[str, int]] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            files.setdefault(st.st_ino, (str(p.relative_to(folder)), st.st_size))
+    return files
 
 
 @contextmanager
 def measure(folder: Path, out: dict) -> Iterator[None]:
     """Fill `out` with the seconds a block took, the bytes of the files it created or replaced
-    under `folder`, and the /proc/self/io write counters' growth."""
-    before_files = {k: (v, (folder / k).stat().st_ino) for k, v in tree_bytes(folder).items()}
+    under `folder` (new inodes, each counted once), and the /proc/self/io write counters' growth."""
+    before = set(tree_files(folder))
     before_io = io_counters()
     t0 = time.perf_counter()
     yield
     out["seconds"] = round(time.perf_counter() - t0, 3)
     after_io = io_counters()
-    new = {
-        k: v
-        for k, v in tree_bytes(folder).items()
-        if before_files.get(k, (None, None))[1] != (folder / k).stat().st_ino
-    }
+    new = {name: size for ino, (name, size) in tree_files(folder).items() if ino not in before}
     out["files_written"] = len(new)
     out["bytes_written"] = sum(new.values())
+    out["files"] = dict(sorted(new.items(), key=lambda kv: -kv[1])[:8])  # the largest, by name
     for key in ("wchar", "write_bytes"):
         if key in after_io:
             out[key] = after_io[key] - before_io.get(key, 0)
@@ -90,7 +99,33 @@ def step(name: str, folder: Path, results: dict, fn: Callable[[], object]) -> ob
     return value
 
 
-def bench(n: int, dim: int, add: int, work: Path) -> dict:
+def publish_steps(
+    store: SegmentStore, work: Path, dim: int, add: int, kind: str, rng: np.random.Generator, r: dict
+) -> None:
+    """Publish the store (its index directory is `work`: the store is ``work/segments``) as `kind`,
+    then add `add` vectors, checkpoint and publish again, as a ``lookalike index`` run does."""
+    first: Manifest = step(
+        f"publish {kind} (first)",
+        work,
+        r,
+        lambda: publish(work, store, plan_index(len(store), dim, kind), "bench", None, neighbours_k=0),
+    )
+    start = int(store.ids().max()) + 1
+
+    def run() -> Manifest:
+        store.add(np.arange(start, start + add), vectors(add, dim, rng))
+        store.save(seq=1_000)
+        store.merge_if_due()
+        return publish(work, store, plan_index(len(store), dim, kind), "bench", first, neighbours_k=0)
+
+    second: Manifest = step(f"add {add:,}: checkpoint + publish {kind}", work, r, run)
+    r[f"add {add:,}: checkpoint + publish {kind}"].update(index_type=second.index_type, vectors=len(store))
+    copy = work / "flat-copy.faiss"
+    step("before: + vectors.faiss", work, r, lambda: store.write_flat(copy))
+    copy.unlink()
+
+
+def bench(n: int, dim: int, add: int, work: Path, kind: str = "none") -> dict:
     rng = np.random.default_rng(1)
     seg_dir, flat_dir = work / "segments", work / "flat"
     seg_dir.mkdir()
@@ -125,6 +160,8 @@ def bench(n: int, dim: int, add: int, work: Path) -> dict:
     ids = rng.choice(reader.ids(), 1000, replace=False)
     got = step("get 1,000 by id", seg_dir, r, lambda: reader.get(ids))
     assert np.array_equal(got, store.get(ids)) and np.array_equal(store.get(np.arange(n, n + add)), new)
+    if kind != "none":
+        publish_steps(store, work, dim, add, kind, rng, r)
 
     flat = VectorStore(dim)
     rng = np.random.default_rng(1)
@@ -134,6 +171,9 @@ def bench(n: int, dim: int, add: int, work: Path) -> dict:
     flat.add(np.arange(n, n + add), new)
     step("baseline: full rewrite", flat_dir, r, lambda: flat.save(flat_dir / "vectors.faiss"))
     append, base = r["append: checkpoint"], r["baseline: full rewrite"]
+    if kind != "none":
+        now, extra = r[f"add {add:,}: checkpoint + publish {kind}"], r["before: + vectors.faiss"]
+        r["run_now_vs_before_bytes"] = round(now["bytes_written"] / (now["bytes_written"] + extra["bytes_written"]), 4)
     r["append_vs_rewrite_bytes"] = round(append["bytes_written"] / base["bytes_written"], 6)
     if base.get("write_bytes"):
         r["append_vs_rewrite_write_bytes"] = round(append["write_bytes"] / base["write_bytes"], 6)
@@ -147,6 +187,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=240)
     ap.add_argument("--add", type=int, default=1000)
+    ap.add_argument(
+        "--publish",
+        default="ivfpq-disk",
+        help="Index type to publish as (what a run adding --add writes); 'none' skips. ivfpq-disk: "
+        "the one type whose update does not rebuild (HNSW at 1M takes ~26 min to build).",
+    )
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="Where the temporary files go.")
     ap.add_argument("--out", type=Path, default=RESULTS / "segments_append" / "segments_append.json")
     args = ap.parse_args()
@@ -154,7 +200,7 @@ def main() -> None:
     print(describe_machine(info))
     work = Path(tempfile.mkdtemp(prefix="segments_append.", dir=args.dir))
     try:
-        r = bench(args.n, args.dim, args.add, work)
+        r = bench(args.n, args.dim, args.add, work, args.publish)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     steps = [k for k, v in r.items() if isinstance(v, dict) and "seconds" in v]
@@ -163,6 +209,11 @@ def main() -> None:
     ]
     print()
     print(table(rows, ["step", "seconds", "bytes in files", "write_bytes (/proc)", "files"]))
+    if "run_now_vs_before_bytes" in r:
+        print(
+            f"\na run adding {args.add:,} (checkpoint + publish) wrote {r['run_now_vs_before_bytes']:.2%} "
+            "of the bytes it wrote before (with vectors.faiss)"
+        )
     print(
         f"\nappend {args.add:,} to {args.n:,}: the checkpoint wrote {r['append_vs_rewrite_bytes']:.4%} of a full "
         f"rewrite's bytes, in {r['append_vs_rewrite_seconds']:.2%} of its time"
