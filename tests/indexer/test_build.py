@@ -19,6 +19,7 @@ from PIL import Image
 
 from indexer import Catalog, CatalogError, IndexBuildError, Manifest, VectorStore, build_index, plan_index
 from indexer.catalog import SCHEMA_VERSION
+from indexer.segments import SegmentStore
 
 
 def state(index_dir: Path) -> tuple[dict[str, int], set[int]]:
@@ -216,8 +217,8 @@ def test_requested_index_types_search(folder: Path, tiny_model: Path, kind: str)
 
     m = Manifest.read(folder / ".lookalike")
     index = read_search_index(folder / ".lookalike" / m.search_file, m.params)
-    store = VectorStore.load(folder / ".lookalike" / "vectors.faiss")
-    ids, vecs = store.all_vectors()
+    assert not (folder / ".lookalike" / "vectors.faiss").exists()  # not flat: the vectors are the segments
+    ids, vecs = SegmentStore.open(folder / ".lookalike" / "segments", 0, writable=False).all_vectors()
     _, found = index.search(vecs[:5], 1)
     assert found[:, 0].tolist() == ids[:5].tolist()
 

@@ -141,9 +141,7 @@ def with_prefix(ids: np.ndarray, prefix: str) -> np.ndarray:
 
 def inodes(folder: Path) -> dict[str, tuple[int, int]]:
     """Relative path -> (inode, size) of every file under `folder`."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_size) for p in folder.rglob("*") if p.is_file()
-    }
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
 
 
 def test_a_non_flat_publish_writes_only_the_new_vectors(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from conftest import REPO, write_jpeg
 from encoder.checkpoint import model_id
 from indexer import Catalog, Manifest, build_index
 from indexer.generations import KILL_AT_ENV
-from indexer.layout import GENERATIONS, HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, STORE
+from indexer.layout import GENERATIONS, HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, SEGMENT_LIST, SEGMENTS, STORE
 from search.engine import Engine
 
 #: Every point of a publish where the writer is killed (KILL_AT_ENV): each working file written,
@@ -41,8 +41,14 @@ FLAT_POINTS = (
     "pointer",
     "cleanup",
 )
-#: An approximate index adds its own file, written and linked.
-APPROXIMATE_POINTS = ("publish:search", "generation:search.faiss", *FLAT_POINTS)
+#: An approximate index adds its own file, written and linked; its exact vectors are the segments
+#: linked into the generation (no vectors.faiss).
+APPROXIMATE_POINTS = (
+    "publish:search",
+    "generation:search.faiss",
+    f"generation:{SEGMENTS}/{SEGMENT_LIST}",
+    *(point for point in FLAT_POINTS if point != f"generation:{STORE}"),
+)
 
 
 def run_index(folder: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
