@@ -29,21 +29,22 @@ K = 10
 def measure(index_dir: Path, n_queries: int, efs: list[int], seed: int) -> dict[str, Any]:
     import faiss
 
-    from indexer.layout import STORE
+    from indexer.exact import open_exact_vectors
     from indexer.vectors import Manifest, apply_search_params, read_search_index
 
     faiss.omp_set_num_threads(1)
     manifest = Manifest.read(index_dir)
     if manifest is None or manifest.index_type != "hnsw":
         raise SystemExit(f"{index_dir}: not an HNSW index")
-    store = read_search_index(index_dir / STORE)
-    hnsw = read_search_index(index_dir / manifest.search_file, manifest.params)
-    ids = faiss.vector_to_array(store.id_map)
+    files = manifest.files(index_dir)
+    hnsw = read_search_index(files / manifest.search_file, manifest.params)
+    store = open_exact_vectors(files, manifest, hnsw)  # vectors.faiss, or (published since) the segments
+    ids = store.ids()
     rng = np.random.default_rng(seed)
     qids = rng.choice(ids, size=n_queries, replace=False)
-    q = np.stack([store.reconstruct(int(i)) for i in qids]).astype(np.float32)
+    q = store.get(qids)
     t0 = time.perf_counter()
-    _, exact = store.search(q, K + 1)
+    _, exact = store.search_among(q, K + 1, ids)
     exact_ms = (time.perf_counter() - t0) / n_queries * 1e3
     truth = [set(row[row != qi][:K].tolist()) for row, qi in zip(exact, qids, strict=True)]
     rows = []
@@ -60,8 +61,8 @@ def measure(index_dir: Path, n_queries: int, efs: list[int], seed: int) -> dict[
         rows.append({"efSearch": ef, "recall_at_10": round(float(recall), 4), "ms_per_query": round(ms, 3)})
     return {
         "index": str(index_dir),
-        "vectors": int(store.ntotal),
-        "dim": int(store.d),
+        "vectors": len(store),
+        "dim": store.dim,
         "params": manifest.params,
         "queries": n_queries,
         "exact_ms_per_query_batched": round(exact_ms, 3),
