@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,13 @@ class ExactVectors(ABC):
         q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, self.dim)
         if k < 1:
             return np.empty((len(q), 0), dtype=np.float32), np.empty((len(q), 0), dtype=np.int64)
-        allowed = np.unique(np.asarray(allowed, dtype=np.int64))
+        allowed = np.sort(np.asarray(allowed, dtype=np.int64).reshape(-1))
+        allowed = allowed[np.r_[True, allowed[1:] != allowed[:-1]]] if len(allowed) else allowed  # unique
         allowed = allowed[self.contains(allowed)]
         best_s = np.empty((len(q), 0), dtype=np.float32)
         best_i = np.empty((len(q), 0), dtype=np.int64)
-        for start in range(0, len(allowed), SCORE_ROWS):
-            chunk = allowed[start : start + SCORE_ROWS]
-            scores = q @ self.get(chunk).T  # (nq, rows)
+        for chunk, block in self.blocks(allowed):
+            scores = q @ block.T  # (nq, rows)
             best_s = np.concatenate([best_s, scores], axis=1)
             best_i = np.concatenate([best_i, np.broadcast_to(chunk, scores.shape)], axis=1)
             if best_s.shape[1] > k:  # keep k a row: memory stays k + SCORE_ROWS columns
@@ -102,6 +103,12 @@ class ExactVectors(ABC):
             sims[row, : len(order)] = best_s[row, order]
             found[row, : len(order)] = best_i[row, order]
         return sims, found
+
+    def blocks(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, their vectors), `SCORE_ROWS` at a time, for stored, unique, ascending `ids`."""
+        for start in range(0, len(ids), SCORE_ROWS):
+            chunk = ids[start : start + SCORE_ROWS]
+            yield chunk, self.get(chunk)
 
 
 class FlatVectors(ExactVectors):
@@ -176,6 +183,9 @@ class SegmentVectors(ExactVectors):
 
     def get(self, ids: np.ndarray | list[int]) -> np.ndarray:
         return self.store.get(ids)
+
+    def blocks(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.store.vector_blocks(ids, SCORE_ROWS)  # runs of consecutive rows: views of the files
 
 
 def _member(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

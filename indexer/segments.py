@@ -262,15 +262,44 @@ class SegmentStore:
         self._gather(self._where[pos], out)
         return out
 
+    def vector_blocks(self, ids: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, their vectors), at most `size` at a time, for `ids` stored, unique and ascending. A block
+        whose rows lie one after another in one segment (a broad filter over a merged store) is a
+        read-only view of the memory-mapped file, not a copy: scoring it reads each vector once."""
+        where = self._where[np.searchsorted(self._ids, ids)]
+        seg = np.searchsorted(self._offsets, where, side="right") - 1
+        cuts = np.union1d(np.arange(0, len(ids), size), np.flatnonzero(np.diff(seg)) + 1)  # never across segments
+        for start, end in zip(cuts, [*cuts[1:], len(ids)], strict=True):
+            w, k = where[start:end], int(seg[start])
+            if k < len(self.segments) and w[-1] - w[0] == len(w) - 1 and (np.diff(w) == 1).all():
+                first = int(w[0] - self._offsets[k])
+                yield ids[start:end], self.segments[k].vectors[first : first + len(w)]
+            else:
+                out = np.empty((len(w), self.dim), dtype=np.float32)
+                self._gather(w, out)
+                yield ids[start:end], out
+
     def _gather(self, where: np.ndarray, out: np.ndarray) -> None:
         """Fill `out` with the vectors at global rows `where`."""
+        if not len(where):
+            return
         seg = np.searchsorted(self._offsets, where, side="right") - 1  # len(segments) for the unsaved
-        for k in np.unique(seg):
-            mask = seg == k
+        first, last = int(seg.min()), int(seg.max())
+        for k in range(first, last + 1):
+            # Rows of one segment (the common case: a merged base) are taken straight into `out`: one pass,
+            # where a boolean mask costs a gather and a scatter (7x slower for 32k rows, measured).
+            pos = slice(None) if first == last else np.flatnonzero(seg == k)
+            rows = where[pos]
+            if not len(rows):
+                continue
             if k < len(self.segments):
-                out[mask] = self.segments[k].vectors[where[mask] - self._offsets[k]]
+                source, rows = np.asarray(self.segments[k].vectors), rows - self._offsets[k]
             else:
-                out[mask] = self._pending_vectors()[where[mask] - self._saved_rows]
+                source, rows = self._pending_vectors(), rows - self._saved_rows
+            if first == last:
+                np.take(source, rows, axis=0, out=out)
+            else:
+                out[pos] = source[rows]
 
     def _pending_vectors(self) -> np.ndarray:
         if self._pending_matrix is None:
