@@ -294,14 +294,20 @@ def is_on_disk(index: faiss.Index) -> bool:
     return isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
 
 
+def candidates(k: int, rerank: int, ntotal: int) -> int:
+    """How many candidates a query for `k` results re-ranks: `rerank` x `k`, at least CANDIDATES_MIN,
+    at most the index's size (but never fewer than `k`)."""
+    return max(k, min(ntotal, max(CANDIDATES_MIN, k * max(1, rerank))))
+
+
 def search(
     index: faiss.Index, q: np.ndarray, k: int, get_vectors: GetVectors, rerank: int = RERANK
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, ids) of the `k` best of `rerank` x `k` candidates per query row, by exact
-    inner product with the vectors `get_vectors` returns; -inf / -1 where fewer were found."""
+    inner product with the vectors `get_vectors` returns; -inf / -1 where fewer were found.
+    `rerank` is a search parameter tuned with nprobe (indexer/ondisk_tune.py, manifest params)."""
     q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, index.d)
-    depth = max(k, min(int(index.ntotal), max(CANDIDATES_MIN, k * max(1, rerank))))
-    _, cand = index.search(q, depth)
+    _, cand = index.search(q, candidates(k, rerank, int(index.ntotal)))
     sims = np.full((len(q), k), -np.inf, dtype=np.float32)
     out = np.full((len(q), k), -1, dtype=np.int64)
     found = cand[cand >= 0]

@@ -36,7 +36,7 @@ import numpy as np
 from encoder.atomic import atomic_write_json, atomic_write_via
 from encoder.errors import ConfigError
 
-from . import ondisk
+from . import ondisk, ondisk_tune
 from .catalog import Catalog
 from .generations import (
     generation_dir_name,
@@ -227,6 +227,8 @@ def tune_search(
     Queries are stored vectors of sampled ids, searched as a by-id query does (the query
     itself left out); truth is the exact top-10 from the store. The ladder stops at the
     first value that reaches `target`, or where recall stops improving, or at its top.
+    The on-disk index tunes ``nprobe`` and ``rerank`` (its re-rank depth) together: the
+    cheapest pair that reaches `target` (indexer/ondisk_tune.py).
     """
     if plan.index_type == "hnsw":
         key, ladder = "efSearch", EF_LADDER
@@ -243,13 +245,12 @@ def tune_search(
     q = store.get(qids)
     _, exact = store.index.search(q, k + 1)
     truth = [set(row[row != qi][:k].tolist()) for row, qi in zip(exact, qids, strict=True)]
+    if plan.index_type == ondisk.ONDISK:  # recall after the exact re-rank, as the engine searches
+        return _tune_ondisk(index, store, plan, q, truth, qids, k, target)
 
     def recall_at(value: int) -> float:
         apply_search_params(index, {key: value})
-        if plan.index_type == ondisk.ONDISK:  # recall after the exact re-rank, as the engine searches
-            _, found = ondisk.search(index, q, k + 1, store.get, plan.params.get("rerank", ondisk.RERANK))
-        else:
-            _, found = index.search(q, k + 1)
+        _, found = index.search(q, k + 1)
         hits = [len(t & set(row[row != qi][:k].tolist())) for t, row, qi in zip(truth, found, qids, strict=True)]
         return float(np.mean(hits)) / k
 
@@ -265,6 +266,29 @@ def tune_search(
     params = {**plan.params, key: chosen, "recall_at_10": round(recall, 3)}
     note = f"; {key} {chosen}: recall@10 {recall:.3f} on {len(qids)} sampled queries"
     if recall < target:
+        note += f" (below the {target} target: the most this index type gives here)"
+    return IndexPlan(plan.index_type, params, plan.reason + note)
+
+
+def _tune_ondisk(
+    index: faiss.Index,
+    store: VectorStore | SegmentStore,
+    plan: IndexPlan,
+    q: np.ndarray,
+    truth: list[set[int]],
+    qids: np.ndarray,
+    k: int,
+    target: float,
+) -> IndexPlan:
+    """tune_search for the on-disk index: ``nprobe`` and ``rerank`` from the pair ladder."""
+    tuned = ondisk_tune.tune(index, q, truth, store.get, k, target=target, nprobe_ladder=NPROBE_LADDER, exclude=qids)
+    params = {**plan.params, "nprobe": tuned.nprobe, "rerank": tuned.rerank, "recall_at_10": round(tuned.recall, 3)}
+    depth = ondisk.candidates(TUNE_K, tuned.rerank, int(index.ntotal))
+    note = (
+        f"; nprobe {tuned.nprobe}, rerank {tuned.rerank} ({depth} candidates at k {TUNE_K}):"
+        f" recall@10 {tuned.recall:.3f} on {len(qids)} sampled queries"
+    )
+    if tuned.recall < target:
         note += f" (below the {target} target: the most this index type gives here)"
     return IndexPlan(plan.index_type, params, plan.reason + note)
 
