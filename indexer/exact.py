@@ -171,6 +171,11 @@ class SegmentVectors(ExactVectors):
     def __init__(self, store: SegmentStore) -> None:
         self.store = store
         self.dim = int(store.dim)
+        # A server reads rows here one at a time (a re-rank's candidates, by-id vectors): without this,
+        # each read faulted in ~128 KB of read-ahead and after 1,000 queries at 10M 8.5 GB of the
+        # 9.6 GB store was resident (docs/benchmarks.md, "10M measured"). A filtered scan of a long run
+        # of rows loses read-ahead with it (docs/pending-16-ondisk.md).
+        store.advise_random()
 
     def __len__(self) -> int:
         return len(self.store)
