@@ -7,7 +7,9 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
 - **Exact duplicates** come from the catalog: files with the same content hash.
 - **Near-duplicates** never build an all-pairs matrix: each image asks for its ``k``
   nearest neighbours (exact kNN in BLAS batches up to :data:`EXACT_MAX` vectors, else
-  the index's own HNSW/IVF), so memory grows with n*k. A pair of neighbours joins a
+  the index's own HNSW/IVF) and, where perceptual hashes are used, its ``k`` nearest by hash
+  (:func:`.pairs.hash_pairs`: an edit the vectors place far away, such as a greyscale copy, can
+  hash as the same picture), so memory grows with n*k. A pair of neighbours joins a
   tier when the cosine of their *whitened* vectors (:func:`whiten`) reaches the tier's
   threshold, or when their perceptual hashes differ in at most the tier's `hamming`
   bits *and* their 16x16 thumbnails agree in detail once tone and resolution are matched
@@ -15,7 +17,9 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
   copies do), or (tiers with `crop_hamming`) when one's hash is closer to a window of the
   other's picture than to the whole and within `crop_hamming` bits (:func:`.scan.crop_distance`:
   a crop of 5-15%). A pair whose whole pictures hash alike and whose detail differs is not
-  rescued by a crop window that matches no better (:func:`_whole`). Groups never chain:
+  rescued by a crop window that matches no better (:func:`_whole`). How central an image is
+  among its copies (which seeds a group first, which is kept) is counted on the vectors' pairs
+  alone. Groups never chain:
   every member passes the tier's rule against the group's keeper (:data:`LINKAGE`,
   :mod:`.grouping`). A group is shown at the strictest tier at which it holds together;
   a looser tier shows a group only when it adds images. Each group names a keeper
@@ -38,7 +42,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import faiss
 import numpy as np
 from sqlalchemy import func, select
 
@@ -57,7 +60,7 @@ from .model import (
     ReportError,
     Tier,
 )
-from .pairs import DEFAULT_K, similar_pairs, whiten
+from .pairs import DEFAULT_K, hash_pairs, similar_pairs, union_pairs, whiten
 from .scan import CROP_HASH_MARGIN, CROP_HASHES, NO_HASH, Scan, crop_distance, hamming, hash_distance_limit, scan_images
 
 log = logging.getLogger(__name__)
@@ -256,7 +259,8 @@ def near_duplicates(
     """Near-duplicate groups of the indexed images, per tier. `method`: auto, exact or index.
 
     Stages: the distinct images' vectors (:func:`_distinct_vectors`); their kNN pairs
-    (:func:`similar_pairs`); perceptual hashes, capped per collection (:func:`_hash_tiers`);
+    (:func:`similar_pairs`); perceptual hashes, capped per collection (:func:`_hash_tiers`),
+    and the hashes' own kNN pairs within the cap (:func:`hash_pairs`);
     groups per tier in which every two members pass the tier's rule (:func:`_tier_groups`,
     :mod:`.grouping`); the groups as the catalog describes them (:func:`_describe`).
 
@@ -280,6 +284,11 @@ def near_duplicates(
         codes, crops, thumbs = _hash_codes(engine, ids, scan)
         tiers = _hash_tiers(tiers, codes, crops, vecs)
         if any(t.hamming is not None for t in tiers):
+            # the hashes' own nearest neighbours are candidates too: an edit the vectors place
+            # far away (greyscale) can hash as the same picture (:func:`.pairs.hash_pairs`)
+            cap = max(t.hamming for t in tiers if t.hamming is not None)
+            hi, hj = hash_pairs(codes, cap, k, valid=codes != NO_HASH, exact_max=EXACT_MAX)
+            i, j, s = union_pairs(i, j, s, hi, hj, vecs)
             d = hamming(codes[i], codes[j])
         else:
             codes = None
@@ -302,7 +311,12 @@ def near_duplicates(
         dd[near] = detail_distance(details, i[near], j[near], limit=DETAIL_LIMIT)
     keep = _any_tier(tiers, s, d, dc, dd)
     cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep], codes, crops, details, method)
-    degree = np.bincount(np.concatenate([cand.i, cand.j]), minlength=len(cand.ids))
+    # How central an image is among its copies is judged on the vectors alone: a hash that
+    # cannot see brightness makes a brightened copy as central as its original, and was the
+    # keeper of 35 of 60 wallpaper families once the hashes' own neighbours were candidates too
+    # (vectors: 2 of 60; docs/benchmarks.md, "Near-duplicates across corpora").
+    central = cand.s >= tiers[-1].threshold
+    degree = np.bincount(np.concatenate([cand.i[central], cand.j[central]]), minlength=len(cand.ids))
     rank = _keeper_rank(cand.ids, rows, degree)
     groups = _describe(cand, _tier_groups(cand, tiers, linkage, rank), tiers, rows, rank)
     sim = "cosine of the whitened search vectors" if whitened else "cosine of the search vectors"
@@ -400,7 +414,10 @@ def _tier_groups(
         if linkage == "star":
             groups = star_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), rank, stricter)
         else:
-            groups = complete_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), stricter)
+            central = cand.s[m] >= tiers[-1].threshold  # seeds in order of their vector matches, as keepers
+            groups = complete_groups(
+                len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), stricter, central
+            )
         if linkage == "cores":
             groups = attach_to_keepers(groups, len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), rank)
         seen = {tuple(sorted(g.tolist())) for g in stricter}
@@ -414,7 +431,7 @@ def _tier_groups(
 def _keeper_rank(ids: np.ndarray, rows: dict[int, Member], degree: np.ndarray) -> np.ndarray:
     """Each node's place in keeper order; nodes without a catalog row (deleted since the
     snapshot) last. The keeper is the largest resolution; among equals, the image the most
-    others pass against (`degree`: its passing candidate pairs), then the largest file, then
+    others match (`degree`: its candidate pairs at the loosest tier's cosine), then the largest file, then
     the lowest id. The most-matched image is the one the others were made from: its edits
     each pass against it but not always against each other. File size alone picked a
     brightened copy over its original in two groups of three on the cross-corpus benchmark

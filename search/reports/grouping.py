@@ -37,28 +37,40 @@ def complete_groups(
     closeness: np.ndarray,
     passes: Rule,
     start: Sequence[np.ndarray] = (),
+    weight: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Disjoint groups (arrays of node numbers) of `n` nodes, from the passing pairs (i[e], j[e])
     with `closeness[e]` (higher = closer): every two members of a group pass `passes`. `start`:
-    groups that are kept whole (a stricter tier's), merged with others only as a whole."""
+    groups that are kept whole (a stricter tier's), merged with others only as a whole.
+    `weight`: per pair, whether it counts toward a unit's place in the seed order (default:
+    every pair)."""
     unit, m, by_unit, bounds = _units(n, start)
 
     def members(u: int) -> np.ndarray:
         return by_unit[bounds[u] : bounds[u + 1]]
 
     a, b, c = _unit_pairs(unit, i, j, closeness)
+    if weight is None:
+        w = np.ones(len(a), dtype=bool)
+    else:  # as _unit_pairs lists them: the pairs across units, both ways round
+        cross = unit[np.asarray(i, np.int64)] != unit[np.asarray(j, np.int64)]
+        w = np.concatenate([weight[cross], weight[cross]])
     # Each pair of units once, at its closest pair of images; then by unit, closest first.
     best = np.lexsort((-c, b, a))
-    a, b, c = a[best], b[best], c[best]
+    a, b, c, w = a[best], b[best], c[best], w[best]
     first = np.ones(len(a), dtype=bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    # a pair of units counts when any of its image pairs does (reduceat needs at least one pair)
+    w = np.maximum.reduceat(w, np.flatnonzero(first)) if len(a) else w[first]
     a, b, c = a[first], b[first], c[first]
     order = np.lexsort((b, -c, a))
-    a, b = a[order], b[order]
+    a, b, w = a[order], b[order], w[order]
     starts = np.searchsorted(a, np.arange(m + 1))
     degree = np.diff(starts)
-    # Most linked units first; ties by unit number, so the result does not depend on pair order.
-    seeds = np.lexsort((np.arange(m), -degree))
+    counted = np.bincount(a[w], minlength=m)  # == degree without `weight`
+    # Most linked units first (by the pairs that count, then by all); ties by unit number, so the
+    # result does not depend on pair order.
+    seeds = np.lexsort((np.arange(m), -degree, -counted))
     seeds = seeds[(degree[seeds] > 0) | (np.diff(bounds)[seeds] > 1)]  # lone images make no group
     taken = np.zeros(m, dtype=bool)
     groups: list[np.ndarray] = []

@@ -108,3 +108,23 @@ def test_a_star_holds_what_passes_against_its_best_ranked_member() -> None:
     # Centred on an edit instead, the other edit does not pass against it and stays out.
     groups = star_groups(4, i, j, s, rule, np.array([1, 0, 2, 3]))
     assert [sorted(g.tolist()) for g in groups] == [[0, 1]]
+
+
+def test_seeds_come_in_order_of_the_pairs_that_count_toward_it() -> None:
+    # Node 3 has the most passing pairs (with 1, 2, 4 and 5) but none of them counts toward the seed
+    # order; node 0's pairs with 1 and 2 do (in the report: the pairs the vectors found, where
+    # 3's came from hashes that cannot see brightness). Unweighted, 3 seeds first and takes 1
+    # and 2 (0 fails against 3); weighted, 0 does and 3 is left with 4 (5 fails against 4).
+    passing = {(0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (3, 4), (3, 5)}
+    i = np.array([a for a, _ in sorted(passing)])
+    j = np.array([b for _, b in sorted(passing)])
+    s = np.full(len(i), 0.95)
+
+    def rule(node: int, others: np.ndarray) -> np.ndarray:
+        return np.array([(min(node, int(o)), max(node, int(o))) in passing for o in others])
+
+    plain = complete_groups(6, i, j, s, rule)
+    assert sorted(sorted(g.tolist()) for g in plain) == [[1, 2, 3]]
+    counts = np.array([(a, b) in {(0, 1), (0, 2), (1, 2)} for a, b in zip(i.tolist(), j.tolist(), strict=True)])
+    weighted = complete_groups(6, i, j, s, rule, weight=counts)
+    assert sorted(sorted(g.tolist()) for g in weighted) == [[0, 1, 2], [3, 4]]
