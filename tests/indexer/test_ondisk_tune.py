@@ -14,7 +14,7 @@ import pytest
 from indexer import Manifest, ondisk, ondisk_tune, plan_index
 from indexer.exact import SegmentVectors
 from indexer.layout import SEARCH, SEGMENTS
-from indexer.segments import SegmentStore
+from indexer.segments import PREFETCH_ROWS, SegmentStore
 from indexer.vectors import NPROBE_LADDER, RECALL_TARGET, IndexPlan, publish
 from search.engine import Engine
 
@@ -136,6 +136,8 @@ def test_madvise_random_changes_no_answer(tmp_path: Path) -> None:
     flags = mapping_flags(directory.resolve(), ".vectors.npy")
     assert any("rr" in f for f in flags) and not all("rr" in f for f in flags), "the plain store's are not advised"
     ids = np.random.default_rng(1).permutation(plain.ids())[:500]
+    ids = np.r_[ids, 1, 3_000, 3_001, 4_000]  # the first and last rows of each file (their pages' edges)
+    assert len(ids) <= PREFETCH_ROWS  # an advised store's get prefetches these rows' pages first
     assert np.array_equal(plain.get(ids), advised.get(ids))
     q = plain.get(ids[:20]) + 0.01
     for a, b in zip(plain.search_among(q, 10, ids[::2]), advised.search_among(q, 10, ids[::2]), strict=True):
