@@ -80,9 +80,12 @@ log = logging.getLogger(__name__)
 MAX_SEGMENTS = 16
 #: More of the stored rows dead than this: merge everything.
 MAX_DEAD_FRACTION = 0.25
-#: A gather of at most this many rows from an advised store prefetches their pages (a re-rank's
-#: candidates: 80-1,280); a bigger one (a filter's block) is a scan that reads the pages in order.
+#: An advised store prefetches the pages of the rows it gathers (prefetch_rows): up to this many rows
+#: (a re-rank's candidates: 80-1,408) page by page; more (a filter's block), if they are dense (on
+#: average one in SPAN_ROWS of the rows they span: gaps within one 128 KB read-ahead window, 136
+#: rows of 960 bytes), as one span, what the kernel's read-ahead would have read without the advice.
 PREFETCH_ROWS = 4_096
+SPAN_ROWS = 128
 _CHUNK_ROWS = 65_536  # rows copied at a time by a merge or migration: bounded memory at any size
 
 
@@ -296,6 +299,8 @@ class SegmentStore:
             w, k = where[start:end], int(seg[start])
             if k < len(self.segments) and w[-1] - w[0] == len(w) - 1 and (np.diff(w) == 1).all():
                 first = int(w[0] - self._offsets[k])
+                if self._random:  # a scan: read the run ahead, as the kernel would without the advice
+                    prefetch_rows(self.segments[k].vectors, np.array([first, first + len(w) - 1]), span=True)
                 yield ids[start:end], self.segments[k].vectors[first : first + len(w)]
             else:
                 out = np.empty((len(w), self.dim), dtype=np.float32)
@@ -317,7 +322,7 @@ class SegmentStore:
                 continue
             if k < len(self.segments):
                 rows = rows - self._offsets[k]
-                if self._random and len(rows) <= PREFETCH_ROWS:
+                if self._random:
                     prefetch_rows(self.segments[k].vectors, rows)
                 source = np.asarray(self.segments[k].vectors)
             else:
@@ -475,12 +480,14 @@ def advise_random(array: np.ndarray) -> bool:
     return True
 
 
-def prefetch_rows(array: np.ndarray, rows: np.ndarray) -> None:
+def prefetch_rows(array: np.ndarray, rows: np.ndarray, *, span: bool = False) -> None:
     """``madvise(MADV_WILLNEED)`` on the pages holding `rows` of the memory-mapped 2-d `array`: the
     kernel starts reading them all (the device serves them in parallel) and returns; the copy that
     follows then waits once, not once a row. Measured at 1M vectors from a cold file, 80 rows a
     query: p50 7.7 -> 3.5 ms, p95 26 -> 9.4 ms (docs/pending-16-ondisk.md). Nothing where `array`
-    is not a file mapping."""
+    is not a file mapping. A dense set (a broad filter's block: more than PREFETCH_ROWS rows, at
+    least 1 in SPAN_ROWS of the rows it spans), or any with `span`, is asked for as the whole span from
+    its first row to its last, in one call."""
     mapping = getattr(array, "_mmap", None)
     if not isinstance(mapping, mmap.mmap) or not len(rows) or not hasattr(mmap, "MADV_WILLNEED"):
         return
@@ -489,10 +496,15 @@ def prefetch_rows(array: np.ndarray, rows: np.ndarray) -> None:
     rows = np.unique(rows)
     first = (start + rows * row_bytes) // mmap.PAGESIZE
     last = (start + (rows + 1) * row_bytes - 1) // mmap.PAGESIZE
-    # Rows on neighbouring pages are asked for as one range: one call each, not one a row.
-    breaks = np.flatnonzero(first[1:] > last[:-1] + 1) + 1
-    for a, b in zip(np.split(first, breaks), np.split(last, breaks), strict=True):
-        mapping.madvise(mmap.MADV_WILLNEED, int(a[0]) * mmap.PAGESIZE, int(b[-1] - a[0] + 1) * mmap.PAGESIZE)
+    if span or (len(rows) > PREFETCH_ROWS and rows[-1] - rows[0] < SPAN_ROWS * len(rows)):
+        first, last = first[:1], last[-1:]
+    # Rows on neighbouring pages are asked for as one range: one call each, not one a row. The loop
+    # is over Python ints (~1 us a call with the pages cached); numpy per range cost ~10 us.
+    heads = np.r_[0, np.flatnonzero(first[1:] > last[:-1] + 1) + 1]
+    tails = np.r_[heads[1:] - 1, len(first) - 1]
+    page = mmap.PAGESIZE
+    for a, b in zip((first[heads] * page).tolist(), ((last[tails] + 1) * page).tolist(), strict=True):
+        mapping.madvise(mmap.MADV_WILLNEED, a, b - a)
 
 
 def migrate_store(faiss_path: Path, directory: Path, *, seq: int) -> None:
