@@ -64,6 +64,9 @@ RETRAIN_GROWTH = 4.0
 #: order near-ties, so a top-1 query re-ranking only 8 missed itself 1 time in 5 (tests).
 RERANK = 8
 CANDIDATES_MIN = 64
+#: The codes in the lists: "pq" (``m`` bytes, 60 at 240 dims) or "sq8" (1 byte a dimension, 240).
+#: See docs/pending-16-ondisk.md for the measurement that chose it.
+CODES = "pq"
 #: Training points per list (k-means needs ~39; more gives better centroids, costs train time).
 TRAIN_PER_LIST = 64
 TRAIN_MAX = 300_000
@@ -87,11 +90,12 @@ def ondisk_params(n: int, dim: int) -> dict[str, Any]:
     # recall@10 after re-rank of 80 candidates at nprobe 32: 30 bytes 0.90, 60 bytes 0.94, as
     # IVF-SQ8's 240 bytes; 30 bytes needed 400 candidates to reach 0.93.
     m = next(mm for mm in (dim // 4, dim // 2, dim) if mm >= 1 and dim % mm == 0)
-    return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": 16, "rerank": RERANK, "trained_on": n}
+    return {"nlist": nlist, "codes": CODES, "m": m, "nbits": 8, "nprobe": 16, "rerank": RERANK, "trained_on": n}
 
 
 def train(sample: np.ndarray, params: dict[str, Any]) -> faiss.Index:
-    """An empty IVF-PQ index trained on `sample` (at most TRAIN_MAX rows are used).
+    """An empty IVF index trained on `sample` (at most TRAIN_MAX rows are used), with PQ codes of
+    ``params["m"]`` bytes or, for ``params["codes"] == "sq8"``, 8-bit scalar codes (see CODES).
 
     L2, not inner product, though similarity is the inner product: the vectors are unit length,
     so both rank alike, and k-means centroids are not: with inner product a vector goes to the
@@ -100,7 +104,10 @@ def train(sample: np.ndarray, params: dict[str, Any]) -> faiss.Index:
     product, 0.86 with L2 (PQ 30 bytes); the re-rank puts the exact inner products back."""
     d = sample.shape[1]
     quantizer = faiss.IndexFlatL2(d)
-    index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["m"], params["nbits"])
+    if params.get("codes", "pq") == "sq8":  # 1 byte a dimension, no codebooks to train
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, params["nlist"], faiss.ScalarQuantizer.QT_8bit)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["m"], params["nbits"])
     index.own_fields = True
     quantizer.this.disown()
     index.cp.max_points_per_centroid = TRAIN_PER_LIST  # FAISS subsamples to this many per list
@@ -352,11 +359,12 @@ def refresh(
         and previous_params is not None
         and all((previous_dir / name).exists() for name in ("search.faiss", *ONDISK_FILES))
         and n <= RETRAIN_GROWTH * int(previous_params.get("trained_on", 0))
+        and previous_params.get("codes", "pq") == params.get("codes", "pq")  # other codes: a new index
     )
     if usable:
         assert previous_dir is not None and previous_params is not None
         index, table, counts = update(previous_dir, chunks(), work)
-        keep = ("nlist", "m", "nbits", "trained_on")
+        keep = ("nlist", "codes", "m", "nbits", "trained_on")
         params = {**params, **{key: previous_params[key] for key in keep if key in previous_params}}
         note = (
             f"on-disk lists updated with the quantiser trained on {params['trained_on']:,} vectors"

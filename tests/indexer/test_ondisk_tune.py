@@ -173,3 +173,31 @@ def add_rows(idx: Path, mid: str, first: int, last: int) -> None:
     )
     con.commit()
     con.close()
+
+
+def test_sq8_codes_publish_update_and_answer(tmp_path: Path) -> None:
+    idx, store, mid = new_index(tmp_path, 1)
+    store.add(np.arange(1, N + 1, dtype=np.int64), dense(N, 0))
+    add_rows(idx, mid, 2, N)
+    store.save(seq=2)
+    plan = plan_index(len(store), DIM, ondisk.ONDISK)
+    plan = IndexPlan(plan.index_type, {**plan.params, "codes": "sq8"}, plan.reason)
+    first = publish(idx, store, plan, mid, None, neighbours_k=0)
+    index = ondisk.read(first.files(idx) / SEARCH, first.params)
+    assert isinstance(faiss.downcast_index(index), faiss.IndexIVFScalarQuantizer) and ondisk.is_on_disk(index)
+    assert first.params["codes"] == "sq8" and first.params["recall_at_10"] >= RECALL_TARGET
+    # 1 byte a dimension: the same dense vectors need no deeper re-rank than the default.
+    assert first.params["rerank"] == ondisk.RERANK
+    # An update keeps the codes and the quantiser (no retraining), and finds what was added.
+    add(idx, store, mid, N + 1, N + 500, seq=3)
+    second = publish(idx, store, plan, mid, first, neighbours_k=0)
+    assert second.params["codes"] == "sq8" and "updated" in second.reason
+    index = ondisk.read(second.files(idx) / SEARCH, second.params)
+    new = store.get(np.arange(N + 1, N + 51))
+    assert ondisk.search(index, new, 1, store.get, second.params["rerank"])[1][:, 0].tolist() == list(
+        range(N + 1, N + 51)
+    )
+    # Codes other than the published ones: a new index, trained again.
+    pq = IndexPlan(plan.index_type, {**plan.params, "codes": "pq"}, plan.reason)
+    third = publish(idx, store, pq, mid, second, neighbours_k=0)
+    assert third.params["codes"] == "pq" and "trained on" in third.reason
