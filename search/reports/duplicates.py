@@ -287,7 +287,7 @@ def near_duplicates(
             # the hashes' own nearest neighbours are candidates too: an edit the vectors place
             # far away (greyscale) can hash as the same picture (:func:`.pairs.hash_pairs`)
             cap = max(t.hamming for t in tiers if t.hamming is not None)
-            hi, hj = hash_pairs(codes, cap, k, valid=codes != NO_HASH, exact_max=EXACT_MAX)
+            hi, hj = hash_pairs(codes, cap, k, valid=codes != NO_HASH)
             i, j, s = union_pairs(i, j, s, hi, hj, vecs)
             d = hamming(codes[i], codes[j])
         else:
