@@ -295,6 +295,7 @@ def near_duplicates(
         if any(t.crop_hamming is not None for t in tiers):
             dc = _crop_distances(crops, i, j)
         else:
+            dc = np.full(len(i), 255, dtype=np.int16)  # as many as the pairs, hash pairs included
             crops = None
         use_hash = codes is not None or crops is not None
     if linkage not in LINKAGES:

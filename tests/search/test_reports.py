@@ -521,3 +521,31 @@ def test_a_store_of_synthetic_vectors_round_trips() -> None:
     store.add(np.arange(10, 60), x)
     ids, vecs = store.all_vectors()
     assert (ids == np.arange(10, 60)).all() and np.allclose(vecs, x)
+
+
+@pytest.mark.parametrize("k", [2, 16])
+def test_a_pair_the_vectors_never_propose_is_found_by_its_hashes(engine: Engine, k: int) -> None:
+    # The two images whose vectors are furthest apart are given the same hashes and detail
+    # thumbnail (as a greyscale copy has its original's): only the hashes' own neighbours
+    # (pairs.hash_pairs) can propose them. The tier has no crop cap, so the crop distances are
+    # not computed and every per-pair array must still follow the added pairs.
+    from dataclasses import replace
+
+    from search.reports.scan import scan_images
+
+    scan = scan_images(engine)
+    ids, vecs = engine.snapshot().vectors.all_vectors()
+    keep = np.isin(ids, scan.ids)
+    ids, vecs = ids[keep], vecs[keep]
+    sims = vecs @ vecs.T
+    a, b = np.unravel_index(np.argmin(sims), sims.shape)
+    pa, pb = (int(np.searchsorted(scan.ids, ids[x])) for x in (a, b))
+    phashes, crops, details = scan.phashes.copy(), scan.crops.copy(), scan.details.copy()
+    phashes[pb], crops[pb], details[pb] = phashes[pa], crops[pa], details[pa]
+    forged = replace(scan, phashes=phashes, crops=crops, details=details)
+    tier = Tier("hash-only", 0.999, "test", hamming=4)
+    near = near_duplicates(engine, (tier,), k=k, scan=forged)
+    groups = [{g.keeper.id, *(m.id for m in g.others)} for g in near.groups["hash-only"]]
+    assert any({int(ids[a]), int(ids[b])} <= g for g in groups)
+    for g in near.groups["hash-only"]:
+        assert all((m.similarity or 0) >= 0.999 or (m.hamming is not None and m.hamming <= 4) for m in g.others)
