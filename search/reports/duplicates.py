@@ -175,6 +175,7 @@ class _Candidates:
     crops: np.ndarray | None  # (n, CROP_HASHES) crop hashes, when used
     details: Details | None  # detail thumbnails, when hashes are used
     method: str
+    by_vectors: np.ndarray | None = None  # (p,) True: a pair the vectors' kNN proposed (None: all)
 
     def passes(self, tier: Tier) -> Rule:
         """The tier's rule between one image and several, computed from vectors and hashes."""
@@ -280,6 +281,7 @@ def near_duplicates(
     del raw
     codes = crops = thumbs = None
     d = dc = np.full(len(i), 255, dtype=np.int16)
+    by_vectors = np.ones(len(i), dtype=bool)
     if use_hash:
         codes, crops, thumbs = _hash_codes(engine, ids, scan)
         tiers = _hash_tiers(tiers, codes, crops, vecs)
@@ -288,7 +290,9 @@ def near_duplicates(
             # far away (greyscale) can hash as the same picture (:func:`.pairs.hash_pairs`)
             cap = max(t.hamming for t in tiers if t.hamming is not None)
             hi, hj = hash_pairs(codes, cap, k, valid=codes != NO_HASH)
+            proposed = len(i)
             i, j, s = union_pairs(i, j, s, hi, hj, vecs)
+            by_vectors = np.arange(len(i)) < proposed
             d = hamming(codes[i], codes[j])
         else:
             codes = None
@@ -301,7 +305,7 @@ def near_duplicates(
     if linkage not in LINKAGES:
         raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
     keep = _any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
-    i, j, s, d, dc = i[keep], j[keep], s[keep], d[keep], dc[keep]
+    i, j, s, d, dc, by_vectors = i[keep], j[keep], s[keep], d[keep], dc[keep], by_vectors[keep]
     rows = members(engine, ids[np.unique(np.concatenate([i, j]))])
     details, dd = None, np.zeros(len(s))
     if codes is not None and thumbs is not None:
@@ -311,7 +315,8 @@ def near_duplicates(
         near = np.flatnonzero((d <= max(t.hamming for t in tiers if t.hamming is not None)) & (s < tiers[0].threshold))
         dd[near] = detail_distance(details, i[near], j[near], limit=DETAIL_LIMIT)
     keep = _any_tier(tiers, s, d, dc, dd)
-    cand = _Candidates(ids, vecs, i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep], codes, crops, details, method)
+    kept = (i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep])
+    cand = _Candidates(ids, vecs, *kept, codes, crops, details, method, by_vectors[keep])
     # How central an image is among its copies is judged on the vectors alone: a hash that
     # cannot see brightness makes a brightened copy as central as its original, and was the
     # keeper of 35 of 60 wallpaper families once the hashes' own neighbours were candidates too
@@ -412,21 +417,54 @@ def _tier_groups(
         m = _tier_mask(tier, cand.s, cand.d, cand.dc, cand.dd)
         d = cand.distance(tier, cand.d[m], cand.dc[m])
         closeness = cand.s[m] - np.where(d == 255, 0, d) / 64.0
+        rule = cand.passes(tier)
+        n = len(cand.ids)
         if linkage == "star":
-            groups = star_groups(len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), rank, stricter)
-        else:
+            groups = star_groups(n, cand.i[m], cand.j[m], closeness, rule, rank, stricter)
+        elif linkage == "complete":
             central = cand.s[m] >= tiers[-1].threshold  # seeds in order of their vector matches, as keepers
-            groups = complete_groups(
-                len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), stricter, central
-            )
-        if linkage == "cores":
-            groups = attach_to_keepers(groups, len(cand.ids), cand.i[m], cand.j[m], closeness, cand.passes(tier), rank)
+            groups = complete_groups(n, cand.i[m], cand.j[m], closeness, rule, stricter, central)
+        else:
+            groups = _cores(cand, tiers, m, closeness, rule, rank, stricter)
         seen = {tuple(sorted(g.tolist())) for g in stricter}
         shown = [g for g in groups if tuple(sorted(g.tolist())) not in seen]
         shown.sort(key=lambda g: (-len(g), int(g.min())))
         out[tier.name] = shown
         stricter = groups
     return out
+
+
+def _cores(
+    cand: _Candidates,
+    tiers: Sequence[Tier],
+    m: np.ndarray,
+    closeness: np.ndarray,
+    rule: Rule,
+    rank: np.ndarray | None,
+    stricter: list[np.ndarray],
+) -> list[np.ndarray]:
+    """The "cores" linkage at one tier, whose passing pairs are `m`: complete-linkage cores grown
+    from the pairs the vectors proposed; then each image left out joins its closest group through
+    the keeper (:func:`.grouping.attach_to_keepers`), over every pair; then the images still left
+    make cores of their own, over every pair (an original and its greyscale copy, which only
+    the hashes' own neighbours propose). Let into the first cores, such copies took the place of
+    other edits that fail against them: core recall 0.01 lower over 3 seeds x 3 corpora
+    (docs/benchmarks.md, "Near-duplicates across corpora")."""
+    n = len(cand.ids)
+    core = m & (cand.by_vectors if cand.by_vectors is not None else True)
+    near = closeness[core[m]]
+    central = cand.s[core] >= tiers[-1].threshold  # seeds in order of their vector matches, as keepers
+    groups = complete_groups(n, cand.i[core], cand.j[core], near, rule, stricter, central)
+    i, j = cand.i[m], cand.j[m]
+    groups = attach_to_keepers(groups, n, i, j, closeness, rule, rank)
+    grouped = np.zeros(n, dtype=bool)
+    for g in groups:
+        grouped[g] = True
+    left = ~grouped[i] & ~grouped[j]
+    if left.any():
+        central = cand.s[m][left] >= tiers[-1].threshold
+        groups += complete_groups(n, i[left], j[left], closeness[left], rule, (), central)
+    return groups
 
 
 def _keeper_rank(ids: np.ndarray, rows: dict[int, Member], degree: np.ndarray) -> np.ndarray:
