@@ -4,13 +4,19 @@ For each size: generate autoencoder-like vectors in chunks (clusters of uneven s
 anisotropic cloud, with planted near-duplicates; never more than one chunk in RAM), write them
 as the memory-mapped float32 ``.npy`` that re-ranks read (as the store's float32), compute the exact top-10 of fresh
 queries by brute force while generating, train IVF-PQ on a sample, encode chunk by chunk into
-block files, merge them into one ``.ivfdata``, then, in a separate "server" process: open it
-(RSS), pick nprobe on the ladder to recall@10 >= 0.95 after re-rank, and time 1,000 single
-queries (p50/p95, RSS after). At --compare-at it also measures a float16 re-rank (half the
-bytes; it capped recall@10 at 0.93 here) and IVF-SQ8 (240-byte codes) beside IVF-PQ; at the largest, 4 shards of
-a quarter each, searched one after the other and merged, against the one index.
+block files, merge them into one ``.ivfdata``; then tune (nprobe, rerank) on the pair ladder to
+recall@10 >= 0.95 after the re-rank (indexer/ondisk_tune.py) in a process of its own, as the writer
+does, and in a separate "server" process started cold (the files evicted from the page cache), with
+madvise(MADV_RANDOM) on the float32 vectors as SegmentVectors does: open it (RSS), time 1,000 fresh
+single queries (p50/p95, RSS anon / file after, and which files the file part maps).
 
-    nice -n 5 .venv/bin/python bench/ondisk_10m.py --sizes 1000000,3000000,10000000
+--kinds builds and serves 60-byte PQ (pq), 120-byte PQ (pq120) and IVF-SQ8 (sq8) side by side;
+--no-madvise serves each again without the advice; --centres 2000 at 1M packs the vectors as densely
+as 10M does; --cgroup runs the servers in a memory cgroup (RSS, page cache included, held to its
+limit). At --compare-at it also measures a float16 re-rank (it capped recall@10 at 0.93 here); with
+--shards, shards of a quarter each, searched one after the other and merged, against the one index.
+
+    nice -n 15 .venv/bin/python bench/ondisk_10m.py --sizes 1000000,3000000 --kinds pq,sq8 --no-madvise
 
 Writes bench/results/ondisk/ondisk.json and prints a table. Big files go under --work and are
 deleted at the end unless --keep.
@@ -41,11 +47,14 @@ RESULTS = REPO / "bench" / "results" / "ondisk"
 # ---------------------------------------------------------------- data
 
 
+CENTRES = 20_000
+
+
 class Generator:
     """Autoencoder-like unit vectors: a common direction and a decaying spectrum (as
     bench/reports_scale.py), clustered around 20k centres of uneven spread, 2% near-copies."""
 
-    def __init__(self, seed: int = 0, n_centres: int = 20_000) -> None:
+    def __init__(self, seed: int = 0, n_centres: int = CENTRES) -> None:
         rng = np.random.default_rng(seed)
         self.seed = seed
         self.common = rng.standard_normal(DIM).astype(np.float32) * 3
@@ -120,6 +129,8 @@ def build(n: int, work: Path, kind: str = "pq", shards: int = 0) -> dict:
 
     faiss.omp_set_num_threads(2)
     params = ondisk.ondisk_params(n, DIM)
+    if kind == "pq120":  # finer codes: 2 dimensions per sub-quantiser, 120 bytes
+        params["m"] = DIM // 2
     out = work / kind
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -127,15 +138,7 @@ def build(n: int, work: Path, kind: str = "pq", shards: int = 0) -> dict:
     sample = ondisk.training_sample(chunks32(work, n), n, params["nlist"])
     t_sample = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if kind == "pq":
-        trained = ondisk.train(sample, params)
-    else:  # IVF-SQ8 beside it: 1 byte a dimension
-        quantizer = faiss.IndexFlatL2(DIM)  # unit vectors: L2 ranks as inner product (see ondisk.train)
-        trained = faiss.IndexIVFScalarQuantizer(quantizer, DIM, params["nlist"], faiss.ScalarQuantizer.QT_8bit)
-        trained.own_fields = True
-        quantizer.this.disown()
-        trained.cp.max_points_per_centroid = ondisk.TRAIN_PER_LIST
-        trained.train(sample)
+    trained = ondisk.train(sample, {**params, "codes": "sq8" if kind == "sq8" else "pq"})  # as a publish trains
     t_train = time.perf_counter() - t0
     blocks_dir = out / "blocks"
     blocks_dir.mkdir()
@@ -182,6 +185,20 @@ def build(n: int, work: Path, kind: str = "pq", shards: int = 0) -> dict:
 # ---------------------------------------------------------------- serve (a separate process)
 
 
+def mapped(names: tuple[str, ...] = ("vectors32.npy", "vectors16.npy", "search.ivfdata")) -> dict:
+    """Resident bytes of this process's mappings of the files named (from /proc/self/smaps): which
+    part of RssFile is the float32 vectors (the re-rank) and which the lists (the scan)."""
+    out: dict[str, int] = {}
+    current = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:
+            current = next((n for n in names if line.endswith(n)), None)
+        elif current and line.startswith("Rss:"):
+            out[current] = out.get(current, 0) + int(head[1]) * 1024
+    return out
+
+
 def rss() -> dict:
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -191,34 +208,94 @@ def rss() -> dict:
     return fields
 
 
-def serve(work: Path, kind: str, vectors: str, shards: int, n_queries: int) -> dict:
-    """What a server process does: open (mmap), tune nprobe on the ladder, answer single queries."""
+def evict(path: Path) -> None:
+    """Drop `path`'s pages from the page cache, so each server starts cold (as after a reboot) and
+    runs with and without madvise do not inherit each other's resident pages."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def tune(work: Path, kind: str, vectors: str) -> dict:
+    """What the writer does at a publish (a process of its own, as there): (nprobe, rerank) on the
+    pair ladder, recall@10 of the first 200 queries after the re-rank (indexer/ondisk_tune.py). Kept
+    out of the server process: its deepest re-rank reads 1,408 rows a query, which would leave
+    most of the float32 file mapped in the server before its 1,000 timed queries."""
+    import faiss
+
+    from indexer import ondisk, ondisk_tune
+    from indexer.vectors import NPROBE_LADDER, RECALL_TARGET
+
+    faiss.omp_set_num_threads(1)
+    index = ondisk.read(work / kind / "search.faiss")
+    exact = np.load(work / f"{vectors}.npy", mmap_mode="r")
+    queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
+    rows = min(200, len(queries))
+    t0 = time.perf_counter()
+    tuned = ondisk_tune.tune(
+        index,
+        queries[:rows],
+        [set(t.tolist()) for t in truth[:rows]],
+        lambda ids: np.asarray(exact[np.sort(ids) - 1], np.float32)[np.argsort(np.argsort(ids))],
+        K,
+        target=RECALL_TARGET,
+        nprobe_ladder=NPROBE_LADDER,
+    )
+    return {
+        "nprobe": tuned.nprobe,
+        "rerank": tuned.rerank,
+        "recall": tuned.recall,
+        "measured": tuned.measured,
+        "tune_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def serve(
+    work: Path, kind: str, vectors: str, shards: int, n_queries: int, advise: bool = True, effort: tuple = (0, 0)
+) -> dict:
+    """What a server process does: open (mmap), answer single queries at the tuned `effort`
+    ((nprobe, rerank); shards: nprobe on the ladder at the default depth)."""
     import faiss
 
     from indexer import ondisk
+    from indexer.segments import advise_random, prefetch_rows
     from indexer.vectors import NPROBE_LADDER, RECALL_TARGET
 
     faiss.omp_set_num_threads(1)  # as the engine: one thread a query
+    evict(work / f"{vectors}.npy")
+    for data in (work / kind).rglob(ondisk.SEARCH_DATA):  # the lists too: the whole server starts cold
+        evict(data)
     before = rss()
     t0 = time.perf_counter()
     paths = [work / kind / f"shard{s}" / "search.faiss" for s in range(shards)] or [work / kind / "search.faiss"]
     indexes = [ondisk.read(p) for p in paths]
     exact = np.load(work / f"{vectors}.npy", mmap_mode="r")
+    advised = advise_random(exact) if advise else False  # as SegmentVectors does for the store's segments
     open_s = time.perf_counter() - t0
     opened = rss()
     queries = np.load(work / "queries.npy")
     truth = np.load(work / "truth.npy")
 
     def get(ids: np.ndarray) -> np.ndarray:
-        return np.asarray(exact[np.sort(ids) - 1], np.float32)[np.argsort(np.argsort(ids))]
+        rows = np.sort(ids) - 1
+        if advised:  # as SegmentStore.get from an advised store
+            prefetch_rows(exact, rows)
+        return np.asarray(exact[rows], np.float32)[np.argsort(np.argsort(ids))]
 
-    rerank = ondisk.RERANK if kind == "pq" else 1
+    tune_rows = min(200, len(queries))
+    measured: list = []
+    if len(indexes) == 1:
+        nprobe, rerank = effort
+    else:  # shards: nprobe alone, at the default depth per shard (the union is re-ranked)
+        nprobe, rerank = NPROBE_LADDER[-1], ondisk.RERANK
 
     def query(q: np.ndarray) -> np.ndarray:
         if len(indexes) == 1:
             return ondisk.search(indexes[0], q, K, get, rerank)[1]
         # Shards: each returns its candidates, the union is re-ranked (as a coordinator would).
-        depth = max(ondisk.CANDIDATES_MIN, K * rerank)
+        depth = ondisk.candidates(K, rerank, indexes[0].ntotal)
         cand = np.concatenate([ix.search(q, depth)[1] for ix in indexes], axis=1)
         cand = cand[cand >= 0]
         s = get(cand) @ q[0]
@@ -228,76 +305,129 @@ def serve(work: Path, kind: str, vectors: str, shards: int, n_queries: int) -> d
         hits = [len(set(query(queries[i : i + 1])[0].tolist()) & set(truth[i].tolist())) for i in rows]
         return float(np.mean(hits)) / K
 
-    nlist = faiss.extract_index_ivf(indexes[0]).nlist
-    ladder = [p for p in NPROBE_LADDER if p <= nlist]
-    tune = range(min(200, len(queries)))
-    curve = []
-    chosen = ladder[-1]
-    for p in ladder:
-        for ix in indexes:
-            faiss.extract_index_ivf(ix).nprobe = p
-        r = recall(tune)
-        curve.append((p, round(r, 4)))
-        if r >= RECALL_TARGET:
-            chosen = p
-            break
+    if len(indexes) > 1:
+        nlist = faiss.extract_index_ivf(indexes[0]).nlist
+        for p in [p for p in NPROBE_LADDER if p <= nlist]:
+            for ix in indexes:
+                faiss.extract_index_ivf(ix).nprobe = p
+            r = recall(range(tune_rows))
+            measured.append((p, rerank, round(r, 4)))
+            nprobe = p
+            if r >= RECALL_TARGET:
+                break
     for ix in indexes:
-        faiss.extract_index_ivf(ix).nprobe = chosen
+        faiss.extract_index_ivf(ix).nprobe = nprobe
     lat = []
-    order = np.arange(n_queries) % len(queries)
-    for i in order:
+    # Fresh queries for the timing (not the 500 with truth twice over): RSS after them counts the rows
+    # 1,000 different queries touch.
+    timed = np.load(work / "timed.npy")[:n_queries]
+    by_thousand = []  # RSS and p50 after each 1,000 queries: does the page cache settle?
+    for i in range(n_queries):
         t = time.perf_counter()
-        query(queries[i : i + 1])
+        query(timed[i : i + 1])
         lat.append((time.perf_counter() - t) * 1000)
+        if (i + 1) % 1000 == 0:
+            by_thousand.append({"queries": i + 1, "p50_ms": round(float(np.median(lat[-1000:])), 2), **rss()})
     lat = np.array(lat)
+    after = {**rss(), "mapped": mapped()}
     return {
         "kind": kind,
         "vectors": vectors,
         "shards": shards,
+        "madvise_random": advised,
         "open_s": round(open_s, 3),
         "rss_before": before,
         "rss_opened": opened,
-        "rss_after": rss(),
-        "nprobe_curve": curve,
-        "nprobe": chosen,
+        "rss_after": after,
+        "measured": measured,
+        "nprobe": nprobe,
+        "rerank": rerank,
+        "candidates": ondisk.candidates(K, rerank, int(indexes[0].ntotal)),
         "recall_at_10": round(recall(range(len(queries))), 4),
         "queries_timed": int(n_queries),
+        "by_thousand": by_thousand,
         "p50_ms": round(float(np.percentile(lat, 50)), 2),
         "p95_ms": round(float(np.percentile(lat, 95)), 2),
         "mean_ms": round(float(lat.mean()), 2),
+        "loadavg": os.getloadavg(),
     }
 
 
-def serve_in_process(work: Path, kind: str, vectors: str = "vectors32", shards: int = 0, n_queries: int = 1000):
-    cmd = [sys.executable, __file__, "--serve", str(work), kind, vectors, str(shards), str(n_queries)]
+def serve_in_process(
+    work: Path,
+    kind: str,
+    vectors: str = "vectors32",
+    shards: int = 0,
+    n_queries: int = 1000,
+    advise: bool = True,
+    tuned: dict | None = None,
+    cgroup: Path | None = None,
+):
+    """Tune (a process of its own, unless `tuned` is given), then serve (another; in the memory
+    `cgroup` directory if given, so the kernel holds its RSS, page cache included, to the cgroup's
+    limit: the server within a memory budget, its re-rank reading from disk what the cache lost)."""
+    if tuned is None:
+        tuned = {"nprobe": 0, "rerank": 0}
+    if not shards and not tuned["nprobe"]:
+        cmd = [sys.executable, __file__, "--tune", str(work), kind, vectors]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+        tuned = json.loads(out.stdout.strip().splitlines()[-1])
+    cmd = [sys.executable, __file__, "--serve", str(work), kind, vectors, str(shards), str(n_queries), str(int(advise))]
+    cmd += [str(tuned["nprobe"]), str(tuned["rerank"])]
+    if cgroup is not None:  # join the cgroup, then become the server
+        cmd = ["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "sh", *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    res = {"tuning": tuned, **json.loads(out.stdout.strip().splitlines()[-1])}
+    if cgroup is not None:
+        limit = next(
+            (cgroup / f).read_text().strip() for f in ("memory.max", "memory.limit_in_bytes") if (cgroup / f).exists()
+        )
+        res["cgroup_limit"] = limit
+    return res
 
 
 # ---------------------------------------------------------------- main
 
 
 def run_size(n: int, args: argparse.Namespace, gen: Generator, queries: np.ndarray, first: bool) -> dict:
-    work = args.work / f"n{n}"
+    work = args.work / (f"n{n}" if args.centres == CENTRES else f"n{n}_c{args.centres}")
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"n": n, "dim": DIM}
+    res: dict = {"n": n, "dim": DIM, "centres": args.centres, "loadavg_start": os.getloadavg()}
+    timed = work / "timed.npy"  # fresh queries for the timing: not the 500 with truth
+    have = np.load(timed) if timed.exists() else np.zeros((0, DIM), np.float32)
+    if len(have) < max(1000, args.timed):  # more are appended: the first ones stay the same
+        np.save(timed, np.concatenate([have, gen.chunk(len(have), max(1000, args.timed) - len(have), stream=2)]))
     if args.reuse and (work / "truth.npy").exists() and (work / "vectors32.npy").exists():
         res["data"] = {"reused": True}  # from an interrupted run: same generator, same seed
     else:
         res["data"] = make_data(n, work, gen, queries, float16_copy=first)
     res["data"]["vectors32_bytes"] = (work / "vectors32.npy").stat().st_size
     print(f"[{n:,}] data {res['data']}", flush=True)
-    res["build"] = build(n, work, "pq", shards=args.shards)
-    print(f"[{n:,}] build {res['build']}", flush=True)
-    res["serve"] = serve_in_process(work, "pq")
-    print(f"[{n:,}] serve {res['serve']}", flush=True)
-    if first:  # what float16 costs in recall, and IVF-SQ8 beside IVF-PQ
+    for kind in args.kinds.split(","):
+        suffix = "" if kind == "pq" else f"_{kind}"
+        saved = work / kind / "build.json"
+        if args.reuse and saved.exists():  # an index an earlier run with --keep left
+            res["build" + suffix] = {**json.loads(saved.read_text()), "reused": True}
+        else:
+            res["build" + suffix] = build(n, work, kind, shards=args.shards if kind == "pq" else 0)
+            saved.write_text(json.dumps(res["build" + suffix]))
+        print(f"[{n:,}] build {kind} {res['build' + suffix]}", flush=True)
+        res["serve" + suffix] = serve_in_process(work, kind, n_queries=args.timed, cgroup=args.cgroup)
+        print(f"[{n:,}] serve {kind} {res['serve' + suffix]}", flush=True)
+        if args.no_madvise:  # the same server without madvise(MADV_RANDOM) on the float32 vectors
+            res["serve" + suffix + "_no_madvise"] = serve_in_process(
+                work,
+                kind,
+                n_queries=args.timed,
+                advise=False,
+                tuned=res["serve" + suffix]["tuning"],
+                cgroup=args.cgroup,
+            )
+            print(f"[{n:,}] serve {kind} no madvise {res['serve' + suffix + '_no_madvise']}", flush=True)
+    if first and (work / "vectors16.npy").exists():  # what float16 costs in recall
         res["serve_float16"] = serve_in_process(work, "pq", "vectors16")
         print(f"[{n:,}] serve float16 {res['serve_float16']}", flush=True)
-        res["build_sq8"] = build(n, work, "sq8")
-        res["serve_sq8"] = serve_in_process(work, "sq8")
-        print(f"[{n:,}] sq8 {res['build_sq8']} {res['serve_sq8']}", flush=True)
-    if res["build"]["shards"]:
+    if res.get("build", {}).get("shards"):
         res["serve_shards"] = serve_in_process(work, "pq", shards=res["build"]["shards"])
         print(f"[{n:,}] shards {res['serve_shards']}", flush=True)
     if not args.keep:
@@ -306,19 +436,25 @@ def run_size(n: int, args: argparse.Namespace, gen: Generator, queries: np.ndarr
 
 
 def table(results: list[dict]) -> str:
+    """One row per (size, codes, madvise) served: build, disk, RSS (anon / file), effort, recall, latency."""
     head = (
-        "| vectors | train s | add s | merge s | .ivfdata MB | float32 vectors MB | RSS open MB"
-        " | RSS after 1k MB | nprobe | recall@10 | p50 ms | p95 ms |"
+        "| vectors | codes | madvise | train s | add s | .ivfdata MB | RSS open MB | RSS after 1k MB (anon / file)"
+        " | nprobe | candidates | recall@10 | p50 ms | p95 ms |"
     )
-    lines = [head, "|" + "---:|" * 12]
+    lines = [head, "|---:|---|---|" + "---:|" * 10]
     for r in results:
-        b, s = r["build"], r["serve"]
-        lines.append(
-            f"| {r['n']:,} | {b['train_s']} | {b['add_s']} | {b['merge_s']} | {b['ivfdata_bytes'] / 1e6:,.0f} | "
-            f"{r['data']['vectors32_bytes'] / 1e6:,.0f} | {s['rss_opened']['VmRSS'] / 1e6:,.0f} | "
-            f"{s['rss_after']['VmRSS'] / 1e6:,.0f} | {s['nprobe']} | {s['recall_at_10']} | "
-            f"{s['p50_ms']} | {s['p95_ms']} |"
-        )
+        for key in sorted(k for k in r if k.startswith("serve") and k != "serve_shards" and k != "serve_float16"):
+            s = r[key]
+            b = r.get("build" + key.removeprefix("serve").removesuffix("_no_madvise"), {})
+            after = s["rss_after"]
+            density = "" if r.get("centres", CENTRES) == CENTRES else f" ({r['centres']:,} centres)"
+            lines.append(
+                f"| {r['n']:,}{density}"
+                f" | {s['kind']} | {'yes' if s.get('madvise_random') else 'no'} | {b.get('train_s')} |"
+                f" {b.get('add_s')} | {b.get('ivfdata_bytes', 0) / 1e6:,.0f} | {s['rss_opened']['VmRSS'] / 1e6:,.0f} |"
+                f" {after['VmRSS'] / 1e6:,.0f} ({after['RssAnon'] / 1e6:,.0f} / {after['RssFile'] / 1e6:,.0f}) |"
+                f" {s['nprobe']} | {s.get('candidates', '')} | {s['recall_at_10']} | {s['p50_ms']} | {s['p95_ms']} |"
+            )
     return "\n".join(lines)
 
 
@@ -347,9 +483,11 @@ def extrapolate(results: list[dict], sizes: tuple[int, ...] = (10_000_000, 100_0
 
     g = (hi["serve"]["p50_ms"] - lo["serve"]["p50_ms"]) / max(1.0, scanned(hi) - scanned(lo))
     f = hi["serve"]["p50_ms"] - g * scanned(hi)
+    if g <= 0:  # the larger size answered faster (re-rank depth tuned too, noise): nothing to scale
+        return []
     base_anon = hi["serve"]["rss_after"]["RssAnon"] - hp["nlist"] * hp["m"] * 256 * 4
     out = []
-    for n in sizes:
+    for n in (size for size in sizes if size > hi["n"]):
         p = ondisk.ondisk_params(n, DIM)
         sample = min(n, max(ondisk.TRAIN_PER_LIST * p["nlist"], ondisk.PQ_TRAIN), ondisk.TRAIN_MAX)
         train = hi["build"]["train_s"] * sample * p["nlist"] / (hi["build"]["train_points"] * hp["nlist"])
@@ -375,20 +513,35 @@ def extrapolate(results: list[dict], sizes: tuple[int, ...] = (10_000_000, 100_0
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        work, kind, vectors, shards, nq = sys.argv[2:7]
-        print(json.dumps(serve(Path(work), kind, vectors, int(shards), int(nq))))
+        work, kind, vectors, shards, nq, advise, nprobe, rerank = sys.argv[2:10]
+        effort = (int(nprobe), int(rerank))
+        print(json.dumps(serve(Path(work), kind, vectors, int(shards), int(nq), advise == "1", effort)))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--tune":
+        work, kind, vectors = sys.argv[2:5]
+        print(json.dumps(tune(Path(work), kind, vectors)))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000000,3000000,10000000")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--shards", type=int, default=4, help="shards simulated (0: none; sizes of fewer blocks: none)")
-    ap.add_argument("--compare-at", type=int, default=1_000_000, help="size at which float32 and IVF-SQ8 are measured")
+    ap.add_argument("--compare-at", type=int, default=1_000_000, help="size at which a float16 re-rank is measured")
+    ap.add_argument("--kinds", default="pq", help="codes to build and serve: pq (60 B), pq120 (120 B), sq8 (240 B)")
+    ap.add_argument(
+        "--centres",
+        type=int,
+        default=CENTRES,
+        help="clusters; fewer packs the vectors as densely as more vectors would (2,000 at 1M: 10M's density)",
+    )
+    ap.add_argument("--timed", type=int, default=1000, help="single queries timed (and RSS measured after)")
+    ap.add_argument("--cgroup", type=Path, help="a memory cgroup directory the servers run in (their RSS limit)")
+    ap.add_argument("--no-madvise", action="store_true", help="serve each index again without madvise(MADV_RANDOM)")
     ap.add_argument("--work", type=Path, default=RESULTS / "work")
     ap.add_argument("--keep", action="store_true", help="keep the big files")
-    ap.add_argument("--reuse", action="store_true", help="reuse the vectors and truth an interrupted run left")
+    ap.add_argument("--reuse", action="store_true", help="reuse the vectors, truth and indexes an earlier run left")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    gen = Generator()
+    gen = Generator(n_centres=args.centres)
     queries = gen.chunk(0, args.queries, stream=1)  # fresh points from the same distribution
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -397,7 +550,8 @@ def main() -> None:
         # Sizes measured by earlier runs stay in the file (a long size can be run on its own).
         path = RESULTS / "ondisk.json"
         old = json.loads(path.read_text())["results"] if path.exists() else []
-        results = sorted([r for r in old if r["n"] != n] + [res], key=lambda r: r["n"])
+        same = (n, args.centres)
+        results = sorted([r for r in old if (r["n"], r.get("centres", CENTRES)) != same] + [res], key=lambda r: r["n"])
         out = {"machine": "2-core development machine, shared with other jobs", "results": results}
         path.write_text(json.dumps(out, indent=1))
     print(table(results))
