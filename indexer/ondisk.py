@@ -15,7 +15,8 @@ Three files in a generation (all written by a publish, never edited in place):
   re-encoding the others.
 
 A query probes ``nprobe`` lists, takes ``rerank`` x k candidates by their PQ scores (which
-are approximate: 60 bytes cannot rank near-ties; L2 on the unit vectors, see :func:`train`)
+are approximate: 60 bytes cannot rank near-ties; L2 on the unit vectors, see :func:`train`;
+both numbers are tuned together at each publish, indexer/ondisk_tune.py)
 and re-ranks them by exact inner product with the stored vectors (a callable
 ``get_vectors(ids)``, so any store that can fetch by id serves). Adding images does not
 rebuild: the new vectors are encoded with the trained quantiser and the old lists are copied

@@ -28,7 +28,7 @@ from .ondisk import RERANK, GetVectors, candidates
 RERANK_LADDER = (RERANK, 16, 32, 64, 128)
 #: One re-ranked candidate costs about as much as scanning this many PQ codes: a candidate is a
 #: random read of a 960-byte row and a dot product (~1 us with the row in the page cache, more
-#: from disk), a 60-byte code ~0.09 us (both measured at 1M, docs/pending-16-ondisk.md).
+#: from disk), a 60-byte code ~0.09 us (both measured at 1M, docs/benchmarks.md).
 CANDIDATE_COST = 16.0
 #: Recall gained by the next nprobe (at the deepest re-rank) below this: more lists give nothing.
 PLATEAU = 0.002
