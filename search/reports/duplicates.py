@@ -175,7 +175,7 @@ class _Candidates:
     crops: np.ndarray | None  # (n, CROP_HASHES) crop hashes, when used
     details: Details | None  # detail thumbnails, when hashes are used
     method: str
-    by_vectors: np.ndarray | None = None  # (p,) True: a pair the vectors' kNN proposed (None: all)
+    by_vectors: np.ndarray  # (p,) True: a pair the vectors' kNN proposed, False: only the hashes'
 
     def passes(self, tier: Tier) -> Rule:
         """The tier's rule between one image and several, computed from vectors and hashes."""
@@ -280,8 +280,7 @@ def near_duplicates(
     i, j, s = similar_pairs(vecs, floor, k, index=index, ids=ids, queries=raw, batch_size=batch_size)
     del raw
     codes = crops = thumbs = None
-    d = dc = np.full(len(i), 255, dtype=np.int16)
-    by_vectors = np.ones(len(i), dtype=bool)
+    proposed = len(i)  # pairs [0, proposed) are the vectors'; any after them, the hashes'
     if use_hash:
         codes, crops, thumbs = _hash_codes(engine, ids, scan)
         tiers = _hash_tiers(tiers, codes, crops, vecs)
@@ -290,18 +289,16 @@ def near_duplicates(
             # far away (greyscale) can hash as the same picture (:func:`.pairs.hash_pairs`)
             cap = max(t.hamming for t in tiers if t.hamming is not None)
             hi, hj = hash_pairs(codes, cap, k, valid=codes != NO_HASH)
-            proposed = len(i)
             i, j, s = union_pairs(i, j, s, hi, hj, vecs)
-            by_vectors = np.arange(len(i)) < proposed
-            d = hamming(codes[i], codes[j])
         else:
             codes = None
-        if any(t.crop_hamming is not None for t in tiers):
-            dc = _crop_distances(crops, i, j)
-        else:
-            dc = np.full(len(i), 255, dtype=np.int16)  # as many as the pairs, hash pairs included
+        if not any(t.crop_hamming is not None for t in tiers):
             crops = None
         use_hash = codes is not None or crops is not None
+    by_vectors = np.arange(len(i)) < proposed
+    unhashed = np.full(len(i), 255, dtype=np.int16)
+    d = hamming(codes[i], codes[j]) if codes is not None else unhashed
+    dc = _crop_distances(crops, i, j) if crops is not None else unhashed
     if linkage not in LINKAGES:
         raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
     keep = _any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
@@ -451,7 +448,7 @@ def _cores(
     other edits that fail against them: core recall 0.01 lower over 3 seeds x 3 corpora
     (docs/benchmarks.md, "Near-duplicates across corpora")."""
     n = len(cand.ids)
-    core = m & (cand.by_vectors if cand.by_vectors is not None else True)
+    core = m & cand.by_vectors
     near = closeness[core[m]]
     central = cand.s[core] >= tiers[-1].threshold  # seeds in order of their vector matches, as keepers
     groups = complete_groups(n, cand.i[core], cand.j[core], near, rule, stricter, central)
