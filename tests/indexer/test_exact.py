@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_index import add_rows, new_index_dir
 
-from encoder import ModelConfig, create_model, model_id, save_model
 from indexer import Catalog, Manifest, VectorStore, exact, ondisk, plan_index
 from indexer.exact import FlatVectors, SegmentVectors
 from indexer.layout import GENERATIONS, SEARCH, SEGMENTS, STORE
@@ -99,13 +98,7 @@ def test_flat_vectors_read_the_newest_of_an_id_stored_twice() -> None:
 
 def new_index(root: Path, n: int) -> tuple[Path, SegmentStore, str]:
     """An index directory with a model, catalog rows for ids 1..n and a saved segment store of `n`."""
-    idx = root / "index"
-    idx.mkdir(parents=True)
-    save_model(create_model(ModelConfig(image_size=32, channels=(8, 16), latent_dim=DIM)), idx / "model")
-    mid = model_id(idx / "model")
-    cat = Catalog.for_directory(idx)
-    cat.ensure_model(mid, "conv", {})
-    cat.close()
+    idx, mid = new_index_dir(root, DIM)
     store = SegmentStore.open(idx / SEGMENTS, DIM)
     add(idx, store, mid, 1, n)
     return idx, store, mid
@@ -113,14 +106,7 @@ def new_index(root: Path, n: int) -> tuple[Path, SegmentStore, str]:
 
 def add(idx: Path, store: SegmentStore, mid: str, first: int, last: int, seq: int = 1) -> None:
     """Catalog rows and vectors for ids first..last, then a checkpoint."""
-    con = sqlite3.connect(idx / "catalog.sqlite")
-    con.executemany(
-        "INSERT INTO images (id, path, size, mtime_ns, content_hash, width, height, format, status, "
-        "model_id, vector_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        ((i, f"img_{i:07d}.jpg", 100, 0, f"{i:040x}", 64, 48, "JPEG", "ok", mid, seq) for i in range(first, last + 1)),
-    )
-    con.commit()
-    con.close()
+    add_rows(idx, mid, first, last, seq)
     store.add(np.arange(first, last + 1, dtype=np.int64), unit(last - first + 1, first))
     store.save(seq=seq)
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
+from synthetic_index import add_rows, new_index_dir
 
-from encoder import ModelConfig, create_model, model_id, save_model
 from indexer import Catalog, Manifest, VectorStore, ondisk, plan_index, vectors
 from indexer.layout import NEIGHBOURS, SEARCH
 from indexer.vectors import publish
@@ -44,28 +43,11 @@ def low_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_index(root: Path, n: int) -> tuple[Path, VectorStore, str]:
     """An index directory with a model, catalog rows for ids 1..n and a store of `n` vectors."""
-    idx = root / "index"
-    idx.mkdir(parents=True)
-    save_model(create_model(ModelConfig(image_size=32, channels=(8, 16), latent_dim=DIM)), idx / "model")
-    mid = model_id(idx / "model")
-    cat = Catalog.for_directory(idx)
-    cat.ensure_model(mid, "conv", {})
-    cat.close()
+    idx, mid = new_index_dir(root, DIM)
     add_rows(idx, mid, 1, n)
     store = VectorStore(DIM)
     store.add(np.arange(1, n + 1, dtype=np.int64), clustered(n))
     return idx, store, mid
-
-
-def add_rows(idx: Path, mid: str, first: int, last: int) -> None:
-    con = sqlite3.connect(idx / "catalog.sqlite")
-    con.executemany(
-        "INSERT INTO images (id, path, size, mtime_ns, content_hash, width, height, format, status, "
-        "model_id, vector_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        ((i, f"img_{i:07d}.jpg", 100, 0, f"{i:040x}", 64, 48, "JPEG", "ok", mid, 1) for i in range(first, last + 1)),
-    )
-    con.commit()
-    con.close()
 
 
 def publish_auto(idx: Path, store: VectorStore, mid: str, previous: Manifest | None) -> Manifest:

@@ -4,12 +4,12 @@ and madvise(MADV_RANDOM) on the segments a server re-ranks from. Real index file
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
+from synthetic_index import add_rows
 
 from indexer import Manifest, ondisk, ondisk_tune, plan_index
 from indexer.exact import SegmentVectors
@@ -101,7 +101,7 @@ def test_the_pair_ladder_reaches_a_recall_nprobe_alone_cannot(coarse: tuple[fais
 def test_the_tuned_depth_round_trips_through_the_manifest_and_the_engine_uses_it(tmp_path: Path) -> None:
     idx, store, mid = new_index(tmp_path, 1)
     store.add(np.arange(1, N + 1, dtype=np.int64), dense(N, 0))  # id 1 replaced: every vector dense
-    add_rows(idx, mid, 2, N)
+    add_rows(idx, mid, 2, N, seq=2)
     store.save(seq=2)
     plan = plan_index(len(store), DIM, ondisk.ONDISK)
     plan = IndexPlan(plan.index_type, {**plan.params, "m": COARSE_M}, plan.reason)
@@ -163,22 +163,10 @@ class _Unadvised(SegmentVectors):
         self.store, self.dim = store, int(store.dim)
 
 
-def add_rows(idx: Path, mid: str, first: int, last: int) -> None:
-    """Catalog rows for ids first..last (their vectors are added by the caller)."""
-    con = sqlite3.connect(idx / "catalog.sqlite")
-    con.executemany(
-        "INSERT INTO images (id, path, size, mtime_ns, content_hash, width, height, format, status, "
-        "model_id, vector_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        ((i, f"img_{i:07d}.jpg", 100, 0, f"{i:040x}", 64, 48, "JPEG", "ok", mid, 2) for i in range(first, last + 1)),
-    )
-    con.commit()
-    con.close()
-
-
 def test_sq8_codes_publish_update_and_answer(tmp_path: Path) -> None:
     idx, store, mid = new_index(tmp_path, 1)
     store.add(np.arange(1, N + 1, dtype=np.int64), dense(N, 0))
-    add_rows(idx, mid, 2, N)
+    add_rows(idx, mid, 2, N, seq=2)
     store.save(seq=2)
     plan = plan_index(len(store), DIM, ondisk.ONDISK)
     plan = IndexPlan(plan.index_type, {**plan.params, "codes": "sq8"}, plan.reason)
