@@ -39,6 +39,7 @@ from encoder.images import DEFAULT_MAX_PIXELS
 from encoder.training import RESUME_DIR
 
 from .catalog import STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, in_chunks
+from .delta import HIT_ROWS_DELTA
 from .embed import add_copies, cpu_thread_budget, default_decode_workers, embed_files
 from .exact import generation_has_vectors
 from .generations import tidy_generations
@@ -254,8 +255,11 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
         # The writer's working copy (which the next publish updates) or the published one (which readers
         # open) deleted, damaged, or from an older version: both are hard links to one file until then.
         or any(_derived_damaged(folder, k) for folder in {idx, manifest.files(idx)})
+        or (manifest.delta.get("hit_rows") == "layered" and read_hit_rows(manifest.files(idx) / HIT_ROWS_DELTA) is None)
     )
-    if needs_publish:
+    if needs_publish or (derived_stale and manifest is not None and manifest.delta):
+        # A delta generation's derived files are its base's, corrected by its readers: damaged,
+        # they are made again with the index (allow_delta=False), not recomputed on their own.
         run.save_store()
         manifest = publish(
             idx,
@@ -267,6 +271,7 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
             catalog=catalog,
             progress=opts.progress,
             store_seq=catalog.store_seq(),
+            allow_delta=not derived_stale,
         )
         summary.neighbours = manifest.neighbours
     elif derived_stale:

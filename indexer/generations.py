@@ -93,6 +93,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             os.fsync(fh.fileno())
 
 
+def restore_working(index_dir: Path, files: Path, names: Iterable[str]) -> None:
+    """Make the writer's working files `names` the ones of the published generation in `files`
+    again (hard links, each swapped in by a rename): a publish that reuses them must not link a
+    newer working copy that a killed publish left behind. OSError if one is missing there."""
+    for name in names:
+        src, dst = files / name, index_dir / name
+        if dst.exists() and os.path.samefile(src, dst):
+            continue
+        tmp = dst.with_name(dst.name + TMP_SUFFIX)
+        tmp.unlink(missing_ok=True)
+        _link_or_copy(src, tmp)
+        os.replace(tmp, dst)
+
+
 def seal_generation(gen: Path) -> None:
     """Make the generation's directory entries durable before the manifest names it."""
     for sub in gen.iterdir():

@@ -132,3 +132,23 @@ def _read_arrays(path: Path, dtypes: tuple[np.dtype, ...]) -> list[np.ndarray]:
         if fh.tell() != size:
             raise ValueError("trailing bytes")
     return out
+
+
+class LayeredHitRows:
+    """A base generation's rows with the rows that differ since laid over them (a delta generation,
+    indexer/delta.py): an image added, renamed or changed since the base shows its row from `top`."""
+
+    def __init__(self, base: HitRows, top: HitRows) -> None:
+        self.base, self.top = base, top
+
+    def get(self, ids: list[int]) -> dict[int, Row]:
+        out = self.base.get(ids)
+        out.update(self.top.get(ids))
+        return out
+
+
+def changed_rows(base: HitRows, rows: Iterable[tuple[int, str, int | None, int | None]]) -> HitRows:
+    """The rows of `rows` that `base` lacks or holds otherwise (a delta generation's own rows)."""
+    items = [tuple(r) for r in rows]
+    known = base.get([i for i, _, _, _ in items])
+    return HitRows.build(r for r in items if known.get(r[0]) != r[1:])

@@ -33,23 +33,24 @@ from typing import Any
 import faiss
 import numpy as np
 
-from encoder.atomic import atomic_write_json, atomic_write_via
+from encoder.atomic import atomic_write_json, atomic_write_via, atomic_writer
 from encoder.errors import ConfigError
 
-from . import ondisk, ondisk_tune
+from . import delta, ondisk, ondisk_tune
 from .catalog import Catalog
 from .generations import (
     generation_dir_name,
     kill_point,
     link_into,
     link_model,
+    restore_working,
     seal_generation,
     start_generation,
     tidy_generations,
 )
-from .hit_rows import HitRows, write_hit_rows
+from .hit_rows import HitRows, changed_rows, read_hit_rows, write_hit_rows
 from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, SEGMENTS, STORE
-from .neighbours import read_neighbours, table_dtype, update_neighbours, write_neighbours
+from .neighbours import fingerprints, read_neighbours, table_dtype, update_neighbours, write_neighbours
 from .segments import SegmentStore, has_segments, segment_files
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", ondisk.ONDISK)
@@ -337,6 +338,10 @@ class Manifest:
     #: The catalog's store save sequence number when this was published: a later save (by a run
     #: killed before it published) means the store differs from the published one.
     store_seq: int = 0
+    #: Set when the generation is its search index's base and a delta (indexer/delta.py): what the
+    #: delta holds, the base's generation and reason, and how its hit rows are published
+    #: ("layered": the base's and ``hit_rows.delta.bin``; "full": ``hit_rows.bin`` alone; "none").
+    delta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, index_dir: str | os.PathLike) -> Manifest | None:
@@ -418,13 +423,16 @@ def publish(
     catalog: Catalog | None = None,
     progress: bool = False,
     store_seq: int = 0,
+    allow_delta: bool = True,
 ) -> Manifest:
     """Write ``vectors.faiss`` if the plan is flat (or the store is not the index's saved segments),
     (re)build the search index if the plan needs one, bring the neighbour table up to date
     (`neighbours_k` 0: none), write the hit rows of the stored images from `catalog` (None: no hit
     rows; hits are then read from the catalog), then make them a new generation
     (:func:`commit_generation`). A segment store must have been saved by the caller.
-    `store_seq`: the catalog's sequence number of the store save published."""
+    `store_seq`: the catalog's sequence number of the store save published. When little changed
+    since the previous generation's search index was built, that index is reused with a delta
+    beside it (:func:`_publish_delta`) unless `allow_delta` is False."""
     kill_point("publish:begin")
     # The flat file costs 4 x dim bytes a *stored* vector at every publish (968 MB at 1M): written only
     # where it is the search index (<= FLAT_MAX vectors), or the store's only copy on disk.
@@ -432,6 +440,14 @@ def publish(
     if flat_file:
         store.write_flat(index_dir / STORE)
     kill_point("publish:store")
+    if allow_delta:
+        published = _publish_delta(
+            index_dir, store, plan, model_id, previous, neighbours_k, catalog, store_seq, flat_file
+        )
+        if published is not None:
+            return published
+    for name in (delta.DELTA, delta.HIT_ROWS_DELTA):  # a delta belongs to the base it was made over
+        (index_dir / name).unlink(missing_ok=True)
     if plan.index_type == "flat":
         search_file = STORE
         size = (index_dir / STORE).stat().st_size
@@ -457,14 +473,15 @@ def publish(
         index = build_search_index(store, plan)
         plan = tune_search(index, store, plan)
         atomic_write_index(index, index_dir / SEARCH)
+        _write_base_table(store, index_dir / delta.BASE_IDS)
         kill_point("publish:search")
         search_file = SEARCH
         size = (index_dir / SEARCH).stat().st_size
-    if plan.index_type == "flat" and (index_dir / SEARCH).exists():
-        (index_dir / SEARCH).unlink()
-    if plan.index_type != ondisk.ONDISK:  # left by an on-disk index published before: not this one's
-        for name in ondisk.ONDISK_FILES:
+    if plan.index_type == "flat":
+        for name in (SEARCH, delta.BASE_IDS):
             (index_dir / name).unlink(missing_ok=True)
+    if plan.index_type != ondisk.ONDISK:  # left by an on-disk index published before: not this one's
+        (index_dir / ondisk.SEARCH_DATA).unlink(missing_ok=True)
     neighbours_note = refresh_neighbours(index_dir, store, index, neighbours_k, progress=progress)
     kill_point("publish:neighbours")
     refresh_hit_rows(index_dir, store, catalog)
@@ -485,6 +502,112 @@ def publish(
     )
     commit_generation(index_dir, manifest, previous, flat_file=flat_file)
     return manifest
+
+
+def _write_base_table(store: VectorStore | SegmentStore, path: Path) -> None:
+    """The (id, fingerprint) table of the vectors a search index was just built from: what the
+    next publish compares the store with to publish a delta over it (indexer/delta.py)."""
+    ids, vecs = store.all_vectors()
+    table = delta.base_table(ids, fingerprints(vecs))
+    with atomic_writer(path) as fh:
+        np.lib.format.write_array(fh, table, allow_pickle=False)
+
+
+def _publish_delta(
+    index_dir: Path,
+    store: VectorStore | SegmentStore,
+    plan: IndexPlan,
+    model_id: str | None,
+    previous: Manifest | None,
+    neighbours_k: int,
+    catalog: Catalog | None,
+    store_seq: int,
+    flat_file: bool,
+) -> Manifest | None:
+    """Publish the previous generation's search index, neighbour table and hit rows unchanged,
+    with a delta of what changed since that index was built (indexer/delta.py); None (nothing
+    done) when a delta cannot be or should not be: another type, model or table width, no base
+    table, or a change past the delta's bounds. Then the caller builds the index again."""
+    if (
+        previous is None
+        or not previous.directory
+        or plan.index_type == "flat"
+        or previous.index_type != plan.index_type
+        or previous.search_file != SEARCH
+        or previous.model_id != model_id
+        or previous.dim != store.dim
+        or previous.neighbours_k != neighbours_k
+    ):
+        return None
+    base = previous.files(index_dir)
+    try:
+        table = np.load(base / delta.BASE_IDS, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # built before every index had its table: the next build writes one
+    if table.dtype != ondisk.IDS_DTYPE or table.ndim != 1 or not len(table) >= delta.DELTA_ABOVE:
+        return None
+    ids, vecs = store.all_vectors()
+    change = delta.diff(table, ids, fingerprints(vecs))
+    del ids, vecs
+    if not delta.within_bounds(change, len(table)):
+        return None
+    names = [SEARCH, delta.BASE_IDS] + ([ondisk.SEARCH_DATA] if plan.index_type == ondisk.ONDISK else [])
+    names += [NEIGHBOURS] if neighbours_k > 0 else []
+    try:
+        restore_working(index_dir, base, names)
+    except OSError:
+        return None
+    kill_point("publish:search")
+    delta.write_delta(change, index_dir / delta.DELTA)
+    kill_point("publish:neighbours")
+    hit_rows = _delta_hit_rows(index_dir, base, store, catalog)
+    kill_point("publish:hit_rows")
+    info = previous.delta or {"base_generation": previous.generation, "base_reason": previous.reason}
+    manifest = Manifest(
+        count=len(store),
+        dim=store.dim,
+        model_id=model_id,
+        index_type=previous.index_type,
+        params=previous.params,
+        reason=f"{info['base_reason']}; reused from generation {info['base_generation']} with a delta",
+        search_file=SEARCH,
+        bytes_per_vector=previous.bytes_per_vector,
+        neighbours_k=neighbours_k,
+        neighbours=f"generation {info['base_generation']}'s table, corrected for the delta at query time"
+        if neighbours_k > 0
+        else "",
+        store_seq=store_seq,
+        delta={
+            "base_generation": info["base_generation"],
+            "base_reason": info["base_reason"],
+            "search": len(change.search),
+            "hide": len(change.hide),
+            "hit_rows": hit_rows,
+        },
+    )
+    commit_generation(index_dir, manifest, previous, flat_file=flat_file)
+    return manifest
+
+
+def _delta_hit_rows(index_dir: Path, base: Path, store: VectorStore | SegmentStore, catalog: Catalog | None) -> str:
+    """The hit rows of a delta generation: the base's with the rows that differ laid over them
+    ("layered"), or all of them anew when the base has none ("full"), or none without a catalog."""
+    delta_rows = index_dir / delta.HIT_ROWS_DELTA
+    delta_rows.unlink(missing_ok=True)
+    if catalog is None:
+        (index_dir / HIT_ROWS).unlink(missing_ok=True)
+        return "none"
+    try:
+        restore_working(index_dir, base, [HIT_ROWS])
+        base_rows = read_hit_rows(index_dir / HIT_ROWS)
+    except OSError:
+        base_rows = None
+    if base_rows is None:
+        refresh_hit_rows(index_dir, store, catalog)
+        return "full"
+    stored = set(store.ids().tolist())
+    write_hit_rows(changed_rows(base_rows, (r for r in catalog.indexed_rows() if r[0] in stored)), delta_rows)
+    return "layered"
 
 
 def republish_derived(
@@ -527,8 +650,14 @@ def commit_generation(
     names += [f"{SEGMENTS}/{name}" for name in segment_files(index_dir / SEGMENTS)]
     if manifest.search_file != STORE:
         names.append(manifest.search_file)
+        if (index_dir / delta.BASE_IDS).exists():  # an index built before every type had one has none
+            names.append(delta.BASE_IDS)
     if manifest.index_type == ondisk.ONDISK:
-        names.extend(ondisk.ONDISK_FILES)
+        names.append(ondisk.SEARCH_DATA)
+    if manifest.delta:
+        names.append(delta.DELTA)
+        if manifest.delta.get("hit_rows") == "layered":
+            names.append(delta.HIT_ROWS_DELTA)
     if manifest.neighbours_k > 0 and (index_dir / NEIGHBOURS).exists():
         names.append(NEIGHBOURS)
     if (index_dir / HIT_ROWS).exists():  # refresh_hit_rows removes it when there are none to publish

@@ -31,8 +31,9 @@ from encoder.errors import LookalikeError
 from encoder.images import open_image
 from indexer import Catalog, ImageRecord, Manifest, ondisk
 from indexer.catalog import STATUS_OK, bytes_hash
+from indexer.delta import DELTA, HIT_ROWS_DELTA, DeltaIndex, read_delta
 from indexer.exact import ExactVectors, open_exact_vectors, read_mapped
-from indexer.hit_rows import HitRows, read_hit_rows
+from indexer.hit_rows import HitRows, LayeredHitRows, read_hit_rows
 from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS, THUMBNAILS
 from indexer.neighbours import lookup, read_neighbours
 from indexer.segments import SegmentError
@@ -78,11 +79,16 @@ class Snapshot:
 
     manifest: Manifest
     vectors: ExactVectors  # exact vectors by id: the flat store, or the generation's segments (indexer/exact.py)
-    search: faiss.Index  # what unfiltered queries search: the flat store itself, or HNSW/IVF
+    search: faiss.Index | DeltaIndex  # what unfiltered queries search: the flat store itself, or HNSW/IVF
     encoder: Encoder
     neighbours: np.ndarray | None = None  # precomputed neighbours by id (memory-mapped), if published
     neighbour_ids: np.ndarray | None = None  # its id column, contiguous in memory (8 bytes an image)
-    hit_rows: HitRows | None = None  # path, width, height by id (memory-mapped), if published
+    hit_rows: HitRows | LayeredHitRows | None = None  # path, width, height by id (memory-mapped), if published
+
+    @property
+    def delta(self) -> DeltaIndex | None:
+        """The search index as a base and a delta (indexer/delta.py), or None."""
+        return self.search if isinstance(self.search, DeltaIndex) else None
 
 
 def default_decode_slots() -> int:
@@ -159,6 +165,10 @@ class Engine:
         files = manifest.files(self.index_dir)  # the index directory itself for an index from before generations
         search = read_mapped(files / manifest.search_file, manifest.params)
         vectors = open_exact_vectors(files, manifest, search)
+        if manifest.delta:
+            change = read_delta(files / DELTA)
+            found = vectors.get(change.search) if len(change.search) else np.zeros((0, manifest.dim), np.float32)
+            search = DeltaIndex(search, change, found)
         old = getattr(self, "_snapshot", None)
         if old is not None and old.manifest.model_id == manifest.model_id:
             encoder = old.encoder  # same model: no need to load it again
@@ -172,7 +182,7 @@ class Engine:
             neighbours = read_neighbours(files / NEIGHBOURS, manifest.neighbours_k)
             if neighbours is not None:
                 neighbour_ids = np.ascontiguousarray(neighbours["id"])
-        hit_rows = read_hit_rows(files / HIT_ROWS)
+        hit_rows = _open_hit_rows(files, manifest)
         return Snapshot(manifest, vectors, search, encoder, neighbours, neighbour_ids, hit_rows)
 
     def snapshot(self) -> Snapshot:
@@ -440,6 +450,22 @@ class Engine:
         if row is None:
             return None
         nbr, sim = row
+        delta = snap.delta
+        if delta is not None:
+            # The table is the base's: drop the neighbours changed or removed since, and merge in
+            # the delta's (exact) ones. What is left of the row is still the base's best, in order.
+            if delta.changed(image_id):
+                return None  # its own row describes its old vector, or it has none
+            live = ~delta.hidden(nbr)
+            nbr, sim = nbr[live], sim[live]
+            if len(nbr) < want:
+                return None
+            extra_sim, extra = delta.exact(snap.vectors.get(np.array([image_id], dtype=np.int64))[0], want)
+            both = sorted(
+                zip(nbr[:want].tolist() + extra.tolist(), sim[:want].tolist() + extra_sim.tolist(), strict=True),
+                key=lambda p: -p[1],
+            )
+            return both[:want]
         # A short row is complete only if it lists every other image.
         if len(nbr) < want and len(nbr) < snap.manifest.count - 1:
             return None
@@ -516,6 +542,12 @@ class Engine:
             log.debug("thumbnail cache not written: %s", exc)
         return data
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._reloader is not None:
             self._reloader.join(timeout=60)
@@ -524,6 +556,18 @@ class Engine:
 
 #: The thumbnail sizes kept on disk (the web page asks for 64-512; reports embed 128).
 THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
+
+
+def _open_hit_rows(files: Path, manifest: Manifest) -> HitRows | LayeredHitRows | None:
+    """The generation's published hit rows; None (rows then come from the catalog) when it has
+    none, or any part of them is missing or damaged."""
+    rows = read_hit_rows(files / HIT_ROWS)
+    if manifest.delta.get("hit_rows") == "layered":
+        top = read_hit_rows(files / HIT_ROWS_DELTA)
+        return None if rows is None or top is None else LayeredHitRows(rows, top)
+    if manifest.delta.get("hit_rows") == "none":
+        return None
+    return rows
 
 
 def _jpeg(img: Image.Image) -> bytes:

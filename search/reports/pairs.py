@@ -7,6 +7,7 @@ import faiss
 import numpy as np
 
 from encoder.calibration import fit_whitening
+from indexer.delta import inner_index
 
 #: Neighbours asked for per image when looking for near-duplicate pairs (itself included).
 DEFAULT_K = 16
@@ -52,7 +53,7 @@ def similar_pairs(
         order = np.argsort(ids)
         sorted_ids = ids[order]
         queries = vectors if queries is None else queries
-        inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+        inner = inner_index(index)  # below an id map, or a delta's base
         ef = ef_search or report_ef_search(k)
         params = faiss.SearchParametersHNSW(efSearch=ef) if hasattr(inner, "hnsw") else None
     parts_i, parts_j, parts_s = [], [], []

@@ -149,7 +149,8 @@ def test_a_non_flat_publish_writes_only_the_new_vectors(tmp_path: Path) -> None:
     assert added * one_vector < exact_bytes < added * one_vector + 32_768, new  # the segment and its headers
     assert exact_bytes < n * one_vector / 10
     assert set(new) - {f"{SEGMENTS}/{name}" for name in os.listdir(gen2 / SEGMENTS)} <= {
-        SEARCH,  # an IVF index holds its vectors: rebuilt from the store
+        SEARCH,  # an IVF index holds its vectors: rebuilt from the store (below DELTA_ABOVE: no delta)
+        "search.ids.npy",  # its (id, fingerprint) table, 16 bytes a vector: what a delta is measured against
         "hit_rows.bin",
         "manifest.json",
     }, new

@@ -20,6 +20,7 @@ from conftest import REPO, write_jpeg
 
 from encoder.checkpoint import model_id
 from indexer import Catalog, Manifest, build_index
+from indexer.delta import BASE_IDS, DELTA, HIT_ROWS_DELTA
 from indexer.generations import KILL_AT_ENV
 from indexer.layout import GENERATIONS, HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, SEGMENT_LIST, SEGMENTS, STORE
 from search.engine import Engine
@@ -180,3 +181,88 @@ def test_sigkill_at_every_point_of_a_publish_leaves_a_whole_generation(
     finally:
         cat.close()
     assert len(list((idx / GENERATIONS).iterdir())) <= 2
+
+
+#: A publish that reuses the search index with a delta (indexer/delta.py) links the base's files
+#: and writes the delta's own.
+DELTA_POINTS = (
+    "publish:begin",
+    "publish:store",
+    "publish:search",
+    "publish:neighbours",
+    "publish:hit_rows",
+    "generation:dir",
+    f"generation:{SEGMENTS}/{SEGMENT_LIST}",
+    "generation:search.faiss",
+    f"generation:{BASE_IDS}",
+    f"generation:{DELTA}",
+    f"generation:{HIT_ROWS_DELTA}",
+    f"generation:{NEIGHBOURS}",
+    f"generation:{HIT_ROWS}",
+    "generation:model",
+    "generation:manifest",
+    "generation:synced",
+    "pointer",
+    "cleanup",
+)
+#: `lookalike index` with deltas allowed over any base (the real bound is 100,000 vectors).
+DELTA_RUNNER = (
+    "import sys; from indexer import delta; delta.DELTA_ABOVE = 1; delta.HIDDEN_MAX_SHARE = 1.0; "
+    "from search.cli import app; app(prog_name='lookalike')"
+)
+
+
+def assert_answers_through_the_delta(index: Path) -> Manifest:
+    """Open the index as a server does; each by-id answer (the base's table, corrected for the
+    delta, or a search) is what a live search of the generation's own vectors answers."""
+    eng = Engine(index, device="cpu", reload_check_s=3600)
+    try:
+        snap = eng.snapshot()
+        ids = snap.vectors.ids()
+        assert len(ids) == snap.manifest.count == snap.search.ntotal
+        assert snap.hit_rows is not None
+        for i in ids.tolist():
+            table = eng.search_id(i, k=5)
+            live = eng.search_vector(eng.vector(i), k=5, exclude_id=i)
+            assert [h.id for h in table] == [h.id for h in live], f"id {i}: table and live search differ"
+            assert {h.id for h in table} <= set(ids.tolist())
+        return snap.manifest
+    finally:
+        eng.close()
+
+
+def test_sigkill_at_every_point_of_a_delta_publish_leaves_a_whole_generation(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "pics"
+    for i in range(16):
+        write_jpeg(folder / f"d{i % 2}" / f"img_{i:02d}.jpg", (64, 48), seed=i)
+    idx = folder / ".lookalike"
+    build_index(folder, model_dir=tiny_model, index_type="hnsw", progress=False, workers=0)
+    write_jpeg(folder / "extra.jpg", seed=99)
+    build_index(folder, index_type="hnsw", progress=False, workers=0)  # two generations, as above
+    base = Manifest.read(idx)
+    assert base is not None and not base.delta
+
+    def run(kill_at: str | None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", DELTA_RUNNER, "index", str(folder), "--workers", "0", "--index-type", "hnsw"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop(KILL_AT_ENV, None)
+        if kill_at is not None:
+            env[KILL_AT_ENV] = kill_at
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
+
+    for n, point in enumerate(DELTA_POINTS):
+        write_jpeg(folder / "d2" / f"new_{n:02d}.jpg", seed=1000 + n)
+        done = run(point)
+        assert done.returncode == -signal.SIGKILL, f"{point}: not killed\n{done.stdout.decode()}"
+        assert_answers_through_the_delta(idx)
+    done = run(None)
+    assert done.returncode == 0, done.stdout.decode()
+    m = assert_answers_through_the_delta(idx)
+    assert m.delta["search"] == len(DELTA_POINTS) and m.delta["base_generation"] == base.generation
+    assert m.count == 17 + len(DELTA_POINTS)
+    # Without the test's bounds (100,000 vectors at least) the next change builds the index again.
+    write_jpeg(folder / "last.jpg", seed=5000)
+    done = run_index(folder, "--index-type", "hnsw")
+    assert done.returncode == 0, done.stdout.decode()
+    m = assert_answers_as_live_search(idx)
+    assert not m.delta and not (m.files(idx) / DELTA).exists()
