@@ -19,7 +19,10 @@ kernel sent to storage):
    that type (indexer/vectors.py ``publish``, no neighbour table, no catalog), then `--add` more
    vectors, a checkpoint and a publish again: what a ``lookalike index`` run that adds them writes.
    A publish writes ``vectors.faiss`` only for a flat index now; the flat file that every publish
-   used to write is then written once more, as the before;
+   used to write is then written once more, as the before. The second publish reuses the index
+   with a delta (indexer/delta.py) when it may; the same publish is then made once more with the
+   index made again (``allow_delta=False``), as it was before deltas, and queries are timed on the
+   index alone and with its delta;
 8. baseline: the same `--n` + `--add` vectors in today's single-file store (``IndexIDMap2(IndexFlatIP)``),
    saved whole, as every checkpoint did before segments.
 
@@ -30,6 +33,7 @@ makes lives in a temporary folder under `--dir`, removed at the end (they are ~1
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -37,9 +41,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import faiss
 import numpy as np
 from common import RESULTS, command_line, describe_machine, machine, max_rss_mib, table, write_json
 
+from indexer import ondisk
+from indexer.delta import DELTA, DELTA_MAX, HIDDEN_MAX_SHARE, Delta, DeltaIndex, read_delta
+from indexer.exact import read_mapped
+from indexer.layout import SEARCH
 from indexer.segments import MAX_SEGMENTS, SegmentStore
 from indexer.vectors import Manifest, VectorStore, plan_index, publish
 
@@ -119,10 +128,73 @@ def publish_steps(
         return publish(work, store, plan_index(len(store), dim, kind), "bench", first, neighbours_k=0)
 
     second: Manifest = step(f"add {add:,}: checkpoint + publish {kind}", work, r, run)
-    r[f"add {add:,}: checkpoint + publish {kind}"].update(index_type=second.index_type, vectors=len(store))
+    r[f"add {add:,}: checkpoint + publish {kind}"].update(
+        index_type=second.index_type, vectors=len(store), delta=second.delta
+    )
+    query_steps(work, store, second, dim, rng, r)
+    # What the same publish wrote before deltas (indexer/delta.py): the search index made again.
+    rebuilt = step(
+        f"publish {kind}, index made again (no delta)",
+        work,
+        r,
+        lambda: publish(
+            work, store, plan_index(len(store), dim, kind), "bench", second, neighbours_k=0, allow_delta=False
+        ),
+    )
+    r[f"publish {kind}, index made again (no delta)"].update(delta=rebuilt.delta)
     copy = work / "flat-copy.faiss"
     step("before: + vectors.faiss", work, r, lambda: store.write_flat(copy))
     copy.unlink()
+
+
+def query_steps(
+    work: Path, store: SegmentStore, published: Manifest, dim: int, rng: np.random.Generator, r: dict
+) -> None:
+    """Per-query cost (one thread, p50 of 500 stored vectors as queries) of the published index
+    alone and with its delta, and of the delta's exact scan at its bound (DELTA_MAX vectors)."""
+    if not published.delta:
+        return
+    faiss.omp_set_num_threads(1)
+    files = published.files(work)
+    base = read_mapped(files / SEARCH, published.params)
+    change = read_delta(files / DELTA)
+    index = DeltaIndex(base, change, store.get(change.search))
+    queries = store.get(rng.choice(store.ids(), 500, replace=False))
+    rerank = int(published.params.get("rerank", ondisk.RERANK))
+
+    def p50(fn: Callable[[np.ndarray], object]) -> float:
+        times = []
+        for q in queries:
+            t0 = time.perf_counter()
+            fn(q[None, :])
+            times.append(time.perf_counter() - t0)
+        return round(float(np.median(times)) * 1000, 3)
+
+    def ask(ix: object) -> Callable[[np.ndarray], object]:
+        if published.index_type == ondisk.ONDISK:
+            return lambda q: ondisk.search(ix, q, 10, store.get, rerank)
+        return lambda q: ix.search(q, 10)
+
+    bound = vectors(DELTA_MAX, dim, rng)
+    # The most a delta may hide (HIDDEN_MAX_SHARE of the base), as ids the ID selector must skip.
+    hide = np.sort(rng.choice(store.ids(), int(HIDDEN_MAX_SHARE * base.ntotal), replace=False))
+    hiding = DeltaIndex(base, Delta(change.search, hide), store.get(change.search))
+    r["query p50 ms (1 thread)"] = {
+        "base alone": p50(ask(base)),
+        f"base + delta ({len(change.search):,} exact, {len(change.hide):,} hidden)": p50(ask(index)),
+        f"base + delta ({len(change.search):,} exact, {len(hide):,} hidden: the bound)": p50(ask(hiding)),
+        f"exact scan of {DELTA_MAX:,} vectors (the delta's bound)": p50(lambda q: bound @ q[0]),
+    }
+    # Recall@10 against an exact search of what is live, with and without the hidden bound.
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    sample = queries[:200]
+    cases = (("index alone (without the delta's ids)", base, change.search), ("with the hidden bound", hiding, hide))
+    for name, ix, hidden in cases:
+        live = np.setdiff1d(store.ids(), hidden)
+        _, truth = faiss.knn(sample, store.get(live), 10, metric=faiss.METRIC_INNER_PRODUCT)
+        found = np.stack([ask(ix)(q[None, :])[1][0] for q in sample])
+        got = np.mean([len(set(f) & set(live[t])) / 10 for f, t in zip(found, truth, strict=True)])
+        r.setdefault("recall@10 (200 queries)", {})[name] = round(float(got), 4)
 
 
 def bench(n: int, dim: int, add: int, work: Path, kind: str = "none") -> dict:
@@ -209,6 +281,9 @@ def main() -> None:
     ]
     print()
     print(table(rows, ["step", "seconds", "bytes in files", "write_bytes (/proc)", "files"]))
+    if "query p50 ms (1 thread)" in r:
+        print("\n" + table(list(r["query p50 ms (1 thread)"].items()), ["query, p50 ms (1 thread)", "ms"]))
+        print("\n" + table(list(r["recall@10 (200 queries)"].items()), ["recall@10, 200 stored vectors", "recall"]))
     if "run_now_vs_before_bytes" in r:
         print(
             f"\na run adding {args.add:,} (checkpoint + publish) wrote {r['run_now_vs_before_bytes']:.2%} "
