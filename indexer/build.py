@@ -90,11 +90,13 @@ def build_index(
     train_config: TrainConfig | None = None,
     progress: bool = True,
     neighbours: int = NEIGHBOURS_K,
+    merge: bool = False,
 ) -> IndexSummary:
     """Index (or update the index of) every image under `folder`. Returns what changed.
 
     `neighbours`: how many nearest neighbours of each image to precompute for by-id
-    queries (indexer/neighbours.py); 0 for none.
+    queries (indexer/neighbours.py); 0 for none. `merge`: merge every vector segment into one
+    before publishing (they are otherwise merged by policy, indexer/segments.py ``plan_merge``).
 
     The stages, in order, under the index's lock:
 
@@ -136,6 +138,7 @@ def build_index(
                 progress=progress,
                 checkpoint_every_s=checkpoint_every_s,
                 neighbours=neighbours,
+                merge=merge,
             )
             catalog = Catalog.for_directory(idx, catalog_url)
             try:
@@ -240,8 +243,10 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
     k = opts.neighbours
     summary.total = catalog.count(STATUS_OK)
     plan = plan_index(len(store), store.dim, opts.index_type)
+    merged = opts.merge and _merge_segments(run)
     needs_publish = (
-        run.changed
+        merged  # the generation must link the merged segment, or the old ones stay on disk with it
+        or run.changed
         or manifest is None
         or not manifest.directory  # published before generations: upgrade it
         or not generation_has_vectors(manifest.files(idx), manifest)  # its generation is gone
@@ -280,6 +285,19 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
         summary.neighbours = manifest.neighbours
     summary.index_type = manifest.index_type
     summary.index_reason = manifest.reason
+
+
+def _merge_segments(run: IndexRun) -> bool:
+    """Save the store, then merge all its segments into one (`lookalike index --merge`).
+    Returns whether anything was merged; says what in the summary."""
+    if run.store.unsaved:  # a merge joins saved segments (a save of nothing would only move the seq on)
+        run.save_store()
+    before = len(run.store.segments)
+    merged = run.store.merge()
+    run.summary.merged = (
+        f"{before} vector segments merged into 1" if merged else f"{before} vector segment, nothing to merge"
+    )
+    return merged
 
 
 def _derived_damaged(folder: Path, k: int) -> bool:

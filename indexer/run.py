@@ -32,6 +32,7 @@ class IndexSummary:
     index_type: str = ""
     index_reason: str = ""
     neighbours: str = ""  # what this run did to the precomputed neighbour table ("" if nothing)
+    merged: str = ""  # the on-demand merge of the vector segments, in words ("" if none was asked for)
     trained: bool = False
     train_s: float = 0.0  # part of duration_s spent training a model first (images_per_second excludes it)
 
@@ -53,6 +54,7 @@ class RunOptions:
     progress: bool
     checkpoint_every_s: float
     neighbours: int
+    merge: bool = False  # merge every vector segment into one before publishing (on demand)
 
 
 @dataclass

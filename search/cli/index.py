@@ -135,6 +135,12 @@ def index(
         help="The Ray cluster for --ray (implies it): auto, ray://HOST:PORT or HOST:PORT "
         "[default: $RAY_ADDRESS, else a Ray started on this machine].",
     ),
+    merge: bool = typer.Option(
+        False,
+        "--merge",
+        help="Merge the vector segments into one before publishing (otherwise merged when more than 16, "
+        "or a quarter of their rows deleted or replaced).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Index a folder: add new images, re-embed changed ones, follow moves, drop deleted ones."""
@@ -164,6 +170,7 @@ def index(
             batch_size=batch_size,
             checkpoint_every_s=checkpoint_every,
             neighbours=neighbours,
+            merge=merge,
         )
     if as_json:
         import json
@@ -202,6 +209,8 @@ def print_index_summary(summary: Any) -> None:
     )
     if summary.neighbours:
         typer.echo(f"  {summary.neighbours}")
+    if summary.merged:
+        typer.echo(f"  {summary.merged}")
     if summary.failed:
         typer.echo("failed files:")
         for path, why in summary.failed[:50]:

@@ -258,3 +258,41 @@ def test_query_grid_wraps(tiny_folder: Path, tmp_path: Path) -> None:
     assert grid.shape[:2] == (PAD + rows * (TILE + CAPTION + PAD), PAD + COLUMNS * (TILE + PAD))
     last = grid[PAD + (TILE + CAPTION + PAD) : PAD + (TILE + CAPTION + PAD) + TILE, PAD : PAD + TILE]
     assert last.std() > 0  # the 7th tile starts the second row
+
+
+def test_index_merge_puts_the_vectors_in_one_segment(tiny_folder: Path, tmp_path: Path) -> None:
+    import json
+
+    from indexer import Manifest
+    from indexer.layout import SEGMENTS, default_index_dir
+    from indexer.segments import SegmentStore
+    from search.engine import Engine
+
+    model = tmp_path / "model"
+    args = ["train", str(tiny_folder), "--out", str(model), "--image-size", "32", "--latent-dim", "8", "--epochs", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    images = sorted(p for p in tiny_folder.rglob("*.png") if ".lookalike" not in p.parts)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for p in images[6:]:  # half now, half in a second run: two segments
+        shutil.move(p, aside / p.name)
+    assert runner.invoke(app, ["index", str(tiny_folder), "--model", str(model)]).exit_code == 0
+    for p in images[6:]:
+        shutil.move(aside / p.name, p)
+    assert runner.invoke(app, ["index", str(tiny_folder)]).exit_code == 0
+    idx = default_index_dir(tiny_folder)
+    assert len(SegmentStore.open(idx / SEGMENTS, 8, writable=False).segments) == 2
+    before = Manifest.read(idx)
+    res = runner.invoke(app, ["index", str(tiny_folder), "--merge"])
+    assert res.exit_code == 0, res.output
+    assert "2 vector segments merged into 1" in res.output
+    store = SegmentStore.open(idx / SEGMENTS, 8, writable=False)
+    assert len(store.segments) == 1 and len(store) == 12
+    after = Manifest.read(idx)
+    assert before is not None and after is not None and after.generation == before.generation + 1
+    with Engine(idx) as engine:  # the new generation reads the merged segment
+        assert engine.snapshot().manifest.count == 12
+        assert engine.search_path(images[0].relative_to(tiny_folder).as_posix())
+    res = runner.invoke(app, ["index", str(tiny_folder), "--merge", "--json"])
+    assert json.loads(res.output)["merged"] == "1 vector segment, nothing to merge"
+    assert Manifest.read(idx).generation == after.generation  # nothing merged, nothing changed: no publish
