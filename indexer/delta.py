@@ -30,6 +30,7 @@ import numpy as np
 
 from encoder.atomic import atomic_writer
 
+from .neighbours import member
 from .ondisk import IDS_DTYPE, SEARCH_IDS
 
 DELTA = "delta.npy"
@@ -66,9 +67,10 @@ def diff(base: np.ndarray, ids: np.ndarray, fingerprints: np.ndarray) -> Delta:
     """The delta between a base's (id, fingerprint) table (sorted by id) and the stored vectors
     (`ids`, their `fingerprints`)."""
     ids = np.asarray(ids, dtype=np.int64)
-    pos = np.searchsorted(base["id"], ids).clip(0, max(0, len(base) - 1))
-    present = base["id"][pos] == ids if len(base) else np.zeros(len(ids), dtype=bool)
-    same = present & (base["fp"][pos] == fingerprints) if len(base) else present
+    present = member(base["id"], ids)
+    pos = np.searchsorted(base["id"], ids)[present]
+    same = present.copy()
+    same[present] = base["fp"][pos] == fingerprints[present]
     changed = ids[present & ~same]
     removed = np.setdiff1d(base["id"], ids)
     return Delta(np.unique(ids[~same]), np.union1d(changed, removed))
@@ -135,15 +137,11 @@ class DeltaIndex:
 
     def hidden(self, ids: np.ndarray) -> np.ndarray:
         """True where an id of the base is hidden (changed or removed since it was built)."""
-        return np.isin(ids, self.delta.hide)
+        return member(self.delta.hide, ids)
 
     def changed(self, image_id: int) -> bool:
         """Whether the base's view of `image_id` is out of date (added, changed or removed since)."""
-        for ids in (self.delta.hide, self.ids):
-            p = np.searchsorted(ids, image_id)
-            if p < len(ids) and ids[p] == image_id:
-                return True
-        return False
+        return bool(member(self.delta.hide, [image_id])[0] or member(self.ids, [image_id])[0])
 
     def search(
         self, x: np.ndarray, k: int, params: faiss.SearchParameters | None = None

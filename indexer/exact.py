@@ -34,6 +34,7 @@ import numpy as np
 
 from . import ondisk
 from .layout import SEGMENTS, STORE
+from .neighbours import member
 from .segments import SegmentError, SegmentStore, has_segments
 from .vectors import Manifest, apply_search_params, read_search_index
 
@@ -147,12 +148,12 @@ class FlatVectors(ExactVectors):
         return self._locations[0].copy()
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
-        return _member(self._locations[0], ids)
+        return member(self._locations[0], ids)
 
     def get(self, ids: np.ndarray | list[int]) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         stored, rows = self._locations
-        found = _member(stored, ids)
+        found = member(stored, ids)
         if not found.all():
             raise KeyError(int(ids[~found][0]))
         return np.array(self._rows[rows[np.searchsorted(stored, ids)]], dtype=np.float32)
@@ -191,15 +192,6 @@ class SegmentVectors(ExactVectors):
 
     def blocks(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.store.vector_blocks(ids, SCORE_ROWS)  # runs of consecutive rows: views of the files
-
-
-def _member(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Which of `ids` are in `sorted_ids` (ascending)."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if not len(sorted_ids):
-        return np.zeros(len(ids), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return sorted_ids[pos] == ids
 
 
 # ---------------------------------------------------------------- opening a generation's
