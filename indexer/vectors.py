@@ -22,10 +22,12 @@ Vectors are L2-normalised, so inner product is cosine similarity in [-1, 1].
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -440,9 +442,12 @@ def publish(
     if flat_file:
         store.write_flat(index_dir / STORE)
     kill_point("publish:store")
+    # The store's (id, fingerprint) table, read once: a delta compares it with the base's, a
+    # rebuilt index publishes it as its own (1M x 240: a 1 GB read each time).
+    store_table = functools.cache(lambda: _store_table(store))
     if allow_delta:
         published = _publish_delta(
-            index_dir, store, plan, model_id, previous, neighbours_k, catalog, store_seq, flat_file
+            index_dir, store, store_table, plan, model_id, previous, neighbours_k, catalog, store_seq, flat_file
         )
         if published is not None:
             return published
@@ -473,7 +478,8 @@ def publish(
         index = build_search_index(store, plan)
         plan = tune_search(index, store, plan)
         atomic_write_index(index, index_dir / SEARCH)
-        _write_base_table(store, index_dir / delta.BASE_IDS)
+        with atomic_writer(index_dir / delta.BASE_IDS) as fh:  # what the next publish measures a delta against
+            np.lib.format.write_array(fh, store_table(), allow_pickle=False)
         kill_point("publish:search")
         search_file = SEARCH
         size = (index_dir / SEARCH).stat().st_size
@@ -504,18 +510,16 @@ def publish(
     return manifest
 
 
-def _write_base_table(store: VectorStore | SegmentStore, path: Path) -> None:
-    """The (id, fingerprint) table of the vectors a search index was just built from: what the
-    next publish compares the store with to publish a delta over it (indexer/delta.py)."""
+def _store_table(store: VectorStore | SegmentStore) -> np.ndarray:
+    """The (id, fingerprint) table of every stored vector, sorted by id (indexer/delta.py)."""
     ids, vecs = store.all_vectors()
-    table = delta.base_table(ids, fingerprints(vecs))
-    with atomic_writer(path) as fh:
-        np.lib.format.write_array(fh, table, allow_pickle=False)
+    return delta.base_table(ids, fingerprints(vecs))
 
 
 def _publish_delta(
     index_dir: Path,
     store: VectorStore | SegmentStore,
+    store_table: Callable[[], np.ndarray],
     plan: IndexPlan,
     model_id: str | None,
     previous: Manifest | None,
@@ -544,11 +548,10 @@ def _publish_delta(
         table = np.load(base / delta.BASE_IDS, allow_pickle=False)
     except (OSError, ValueError):
         return None  # built before every index had its table: the next build writes one
-    if table.dtype != ondisk.IDS_DTYPE or table.ndim != 1 or not len(table) >= delta.DELTA_ABOVE:
-        return None
-    ids, vecs = store.all_vectors()
-    change = delta.diff(table, ids, fingerprints(vecs))
-    del ids, vecs
+    if table.dtype != ondisk.IDS_DTYPE or table.ndim != 1 or len(table) < delta.DELTA_ABOVE:
+        return None  # (the size bound checked before the store is read)
+    now = store_table()
+    change = delta.diff(table, now["id"], now["fp"])
     if not delta.within_bounds(change, len(table)):
         return None
     names = [SEARCH, delta.BASE_IDS] + ([ondisk.SEARCH_DATA] if plan.index_type == ondisk.ONDISK else [])
