@@ -259,8 +259,7 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
         manifest.neighbours_k != k
         # The writer's working copy (which the next publish updates) or the published one (which readers
         # open) deleted, damaged, or from an older version: both are hard links to one file until then.
-        or any(_derived_damaged(folder, k) for folder in {idx, manifest.files(idx)})
-        or (manifest.delta.get("hit_rows") == "layered" and read_hit_rows(manifest.files(idx) / HIT_ROWS_DELTA) is None)
+        or any(_derived_damaged(folder, k, manifest) for folder in {idx, manifest.files(idx)})
     )
     if needs_publish or (derived_stale and manifest is not None and manifest.delta):
         # A delta generation's derived files are its base's, corrected by its readers: damaged,
@@ -300,9 +299,13 @@ def _merge_segments(run: IndexRun) -> bool:
     return merged
 
 
-def _derived_damaged(folder: Path, k: int) -> bool:
-    """True if the neighbour table (when `k` > 0) or the hit rows in `folder` are missing or unreadable."""
-    return (k > 0 and read_neighbours(folder / NEIGHBOURS, k) is None) or read_hit_rows(folder / HIT_ROWS) is None
+def _derived_damaged(folder: Path, k: int, manifest: Manifest) -> bool:
+    """True if the neighbour table (when `k` > 0) or the hit rows in `folder` (with a delta's own, when
+    `manifest` publishes them layered) are missing or unreadable."""
+    hit_rows = [HIT_ROWS] + ([HIT_ROWS_DELTA] if manifest.delta.get("hit_rows") == "layered" else [])
+    return (k > 0 and read_neighbours(folder / NEIGHBOURS, k) is None) or any(
+        read_hit_rows(folder / name) is None for name in hit_rows
+    )
 
 
 def _distrust_working_table(idx: Path, manifest: Manifest, k: int) -> None:

@@ -561,12 +561,13 @@ THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
 def _open_hit_rows(files: Path, manifest: Manifest) -> HitRows | LayeredHitRows | None:
     """The generation's published hit rows; None (rows then come from the catalog) when it has
     none, or any part of them is missing or damaged."""
+    published = manifest.delta.get("hit_rows", "full")
+    if published == "none":
+        return None
     rows = read_hit_rows(files / HIT_ROWS)
-    if manifest.delta.get("hit_rows") == "layered":
+    if published == "layered":
         top = read_hit_rows(files / HIT_ROWS_DELTA)
         return None if rows is None or top is None else LayeredHitRows(rows, top)
-    if manifest.delta.get("hit_rows") == "none":
-        return None
     return rows
 
 
