@@ -25,8 +25,11 @@ from indexer.generations import KILL_AT_ENV
 from indexer.layout import GENERATIONS, HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, SEGMENT_LIST, SEGMENTS, STORE
 from search.engine import Engine
 
+#: The points every publish ends with: the model linked, the generation sealed, the pointer switch
+#: and the removal of old generations.
+COMMIT_POINTS = ("generation:model", "generation:manifest", "generation:synced", "pointer", "cleanup")
 #: Every point of a publish where the writer is killed (KILL_AT_ENV): each working file written,
-#: each file linked into the new generation, the pointer switch and the removal of old generations.
+#: each file linked into the new generation, then COMMIT_POINTS.
 FLAT_POINTS = (
     "publish:begin",
     "publish:store",
@@ -36,11 +39,7 @@ FLAT_POINTS = (
     f"generation:{STORE}",
     f"generation:{NEIGHBOURS}",
     f"generation:{HIT_ROWS}",
-    "generation:model",
-    "generation:manifest",
-    "generation:synced",
-    "pointer",
-    "cleanup",
+    *COMMIT_POINTS,
 )
 #: An approximate index adds its own file, written and linked; its exact vectors are the segments
 #: linked into the generation (no vectors.faiss).
@@ -199,11 +198,7 @@ DELTA_POINTS = (
     f"generation:{HIT_ROWS_DELTA}",
     f"generation:{NEIGHBOURS}",
     f"generation:{HIT_ROWS}",
-    "generation:model",
-    "generation:manifest",
-    "generation:synced",
-    "pointer",
-    "cleanup",
+    *COMMIT_POINTS,
 )
 #: `lookalike index` with deltas allowed over any base (the real bound is 100,000 vectors).
 DELTA_RUNNER = (
