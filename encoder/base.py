@@ -28,8 +28,9 @@ def base_model_dir() -> Path:
 
 def resolve_init(init_from: str | None, model_config: ModelConfig | None = None) -> Path | None:
     """The model directory `init_from` names ("base": the shipped base model; "auto": that one
-    when it ships and `model_config` is None or the base model's own), or None."""
-    if not init_from:
+    when it ships and `model_config` is None or the base model's own), or None ("none", or empty:
+    random weights)."""
+    if not init_from or init_from == "none":
         return None
     if init_from == "auto":
         if not (BASE_MODEL_DIR / WEIGHTS).exists():

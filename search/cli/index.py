@@ -53,8 +53,10 @@ def train(
     augment: str | None = typer.Option(None, help="none, flip or invariant [default: invariant]."),
     init_from: str | None = typer.Option(
         None,
-        help="Start from these weights: a model directory, or 'base' for the base model shipped with lookalike "
-        "(pretrained on licence-clean artwork; see encoder/base_model/PROVENANCE.md) [default: random weights].",
+        help="Start from these weights: a model directory, 'base' for the base model shipped with lookalike "
+        "(pretrained on licence-clean artwork; see encoder/base_model/PROVENANCE.md), or 'none' for random weights "
+        "[default: the base model when the model asked for is its configuration (the default one), else random "
+        "weights].",
     ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),

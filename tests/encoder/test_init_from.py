@@ -73,3 +73,5 @@ def test_auto_starts_from_the_base_only_for_its_own_configuration() -> None:
     assert resolve_init("auto", None) == (BASE_MODEL_DIR if shipped else None)
     assert resolve_init("auto", ModelConfig()) == (BASE_MODEL_DIR if shipped else None)
     assert resolve_init(None) is None
+    # `--init-from none` on the command line: random weights even for the base model's configuration
+    assert resolve_init("none", ModelConfig()) is None
