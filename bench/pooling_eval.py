@@ -1,0 +1,149 @@
+"""How the encoder's feature maps are pooled into the search vector, measured (issue 18 item 2).
+
+    .venv/bin/python bench/pooling_eval.py [--models base | --models 'DIR/{corpus}-s{seed}']
+        [--corpora tuxpaint,wallpapers,mnist,oxygen,gnome,elementary] [--seeds 0,1]
+        [--out bench/results/pooling_eval.json]
+
+The default search vector (``ModelConfig.embedding = "multiscale"``) average-pools every encoder
+stage over the whole image, L2-normalises each stage and concatenates them (240-d): it keeps
+*what* is in the picture and drops *where*. HOG, the baseline that beats it, keeps an 8x8 grid of
+cells. This script pools the same trunk's feature maps other ways, on the same decoded pixels, with
+no retraining, so only the pooling differs between arms:
+
+- ``gap_l2``: the product's vector (global average, L2 per stage);
+- ``gap_sqrt``: the same, square-rooted first (power normalisation, as HOG + colour are);
+- ``gem3``: generalised mean, p = 3, per stage;
+- ``mean_std_sqrt``: each channel's mean and standard deviation, square-rooted;
+- ``grid2_sqrt`` / ``grid2_gem`` / ``grid4_sqrt``: a 2x2 (4x4) grid of cells per stage, each
+  cell's average (or GeM) kept in place, square-rooted: the layout HOG keeps.
+
+Every arm is centred on the corpus and scaled to unit length (the product's default calibration),
+then scored by mAP@10 by label, self excluded, next to HOG + colour histogram
+(``search.evaluation.fit_hog_colour``). ``--models base`` uses the shipped base model as it is;
+a pattern such as ``/tmp/m/{corpus}-s{seed}`` uses a model trained per corpus and seed, for example
+the product's default training: ``lookalike train FOLDER -o /tmp/m/tuxpaint-s0 --seed 0``
+(for mnist, on the seed-0 sample of 2,000 that ``read_labelled_folder`` draws).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from base_model_eval import CORPORA  # noqa: E402
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _centred(x: np.ndarray) -> np.ndarray:
+    x = _unit(x)
+    return _unit(x - x.mean(axis=0))
+
+
+def stage_maps(trunk, pixels: np.ndarray, batch: int = 128) -> list:
+    """Every encoder stage's (N, C, s, s) output for (N, S, S, 3) uint8 pixels."""
+    import torch
+
+    outs: list[list] = [[] for _ in trunk.stages]
+    with torch.no_grad():
+        for i in range(0, len(pixels), batch):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch])).permute(0, 3, 1, 2).float() / 255.0
+            for j, stage in enumerate(trunk.stages):
+                x = stage(x)
+                outs[j].append(x)
+    return [torch.cat(o) for o in outs]
+
+
+def poolings() -> dict[str, Callable]:
+    """name -> f(stage maps) -> (N, D) tensor; each stage L2-normalised before concatenation."""
+    import torch
+    import torch.nn.functional as F
+
+    def per_stage(f: Callable) -> Callable:
+        return lambda maps: torch.cat([F.normalize(f(m).flatten(1), dim=1) for m in maps], dim=1)
+
+    def gem(m, cells: int = 1):
+        return F.adaptive_avg_pool2d(m.clamp_min(1e-6).pow(3), cells).pow(1 / 3)
+
+    return {
+        "gap_l2": per_stage(lambda m: m.mean((2, 3))),
+        "gap_sqrt": per_stage(lambda m: m.mean((2, 3)).clamp_min(0).sqrt()),
+        "gem3": per_stage(gem),
+        "mean_std_sqrt": per_stage(lambda m: torch.cat([m.mean((2, 3)), m.std((2, 3))], 1).clamp_min(0).sqrt()),
+        "grid2_sqrt": per_stage(lambda m: F.adaptive_avg_pool2d(m, 2).clamp_min(0).sqrt()),
+        "grid2_gem": per_stage(lambda m: gem(m, 2)),
+        "grid4_sqrt": per_stage(lambda m: F.adaptive_avg_pool2d(m, 4).clamp_min(0).sqrt()),
+    }
+
+
+def run_corpus(name: str, model_dir: Path, seed: int) -> dict[str, dict[str, float]]:
+    """mAP@10 (and the vector's dimension) of every pooling and of HOG + colour on corpus `name`."""
+    import torch
+
+    from encoder import Encoder
+    from encoder.decoding import decode_to_array
+    from search.evaluation import fit_hog_colour, retrieval_metrics
+    from search.evaluation.corpus import read_labelled_folder
+
+    torch.set_num_threads(2)
+    folder, column, most = CORPORA[name]
+    corpus = read_labelled_folder(folder, label_column=column, max_images=most, seed=seed)
+    enc = Encoder(model_dir, device="cpu")
+    pixels, _, failed = decode_to_array(corpus.paths, enc.image_size)
+    if failed:
+        raise SystemExit(f"{name}: {len(failed)} images failed to decode, e.g. {failed[0]}")
+    maps = stage_maps(enc.model.trunk, pixels)
+    out = {}
+    for arm, pool in poolings().items():
+        vec = pool(maps).numpy()
+        out[arm] = {"map_at_10": retrieval_metrics(_centred(vec), corpus.labels)["map_at_10"], "dim": vec.shape[1]}
+    hand = fit_hog_colour(pixels)(pixels)
+    out["hog_colour"] = {"map_at_10": retrieval_metrics(_centred(hand), corpus.labels)["map_at_10"], "dim": hand.shape[1]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="base", help="'base', or a directory pattern with {corpus} and {seed}")
+    ap.add_argument("--corpora", default=",".join(CORPORA))
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pooling_eval.json")
+    args = ap.parse_args()
+    from encoder.base import base_model_dir
+
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name in args.corpora.split(","):
+            if not CORPORA[name][0].exists():
+                print(f"{name}: {CORPORA[name][0]} missing (bench/icon_corpora.py builds the icon corpora); skipped")
+                continue
+            model = base_model_dir() if args.models == "base" else Path(args.models.format(corpus=name, seed=seed))
+            t0 = time.perf_counter()
+            arms = run_corpus(name, model, seed)
+            rows.append({"corpus": name, "seed": seed, "model": str(model), "arms": arms,
+                         "seconds": round(time.perf_counter() - t0, 1)})
+            print(name, seed, {k: round(v["map_at_10"], 3) for k, v in arms.items()}, flush=True)
+    names = list(rows[0]["arms"]) if rows else []
+    print("\n| corpus | seed | " + " | ".join(f"{a} ({rows[0]['arms'][a]['dim']}-d)" for a in names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for r in rows:
+        print(f"| {r['corpus']} | {r['seed']} | " + " | ".join(f"{r['arms'][a]['map_at_10']:.3f}" for a in names) + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"models": args.models, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
