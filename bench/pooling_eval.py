@@ -110,7 +110,8 @@ def run_corpus(name: str, model_dir: Path, seed: int) -> dict[str, dict[str, flo
         vec = pool(maps).numpy()
         out[arm] = {"map_at_10": retrieval_metrics(_centred(vec), corpus.labels)["map_at_10"], "dim": vec.shape[1]}
     hand = fit_hog_colour(pixels)(pixels)
-    out["hog_colour"] = {"map_at_10": retrieval_metrics(_centred(hand), corpus.labels)["map_at_10"], "dim": hand.shape[1]}
+    hand_map = retrieval_metrics(_centred(hand), corpus.labels)["map_at_10"]
+    out["hog_colour"] = {"map_at_10": hand_map, "dim": hand.shape[1]}
     return out
 
 
@@ -132,14 +133,22 @@ def main() -> None:
             model = base_model_dir() if args.models == "base" else Path(args.models.format(corpus=name, seed=seed))
             t0 = time.perf_counter()
             arms = run_corpus(name, model, seed)
-            rows.append({"corpus": name, "seed": seed, "model": str(model), "arms": arms,
-                         "seconds": round(time.perf_counter() - t0, 1)})
+            rows.append(
+                {
+                    "corpus": name,
+                    "seed": seed,
+                    "model": str(model),
+                    "arms": arms,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
             print(name, seed, {k: round(v["map_at_10"], 3) for k, v in arms.items()}, flush=True)
     names = list(rows[0]["arms"]) if rows else []
     print("\n| corpus | seed | " + " | ".join(f"{a} ({rows[0]['arms'][a]['dim']}-d)" for a in names) + " |")
     print("|---|---:|" + "---:|" * len(names))
     for r in rows:
-        print(f"| {r['corpus']} | {r['seed']} | " + " | ".join(f"{r['arms'][a]['map_at_10']:.3f}" for a in names) + " |")
+        cells = " | ".join(f"{r['arms'][a]['map_at_10']:.3f}" for a in names)
+        print(f"| {r['corpus']} | {r['seed']} | {cells} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"models": args.models, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
