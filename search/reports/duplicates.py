@@ -381,13 +381,17 @@ def _crop_distances(crops: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int 
 
 def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, crops: np.ndarray, vecs: np.ndarray) -> tuple[Tier, ...]:
     """The tiers with their hash distances capped at what this collection's hashes can tell
-    apart: judged on random pairs that its vectors call unrelated, for the whole-picture
-    hashes and the crop hashes each (the best of 18 window comparisons is closer than one
-    comparison for unrelated pictures too, so it gets its own cap)."""
-    limit = hash_distance_limit(codes, vectors=vecs)
+    apart (:func:`.scan.hash_distance_limit`): judged on random pairs that neither hash calls
+    a candidate copy, for the whole-picture hashes and the crop hashes each (the best of 18
+    window comparisons is closer than one comparison for unrelated pictures too, so it gets
+    its own cap)."""
+    crop_pair = None if crops is None else (crops, crop_distance)
+    limit = hash_distance_limit(codes, vectors=vecs, also=crop_pair)
     if limit is None:  # too few images to judge: the tiers as they are
         return tiers
-    crop_limit = hash_distance_limit(crops, vectors=vecs, distance=crop_distance, margin=CROP_HASH_MARGIN)
+    crop_limit = hash_distance_limit(
+        crops, vectors=vecs, distance=crop_distance, margin=CROP_HASH_MARGIN, also=(codes, hamming)
+    )
     crop_limit = limit if crop_limit is None else crop_limit
     off = limit < MIN_HASH_LIMIT
     crops_off = off or crop_limit < MIN_HASH_LIMIT  # hashes that cannot tell pictures apart cannot tell crops

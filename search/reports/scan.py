@@ -84,14 +84,13 @@ _POPCOUNT = np.array([bin(x).count("1") for x in range(256)], dtype=np.uint8)
 #: 1st percentile is 20 (cap 8, the tiers unchanged), MNIST's 12 (cap 0). For hashes of
 #: unrelated natural images (about Binomial(64, 1/2)) the 1st percentile is ~22.
 #:
-#: "Unrelated" is judged by the vectors: only random pairs in the less similar half by cosine
-#: are sampled. Without that, a folder where duplicates are common (10 copies of each photo)
-#: has duplicates among its random pairs, their small distances set the cap, and the hashes
-#: are switched off exactly where they are needed; excluding only the pairs the vectors call
-#: alike is not enough, because edits the vectors miss (brightness, greyscale) are the ones
-#: the hash is there to catch. Below-median pairs are unrelated in any collection where
-#: duplicates are less than half of all pairs, and on low-detail images (digits) they still
-#: show how alike unrelated images hash.
+#: "Unrelated" leaves out the random pairs either hash puts within :data:`CANDIDATE_BITS`:
+#: in a folder where duplicates are common (10 copies of each photo) they are copies, and
+#: their small distances set the cap, switching the hashes off exactly where they are needed.
+#: Excluding only the pairs the vectors call alike (the less similar half by cosine, the rule
+#: before) was not enough: the edits the vectors miss (greyscale) are the ones the hash is
+#: there to catch. The vectors still decide whether the hashes can be used at all
+#: (:data:`CANDIDATE_SHARE`).
 HASH_MARGIN = 12
 #: The same margin for crop distances (:func:`crop_distance`), whose unrelated pairs spread
 #: less: the best of 18 overlapping windows moves the 1st percentile down ~4 bits and the
@@ -101,6 +100,15 @@ HASH_MARGIN = 12
 #: across corpora").
 CROP_HASH_MARGIN = 10
 HASH_SAMPLE_PAIRS = 200_000
+#: The loosest hash distance any default tier admits (:data:`search.reports.duplicates.TIERS`):
+#: random pairs within it by either hash are candidate copies, left out of the unrelated pairs
+#: the caps are judged on (:func:`hash_distance_limit`).
+CANDIDATE_BITS = 10
+#: ... unless more than this share of the pairs the vectors call unrelated are such candidates:
+#: the share a cap at the 1st percentile tolerates. Measured on the cross-corpus benchmark
+#: (three seeds): 0.01-0.03% on Tux Paint edits, 0.3-0.5% on the wallpapers and on a folder with
+#: ten copies of each photo, 0.6-0.7% on MNIST digits (whose caps stay off anyway).
+CANDIDATE_SHARE = 0.01
 HASH_MIN_IMAGES = 50  # fewer: too few pairs to judge the collection; the tiers are kept as they are
 
 
@@ -112,29 +120,53 @@ def hash_distance_limit(
     seed: int = 0,
     distance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     margin: int | None = None,
+    also: tuple[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+    candidate: int = CANDIDATE_BITS,
 ) -> int | None:
     """The largest hash distance still trusted in this collection (negative: none is), from
     random pairs of `codes`; None when there are too few hashes to say.
 
     `codes`: (n,) hashes, or (n, m) rows of them with `distance` the distance between rows
-    (:func:`crop_distance` for crop hashes); the default is :func:`hamming`. The limit is
-    the 1st percentile of unrelated pairs' distances less `margin` (default :data:`HASH_MARGIN`).
-    With `vectors` (unit rows, one per code), only the random pairs in the less similar half
-    by cosine count as unrelated: the others may be duplicates."""
+    (:func:`crop_distance` for crop hashes); the default is :func:`hamming`. `also`: the
+    other hash of the same images and its distance (the crop hashes, when `codes` are the
+    whole-picture ones, and the other way round).
+
+    Two questions, answered on the same random pairs:
+
+    - *Can these hashes tell pictures apart at all?* Not when more than
+      :data:`CANDIDATE_SHARE` of the pairs the vectors call unrelated (the less similar half by
+      cosine; every pair without `vectors`) hash within `candidate` bits, by either hash:
+      then a cap would admit unrelated-looking pairs wholesale (a folder of blank icons).
+    - *How close do unrelated pictures come?* The 1st percentile of the pairs *neither* hash
+      puts within `candidate` bits, less `margin` (default :data:`HASH_MARGIN`). The pairs
+      left out are candidate copies, not evidence of how unrelated pictures hash: in a folder
+      with ten copies of each photo they are 4% of random pairs, and the ones the vectors miss
+      (greyscale copies) sat in the less similar half and pulled the crop cap there from 6 bits
+      to 2 (docs/benchmarks.md, "Near-duplicates across corpora"). A collection whose unrelated
+      pictures really do hash close (digits) has a continuous tail beyond `candidate` bits, so
+      leaving the candidates out does not lift its cap over the floor."""
     codes = np.asarray(codes, np.int64)
     distance = distance or hamming
     valid = np.flatnonzero(codes != NO_HASH if codes.ndim == 1 else codes[:, 0] != NO_HASH)
     if len(valid) < HASH_MIN_IMAGES:
         return None
+    margin = HASH_MARGIN if margin is None else margin
     rng = np.random.default_rng(seed)
     a, b = rng.choice(valid, pairs), rng.choice(valid, pairs)
     a, b = a[a != b], b[a != b]
+    d = distance(codes[a], codes[b])
+    close = d <= candidate
+    if also is not None:
+        other, other_distance = also
+        other = np.asarray(other, np.int64)
+        close |= other_distance(other[a], other[b]) <= candidate
+    unrelated = np.ones(len(a), dtype=bool)
     if vectors is not None:
         cosine = np.einsum("nd,nd->n", vectors[a], vectors[b])
         unrelated = cosine < np.median(cosine)
-        a, b = a[unrelated], b[unrelated]
-    d = distance(codes[a], codes[b])
-    return int(np.percentile(d, 1)) - (HASH_MARGIN if margin is None else margin)
+    if close[unrelated].mean() > CANDIDATE_SHARE or close.all():
+        return -1 - margin
+    return int(np.percentile(d[~close], 1)) - margin
 
 
 def perceptual_hash(pixels: np.ndarray) -> np.ndarray:

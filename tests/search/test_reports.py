@@ -253,6 +253,40 @@ def test_hash_distance_limit_follows_how_alike_the_collection_hashes_are() -> No
     assert HASH_MARGIN > 0
 
 
+def test_copies_the_vectors_miss_do_not_lower_the_hash_cap() -> None:
+    """A folder of 30 pictures with 10 copies each, one copy of each (a greyscale one) placed
+    far away by the vectors: its pairs with its family sit among the pairs the vectors call
+    unrelated, and they must not set the cap (on a real folder like this they lowered the crop
+    cap from 6 bits to 2 and switched crops off: docs/benchmarks.md)."""
+    from search.reports.scan import hash_distance_limit
+
+    rng = np.random.default_rng(0)
+    pictures, copies = 30, 10
+    base = rng.integers(-(2**63), 2**63 - 1, dtype=np.int64)
+    # pictures that hash alike-ish, as real photos do: about 27 bits apart, the 1st percentile near 18
+    bits = rng.random((pictures, 64)) < 0.3
+    protos = base ^ (bits * (np.int64(1) << np.arange(64, dtype=np.int64))).sum(axis=1).astype(np.int64)
+    family = np.repeat(np.arange(pictures), copies)
+    codes = protos[family] ^ np.left_shift(np.int64(1), rng.integers(0, 63, len(family)))
+    centres = rng.normal(size=(pictures, 32))
+    caught = centres[family] + 0.05 * rng.normal(size=(len(family), 32))
+    missed = caught.copy()
+    grey = np.arange(len(family)) % copies == 0
+    missed[grey] = rng.normal(size=(int(grey.sum()), 32))
+    for v in (caught, missed):
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+    limit = hash_distance_limit(codes, vectors=caught)
+    assert limit is not None and limit >= 6
+    assert hash_distance_limit(codes, vectors=missed) == limit
+
+
+def test_candidate_bits_are_the_loosest_default_cap() -> None:
+    from search.reports.duplicates import TIERS
+    from search.reports.scan import CANDIDATE_BITS
+
+    assert max(x for t in TIERS for x in (t.hamming, t.crop_hamming) if x is not None) == CANDIDATE_BITS
+
+
 def test_untrustworthy_hashes_are_not_used(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     import search.reports.scan as rs
 
