@@ -253,14 +253,23 @@ def tune(work: Path, kind: str, vectors: str) -> dict:
 
 
 def serve(
-    work: Path, kind: str, vectors: str, shards: int, n_queries: int, advise: bool = True, effort: tuple = (0, 0)
+    work: Path,
+    kind: str,
+    vectors: str,
+    shards: int,
+    n_queries: int,
+    advise: bool = True,
+    effort: tuple = (0, 0),
+    pread: bool = False,
 ) -> dict:
     """What a server process does: open (mmap), answer single queries at the tuned `effort`
-    ((nprobe, rerank); shards: nprobe on the ladder at the default depth)."""
+    ((nprobe, rerank); shards: nprobe on the ladder at the default depth). With `pread`, the re-rank
+    reads its rows with pread as an advised SegmentStore does (indexer.segments.pread_rows), not
+    through the mapping."""
     import faiss
 
     from indexer import ondisk
-    from indexer.segments import advise_random, prefetch_rows
+    from indexer.segments import advise_random, pread_rows, prefetch_rows
     from indexer.vectors import NPROBE_LADDER, RECALL_TARGET
 
     faiss.omp_set_num_threads(1)  # as the engine: one thread a query
@@ -273,12 +282,15 @@ def serve(
     indexes = [ondisk.read(p) for p in paths]
     exact = np.load(work / f"{vectors}.npy", mmap_mode="r")
     advised = advise_random(exact) if advise else False  # as SegmentVectors does for the store's segments
+    fd = os.open(work / f"{vectors}.npy", os.O_RDONLY) if pread else None
     open_s = time.perf_counter() - t0
     opened = rss()
     queries = np.load(work / "queries.npy")
     truth = np.load(work / "truth.npy")
 
     def get(ids: np.ndarray) -> np.ndarray:
+        if fd is not None:  # as SegmentStore.get from an advised store
+            return pread_rows(exact, np.asarray(ids) - 1, None, fd)
         rows = np.sort(ids) - 1
         if advised:  # as SegmentStore.get from an advised store
             prefetch_rows(exact, rows)
@@ -335,6 +347,7 @@ def serve(
         "vectors": vectors,
         "shards": shards,
         "madvise_random": advised,
+        "pread": pread,
         "open_s": round(open_s, 3),
         "rss_before": before,
         "rss_opened": opened,
@@ -362,6 +375,7 @@ def serve_in_process(
     advise: bool = True,
     tuned: dict | None = None,
     cgroup: Path | None = None,
+    pread: bool = False,
 ):
     """Tune (a process of its own, unless `tuned` is given), then serve (another; in the memory
     `cgroup` directory if given, so the kernel holds its RSS, page cache included, to the cgroup's
@@ -373,7 +387,7 @@ def serve_in_process(
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         tuned = json.loads(out.stdout.strip().splitlines()[-1])
     cmd = [sys.executable, __file__, "--serve", str(work), kind, vectors, str(shards), str(n_queries), str(int(advise))]
-    cmd += [str(tuned["nprobe"]), str(tuned["rerank"])]
+    cmd += [str(tuned["nprobe"]), str(tuned["rerank"]), str(int(pread))]
     if cgroup is not None:  # join the cgroup, then become the server
         cmd = ["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "sh", *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
@@ -424,6 +438,11 @@ def run_size(n: int, args: argparse.Namespace, gen: Generator, queries: np.ndarr
                 cgroup=args.cgroup,
             )
             print(f"[{n:,}] serve {kind} no madvise {res['serve' + suffix + '_no_madvise']}", flush=True)
+        if args.pread:  # the same server reading the re-rank's rows with pread (what a server does now)
+            res["serve" + suffix + "_pread"] = serve_in_process(
+                work, kind, n_queries=args.timed, tuned=res["serve" + suffix]["tuning"], cgroup=args.cgroup, pread=True
+            )
+            print(f"[{n:,}] serve {kind} pread {res['serve' + suffix + '_pread']}", flush=True)
     if first and (work / "vectors16.npy").exists():  # what float16 costs in recall
         res["serve_float16"] = serve_in_process(work, "pq", "vectors16")
         print(f"[{n:,}] serve float16 {res['serve_float16']}", flush=True)
@@ -436,7 +455,8 @@ def run_size(n: int, args: argparse.Namespace, gen: Generator, queries: np.ndarr
 
 
 def table(results: list[dict]) -> str:
-    """One row per (size, codes, madvise) served: build, disk, RSS (anon / file), effort, recall, latency."""
+    """One row per (size, codes, how rows are read: madvise, none, pread) served: build, disk, RSS (anon /
+    file), effort, recall, latency."""
     head = (
         "| vectors | codes | madvise | train s | add s | .ivfdata MB | RSS open MB | RSS after 1k MB (anon / file)"
         " | nprobe | candidates | recall@10 | p50 ms | p95 ms |"
@@ -445,12 +465,13 @@ def table(results: list[dict]) -> str:
     for r in results:
         for key in sorted(k for k in r if k.startswith("serve") and k != "serve_shards" and k != "serve_float16"):
             s = r[key]
-            b = r.get("build" + key.removeprefix("serve").removesuffix("_no_madvise"), {})
+            b = r.get("build" + key.removeprefix("serve").removesuffix("_no_madvise").removesuffix("_pread"), {})
             after = s["rss_after"]
             density = "" if r.get("centres", CENTRES) == CENTRES else f" ({r['centres']:,} centres)"
             lines.append(
                 f"| {r['n']:,}{density}"
-                f" | {s['kind']} | {'yes' if s.get('madvise_random') else 'no'} | {b.get('train_s')} |"
+                f" | {s['kind']} | {'pread' if s.get('pread') else 'yes' if s.get('madvise_random') else 'no'} |"
+                f" {b.get('train_s')} |"
                 f" {b.get('add_s')} | {b.get('ivfdata_bytes', 0) / 1e6:,.0f} | {s['rss_opened']['VmRSS'] / 1e6:,.0f} |"
                 f" {after['VmRSS'] / 1e6:,.0f} ({after['RssAnon'] / 1e6:,.0f} / {after['RssFile'] / 1e6:,.0f}) |"
                 f" {s['nprobe']} | {s.get('candidates', '')} | {s['recall_at_10']} | {s['p50_ms']} | {s['p95_ms']} |"
@@ -513,9 +534,9 @@ def extrapolate(results: list[dict], sizes: tuple[int, ...] = (10_000_000, 100_0
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        work, kind, vectors, shards, nq, advise, nprobe, rerank = sys.argv[2:10]
+        work, kind, vectors, shards, nq, advise, nprobe, rerank, pread = sys.argv[2:11]
         effort = (int(nprobe), int(rerank))
-        print(json.dumps(serve(Path(work), kind, vectors, int(shards), int(nq), advise == "1", effort)))
+        print(json.dumps(serve(Path(work), kind, vectors, int(shards), int(nq), advise == "1", effort, pread == "1")))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--tune":
         work, kind, vectors = sys.argv[2:5]
@@ -536,6 +557,7 @@ def main() -> None:
     ap.add_argument("--timed", type=int, default=1000, help="single queries timed (and RSS measured after)")
     ap.add_argument("--cgroup", type=Path, help="a memory cgroup directory the servers run in (their RSS limit)")
     ap.add_argument("--no-madvise", action="store_true", help="serve each index again without madvise(MADV_RANDOM)")
+    ap.add_argument("--pread", action="store_true", help="serve each index again, the re-rank reading rows with pread")
     ap.add_argument("--work", type=Path, default=RESULTS / "work")
     ap.add_argument("--keep", action="store_true", help="keep the big files")
     ap.add_argument("--reuse", action="store_true", help="reuse the vectors, truth and indexes an earlier run left")

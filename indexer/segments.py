@@ -38,6 +38,7 @@ save); the indexer embeds the others again (indexer/build.py). A read-only open 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -70,6 +71,7 @@ __all__ = [
     "advise_random",
     "has_segments",
     "migrate_store",
+    "pread_rows",
     "plan_merge",
     "segment_files",
 ]
@@ -133,7 +135,8 @@ class SegmentStore:
         self._pending_matrix: np.ndarray | None = None
         self._tombstones: list[np.ndarray] = []  # saved ids removed since the last save
         self._index: faiss.Index | None = None
-        self._random = False  # advise_random was called: small gathers prefetch their pages
+        self._random = False  # advise_random was called: small gathers are read with pread
+        self._files: dict[str, int] = {}  # segment name -> a read-only descriptor of its vectors file
         self._rebuild_locations()
 
     # ---- opening
@@ -282,11 +285,32 @@ class SegmentStore:
         """Tell the kernel the saved vectors are read a few rows at a time, in no order (a re-rank's
         candidates): no read-ahead, so reading one 960-byte row faults in its page, not the ~128 KB
         around it. For readers only: a merge reads the files front to back. Returns the mappings advised.
-        From then on a gather of at most PREFETCH_ROWS rows first asks for all their pages at once
-        (:func:`prefetch_rows`), so a re-rank from a cold file waits for its reads together, not one
-        after another."""
+
+        From then on a gather of at most PREFETCH_ROWS rows (a re-rank's candidates, by-id vectors)
+        reads them with ``pread`` (:func:`pread_rows`), not through the mapping: the pages stay in
+        the kernel's page cache, shared and reclaimable, instead of being mapped into this process,
+        so a server's resident set does not grow with the rows its queries have touched (through
+        the mapping, 2.1 GB after 1,000 queries at 10M; docs/benchmarks.md, "The search index on disk")."""
         self._random = True
         return sum(advise_random(s.vectors) for s in self.segments)
+
+    def _descriptor(self, k: int) -> int:
+        """A read-only descriptor of segment `k`'s vectors file, opened once (closed by :meth:`close`)."""
+        name = self.segments[k].name
+        fd = self._files.get(name)
+        if fd is None:
+            fd = self._files[name] = os.open(self.segments[k].vectors.filename, os.O_RDONLY)
+        return fd
+
+    def close(self) -> None:
+        """Close the descriptors :meth:`get` opened for ``pread`` (the mappings close with the arrays)."""
+        files, self._files = self._files, {}
+        for fd in files.values():
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to do
+            self.close()
 
     def vector_blocks(self, ids: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, their vectors), at most `size` at a time, for `ids` stored, unique and ascending. A block
@@ -322,9 +346,16 @@ class SegmentStore:
                 continue
             if k < len(self.segments):
                 rows = rows - self._offsets[k]
+                vectors = self.segments[k].vectors
+                if self._random and len(rows) <= PREFETCH_ROWS and getattr(vectors, "filename", None):
+                    if first == last:
+                        pread_rows(vectors, rows, out, self._descriptor(k))
+                    else:
+                        out[pos] = pread_rows(vectors, rows, None, self._descriptor(k))
+                    continue
                 if self._random:
-                    prefetch_rows(self.segments[k].vectors, rows)
-                source = np.asarray(self.segments[k].vectors)
+                    prefetch_rows(vectors, rows)
+                source = np.asarray(vectors)
             else:
                 source, rows = self._pending_vectors(), rows - self._saved_rows
             if first == last:
@@ -505,6 +536,42 @@ def prefetch_rows(array: np.ndarray, rows: np.ndarray, *, span: bool = False) ->
     page = mmap.PAGESIZE
     for a, b in zip((first[heads] * page).tolist(), ((last[tails] + 1) * page).tolist(), strict=True):
         mapping.madvise(mmap.MADV_WILLNEED, a, b - a)
+
+
+def pread_rows(array: np.ndarray, rows: np.ndarray, out: np.ndarray | None, fd: int) -> np.ndarray:
+    """Rows `rows` of the memory-mapped 2-d ``.npy`` `array`, read from its file with ``pread`` on
+    `fd` (the mapping is never touched): into `out` when given, else a new array. The rows' byte
+    ranges are first handed to ``posix_fadvise(WILLNEED)``, so reads from a cold file are waited
+    for together, not one after another (as :func:`prefetch_rows` does for the mapping); consecutive
+    rows are read as one range. SegmentError on a short read (a file shorter than its header says)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    dim = array.shape[1]
+    if out is None:
+        out = np.empty((len(rows), dim), dtype=array.dtype)
+    if not len(rows):
+        return out
+    row_bytes = dim * array.dtype.itemsize
+    base = int(array.offset)  # where row 0 starts in the file: after the .npy header
+    order = np.argsort(rows, kind="stable")
+    ranked = rows[order]
+    heads = np.r_[0, np.flatnonzero(np.diff(ranked) != 1) + 1]
+    ends = np.r_[heads[1:], len(ranked)]
+    starts = (base + ranked[heads] * row_bytes).tolist()
+    sizes = ((ends - heads) * row_bytes).tolist()
+    if hasattr(os, "posix_fadvise"):
+        for off, size in zip(starts, sizes, strict=True):
+            os.posix_fadvise(fd, off, size, os.POSIX_FADV_WILLNEED)
+    in_order = out.flags.c_contiguous and bool((order == np.arange(len(order))).all())
+    buf = out if in_order else np.empty(out.shape, dtype=out.dtype)
+    view = memoryview(buf.reshape(-1).view(np.uint8))
+    at = 0
+    for off, size in zip(starts, sizes, strict=True):
+        if os.preadv(fd, [view[at : at + size]], off) != size:
+            raise SegmentError(f"{array.filename}: short read at byte {off} ({size} bytes asked for)")
+        at += size
+    if buf is not out:
+        out[order] = buf
+    return out
 
 
 def migrate_store(faiss_path: Path, directory: Path, *, seq: int) -> None:

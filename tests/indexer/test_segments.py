@@ -335,3 +335,56 @@ def test_a_store_of_another_dimension_is_replaced_at_the_first_save(tmp_path: Pa
     reopened = SegmentStore.open(directory, 16)
     assert reopened.dim == 16 and reopened.ids().tolist() == [3]
     assert len(list(directory.iterdir())) == 5
+
+
+# ---------------------------------------------------------------- how a server reads rows
+
+
+def _rss_file_kb() -> int:
+    """This process's resident file-backed pages (kB): what its mappings of files hold in memory."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_a_servers_row_reads_match_the_mapping_and_leave_its_resident_set_alone(tmp_path: Path) -> None:
+    """A server (advise_random) reads a re-rank's rows with pread: the same vectors as through the
+    mapping, in any order, repeated, across segments, without mapping the file's pages into the
+    process. Read through the mapping, the same reads make those pages resident (the contrast that
+    shows the measurement can fail)."""
+    from indexer.segments import pread_rows
+
+    dim, n = 256, 20_000  # 20 MB of vectors: 5,000 pages
+    rng = np.random.default_rng(0)
+    writer = SegmentStore.open(tmp_path, dim)
+    first = rng.standard_normal((n, dim)).astype(np.float32)
+    writer.add(np.arange(1, n + 1, dtype=np.int64), first)
+    writer.save(seq=1)
+    second = rng.standard_normal((100, dim)).astype(np.float32)
+    writer.add(np.arange(n + 1, n + 101, dtype=np.int64), second)
+    writer.save(seq=2)
+    ref = np.concatenate([first, second])
+
+    server = SegmentStore.open(tmp_path, dim, writable=False)
+    plain = SegmentStore.open(tmp_path, dim, writable=False)
+    assert server.advise_random() == 2
+    batches = [rng.choice(n, 100, replace=False) + 1 for _ in range(30)]  # 3,000 rows, as 30 re-ranks
+    odd = np.array([5, 3, 4, 4, n, n + 1, n + 100, 1, 2, 3], dtype=np.int64)  # runs, repeats, both files
+    assert np.array_equal(server.get(odd), ref[odd - 1])
+    assert np.array_equal(
+        pread_rows(server.segments[0].vectors, np.array([7, 2, 3]), None, server._descriptor(0)), first[[7, 2, 3]]
+    )
+
+    before = _rss_file_kb()
+    for ids in batches:
+        assert np.array_equal(server.get(ids), ref[ids - 1])
+    pread_growth = _rss_file_kb() - before
+    before = _rss_file_kb()
+    for ids in batches:
+        plain.get(ids)
+    mapped_growth = _rss_file_kb() - before
+    assert mapped_growth > 4_000, f"reads through the mapping made only {mapped_growth} kB resident"
+    assert pread_growth < 1_000, f"pread reads made {pread_growth} kB of file pages resident"
+    server.close()
+    assert not server._files
