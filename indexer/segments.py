@@ -387,6 +387,11 @@ class SegmentStore:
             self._index = index
         return self._index
 
+    @property
+    def index_built(self) -> bool:
+        """Whether :attr:`index` (the in-memory flat copy) is built and current."""
+        return self._index is not None
+
     def write_flat(self, path: str | os.PathLike) -> None:
         """Write :attr:`index` as one FAISS file (what a server opens as the exact store)."""
         atomic_write_via(Path(path), lambda tmp: faiss.write_index(self.index, tmp))
