@@ -549,7 +549,13 @@ def _store_chunks(store: VectorStore | SegmentStore) -> Callable[[], ondisk.Chun
 
 
 def _store_table(store: VectorStore | SegmentStore) -> np.ndarray:
-    """The (id, fingerprint) table of every stored vector, sorted by id (indexer/delta.py)."""
+    """The (id, fingerprint) table of every stored vector, sorted by id (indexer/delta.py). A segment
+    store's vectors are fingerprinted block by block from its files (16 bytes a vector held, not a
+    copy of every vector: 9.6 GB at 10M)."""
+    if isinstance(store, SegmentStore):
+        ids = store.ids()
+        fps = [fingerprints(block) for _, block in store.vector_blocks(ids, EXACT_BLOCK_ROWS)]
+        return delta.base_table(ids, np.concatenate(fps) if fps else fingerprints(np.empty((0, store.dim), np.float32)))
     ids, vecs = store.all_vectors()
     return delta.base_table(ids, fingerprints(vecs))
 
