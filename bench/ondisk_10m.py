@@ -502,7 +502,9 @@ def extrapolate(results: list[dict], sizes: tuple[int, ...] = (10_000_000, 100_0
     def scanned(r: dict) -> float:
         return r["serve"]["nprobe"] * r["n"] / r["build"]["params"]["nlist"]
 
-    g = (hi["serve"]["p50_ms"] - lo["serve"]["p50_ms"]) / max(1.0, scanned(hi) - scanned(lo))
+    if scanned(hi) <= scanned(lo):  # the tuner chose fewer lists at the larger size (a deeper re-rank
+        return []  # instead): a line through codes scanned says nothing (it gave 1.4M ms at 100M)
+    g = (hi["serve"]["p50_ms"] - lo["serve"]["p50_ms"]) / (scanned(hi) - scanned(lo))
     f = hi["serve"]["p50_ms"] - g * scanned(hi)
     if g <= 0:  # the larger size answered faster (re-rank depth tuned too, noise): nothing to scale
         return []
