@@ -23,6 +23,7 @@ _LAZY = {
     "content_hash": "catalog",
     "in_chunks": "catalog",
     "INDEX_TYPES": "vectors",
+    "IndexFormatError": "vectors",
     "Manifest": "vectors",
     "VectorStore": "vectors",
     "plan_index": "vectors",

@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 
 from encoder.atomic import atomic_write_json, atomic_write_via, atomic_writer
-from encoder.errors import ConfigError
+from encoder.errors import ConfigError, LookalikeError
 
 from . import delta, ondisk, ondisk_tune
 from .catalog import Catalog
@@ -349,6 +349,18 @@ def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the manifest
 
 
+class IndexFormatError(LookalikeError):
+    """An index a newer lookalike wrote, in a form this version cannot read correctly."""
+
+
+#: What this lookalike knows how to read. A manifest lists in ``requires`` the features its generation
+#: uses that change how it must be read; a reader that meets one it does not know refuses the index
+#: rather than answer wrongly. (A lookalike from before deltas reads a delta generation's manifest,
+#: drops the ``delta`` field it does not know, and serves the base alone: missing the new images and
+#: showing removed ones. Versions from before ``requires`` cannot be protected; later ones are.)
+READER_FEATURES: frozenset[str] = frozenset({"delta"})
+
+
 @dataclass
 class Manifest:
     generation: int = 0
@@ -373,20 +385,37 @@ class Manifest:
     #: delta holds, the base's generation and reason, and how its hit rows are published
     #: ("layered": the base's and ``hit_rows.delta.bin``; "full": ``hit_rows.bin`` alone; "none").
     delta: dict[str, Any] = field(default_factory=dict)
+    #: The features of this generation that a reader must know to serve it correctly
+    #: (:data:`READER_FEATURES`), set by :meth:`write` from what the generation uses.
+    requires: list[str] = field(default_factory=list)
 
     @classmethod
     def read(cls, index_dir: str | os.PathLike) -> Manifest | None:
+        """The published manifest (None: nothing published yet). IndexFormatError when the generation
+        needs a feature this lookalike does not know: a newer one wrote it."""
         try:
             data = json.loads((Path(index_dir) / MANIFEST).read_text())
         except FileNotFoundError:
             return None
+        unknown = sorted(set(data.get("requires", [])) - READER_FEATURES)
+        if unknown:
+            raise IndexFormatError(
+                f"{index_dir}: this index was written by a newer lookalike and needs {', '.join(unknown)},"
+                " which this version cannot read; upgrade lookalike, or index the folder again into a new"
+                " index directory with this version"
+            )
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
     def write(self, index_dir: str | os.PathLike, *, stamp: bool = True) -> None:
         if stamp:
             self.updated_at = time.time()
+        self.requires = self.features()
         atomic_write_json(Path(index_dir) / MANIFEST, asdict(self))
+
+    def features(self) -> list[str]:
+        """The features this generation uses that change how it must be read (see ``requires``)."""
+        return ["delta"] if self.delta else []
 
     def files(self, index_dir: str | os.PathLike) -> Path:
         """The directory that holds this generation's files (what readers open)."""

@@ -3,6 +3,7 @@ writes, what readers answer from it, and when it builds the index again instead.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -156,6 +157,32 @@ def test_a_small_change_reuses_the_index_and_writes_only_the_change(tmp_path: Pa
     third = publish_now(idx, store, mid, second, "hnsw", seq=3)
     assert third.delta["search"] == 130 and third.delta["base_generation"] == first.generation
     assert os.path.samefile(second.files(idx) / SEARCH, third.files(idx) / SEARCH)  # generation 1 is tidied away
+
+
+def test_a_delta_generation_is_refused_by_a_reader_that_does_not_know_its_features(tmp_path: Path) -> None:
+    """A delta generation says so in ``requires``; a reader meets a feature it does not know (as this
+    version would meet a newer one's) with a clear refusal, from the engine and the indexer, instead
+    of serving the base alone."""
+    from indexer.vectors import READER_FEATURES, IndexFormatError
+
+    idx, store, mid, first = first_publish(tmp_path)
+    assert json.loads((idx / "manifest.json").read_text())["requires"] == []
+    change_some(idx, store, mid, seq=2)
+    second = publish_now(idx, store, mid, first, "hnsw", seq=2)
+    assert second.delta and json.loads((idx / "manifest.json").read_text())["requires"] == ["delta"]
+    assert "delta" in READER_FEATURES and Manifest.read(idx).delta == second.delta
+
+    data = json.loads((idx / "manifest.json").read_text())
+    data["requires"] = ["delta", "sharded-lists"]  # what a newer lookalike might write
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (idx / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(IndexFormatError, match="newer lookalike and needs sharded-lists"):
+        Manifest.read(idx)
+    with pytest.raises(IndexFormatError, match="sharded-lists"):
+        Engine(idx)
+    with pytest.raises(IndexFormatError, match="sharded-lists"):
+        build_index(photos, idx)  # the indexer does not overwrite it either
 
 
 def test_readers_answer_from_the_base_and_the_delta(tmp_path: Path) -> None:
