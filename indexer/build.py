@@ -253,7 +253,10 @@ def _publish(run: IndexRun, manifest: Manifest | None) -> None:
         or manifest.store_seq != catalog.store_seq()  # saved since, by a run killed before it published
         or manifest.count != len(store)
         or manifest.model_id != run.model_id
-        or (opts.index_type != "auto" and manifest.index_type != plan.index_type)
+        or (
+            opts.index_type != "auto"
+            and (manifest.index_type, manifest.params.get("codes")) != (plan.index_type, plan.params.get("codes"))
+        )
     )
     derived_stale = manifest is not None and (
         manifest.neighbours_k != k

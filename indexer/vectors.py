@@ -55,7 +55,10 @@ from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEA
 from .neighbours import fingerprints, read_neighbours, table_dtype, update_neighbours, write_neighbours
 from .segments import SegmentStore, has_segments, segment_files
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", ondisk.ONDISK)
+#: The on-disk index with 8-bit scalar codes instead of PQ (params["codes"] = "sq8"): 248 bytes a vector
+#: on disk at 240 dims (PQ: 68), quicker to build and to re-rank from; docs/benchmarks.md compares them.
+ONDISK_SQ8 = "ivfsq8-disk"
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", ondisk.ONDISK, ONDISK_SQ8)
 #: Up to this many vectors, exact search is fast enough (~N*d multiply-adds per query:
 #: 100k x 128 is a few ms on one core) and perfectly accurate.
 FLAT_MAX = 100_000
@@ -89,10 +92,13 @@ def plan_index(n: int, dim: int, requested: str = "auto") -> IndexPlan:
         return IndexPlan("flat", {}, why)
     if requested == "hnsw":
         return IndexPlan("hnsw", {"M": 32, "efConstruction": 80, "efSearch": 96}, why)
-    if requested == ondisk.ONDISK:
+    if requested in (ondisk.ONDISK, ONDISK_SQ8):
         if n < 1024:  # too few to train the PQ codebooks
             return IndexPlan("flat", {}, f"{requested} asked for, but {n} vectors are too few to train it: flat")
-        return IndexPlan(requested, ondisk.ondisk_params(n, dim), why)
+        params = ondisk.ondisk_params(n, dim)
+        if requested == ONDISK_SQ8:  # the same on-disk index, its codes 8-bit scalars
+            params, why = {**params, "codes": "sq8"}, f"{why}; 8-bit scalar codes"
+        return IndexPlan(ondisk.ONDISK, params, why)
     # IVF needs ~39 training points per list; with too few vectors it cannot train.
     nlist = int(min(max(1, 4 * math.sqrt(n)), max(1, n // 39)))
     if requested == "ivf":

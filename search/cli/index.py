@@ -112,7 +112,9 @@ def index(
         None, "--model", help="Model directory [default: the index's own; trains one if none]."
     ),
     index_type: str = typer.Option(
-        "auto", help="auto, flat, hnsw, ivf, ivfpq or ivfpq-disk (inverted lists on disk, memory-mapped)."
+        "auto",
+        help="auto, flat, hnsw, ivf, ivfpq, ivfpq-disk (inverted lists on disk, memory-mapped) or"
+        " ivfsq8-disk (the same with 8-bit scalar codes: 3.6x the disk, quicker to build and query).",
     ),
     reembed: bool = typer.Option(False, "--reembed", help="Re-embed every image (needed after changing the model)."),
     catalog: str | None = typer.Option(None, help="SQLAlchemy URL of the catalog [default: SQLite in the index]."),

@@ -163,6 +163,16 @@ class _Unadvised(SegmentVectors):
         self.store, self.dim = store, int(store.dim)
 
 
+def test_sq8_codes_are_asked_for_by_index_type() -> None:
+    from indexer.vectors import INDEX_TYPES, ONDISK_SQ8
+
+    assert ONDISK_SQ8 in INDEX_TYPES
+    plan = plan_index(50_000, DIM, ONDISK_SQ8)
+    assert plan.index_type == ondisk.ONDISK and plan.params["codes"] == "sq8" and "scalar" in plan.reason
+    assert plan_index(50_000, DIM, ondisk.ONDISK).params["codes"] == "pq"
+    assert plan_index(500, DIM, ONDISK_SQ8).index_type == "flat"  # too few to train: flat, as for PQ
+
+
 def test_sq8_codes_publish_update_and_answer(tmp_path: Path) -> None:
     idx, store, mid = new_index(tmp_path, 1)
     store.add(np.arange(1, N + 1, dtype=np.int64), dense(N, 0))
