@@ -106,6 +106,7 @@ def test_the_tuned_depth_round_trips_through_the_manifest_and_the_engine_uses_it
     plan = plan_index(len(store), DIM, ondisk.ONDISK)
     plan = IndexPlan(plan.index_type, {**plan.params, "m": COARSE_M}, plan.reason)
     m = publish(idx, store, plan, mid, None, neighbours_k=0)
+    assert not store.index_built, "the publish built an in-memory flat copy of the store"
     assert m.params["rerank"] > ondisk.RERANK and m.params["recall_at_10"] >= RECALL_TARGET
     assert f"rerank {m.params['rerank']}" in m.reason
     # On disk: the manifest a server reads holds it.
@@ -201,12 +202,10 @@ def test_sq8_codes_publish_update_and_answer(tmp_path: Path) -> None:
     assert third.params["codes"] == "pq" and "trained on" in third.reason
 
 
-def test_the_writer_tunes_and_builds_the_on_disk_index_without_a_flat_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Publishing an on-disk index reads the vectors from the segments block by block: the ground
-    truth it tunes against is the flat index's answer, and no in-memory flat copy of every vector
-    (9.6 GB at 10M) is made."""
+def test_the_writers_exact_ground_truth_needs_no_flat_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ground truth an on-disk index is tuned against, scanned from the segments block by block,
+    is the flat index's answer, and scanning builds no in-memory flat copy of every vector (9.6 GB at
+    10M)."""
     import indexer.vectors as iv
 
     idx, store, mid = new_index(tmp_path, 1)
@@ -221,8 +220,4 @@ def test_the_writer_tunes_and_builds_the_on_disk_index_without_a_flat_copy(
     flat.add_with_ids(store.get(store.ids()), store.ids())
     assert np.array_equal(blockwise, flat.search(q, 11)[1])
     assert (iv.exact_top(store, q[:2], N + 5)[:, N:] == -1).all()  # fewer stored than asked: padded
-
-    plan = plan_index(len(store), DIM, ondisk.ONDISK)
-    m = publish(idx, store, plan, mid, None, neighbours_k=0)
-    assert not store.index_built, "the publish built the flat copy"
-    assert m.params["recall_at_10"] >= RECALL_TARGET
+    # (that a publish builds no flat copy is asserted where one is made: the tuned-depth test above)
