@@ -34,7 +34,7 @@ import numpy as np
 
 from . import ondisk
 from .layout import SEGMENTS, STORE
-from .neighbours import member
+from .neighbours import SCORE_ROWS, member, top_k_blocks
 from .segments import SegmentError, SegmentStore, has_segments
 from .vectors import Manifest, apply_search_params, read_search_index
 
@@ -46,10 +46,6 @@ __all__ = [
     "open_exact_vectors",
     "read_mapped",
 ]
-
-#: Rows scored at a time by a filtered search over segments: 32,768 x 240 float32 = 31 MB, so a filter
-#: that allows a million ids costs a few such blocks of memory, not a copy of its vectors.
-SCORE_ROWS = 32_768
 
 
 class ExactVectors(ABC):
@@ -87,23 +83,7 @@ class ExactVectors(ABC):
         allowed = np.sort(np.asarray(allowed, dtype=np.int64).reshape(-1))
         allowed = allowed[np.r_[True, allowed[1:] != allowed[:-1]]] if len(allowed) else allowed  # unique
         allowed = allowed[self.contains(allowed)]
-        best_s = np.empty((len(q), 0), dtype=np.float32)
-        best_i = np.empty((len(q), 0), dtype=np.int64)
-        for chunk, block in self.blocks(allowed):
-            scores = q @ block.T  # (nq, rows)
-            best_s = np.concatenate([best_s, scores], axis=1)
-            best_i = np.concatenate([best_i, np.broadcast_to(chunk, scores.shape)], axis=1)
-            if best_s.shape[1] > k:  # keep k a row: memory stays k + SCORE_ROWS columns
-                keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
-                best_s = np.take_along_axis(best_s, keep, axis=1)
-                best_i = np.take_along_axis(best_i, keep, axis=1)
-        sims = np.full((len(q), k), -np.inf, dtype=np.float32)
-        found = np.full((len(q), k), -1, dtype=np.int64)
-        for row in range(len(q)):
-            order = np.lexsort((best_i[row], -best_s[row]))  # best first; a tie by id, so answers repeat
-            sims[row, : len(order)] = best_s[row, order]
-            found[row, : len(order)] = best_i[row, order]
-        return sims, found
+        return top_k_blocks(q, self.blocks(allowed), k)
 
     def blocks(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, their vectors), `SCORE_ROWS` at a time, for stored, unique, ascending `ids`."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import faiss
@@ -70,6 +71,37 @@ def member(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return np.zeros(len(ids), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
     return sorted_ids[pos] == ids
+
+
+#: Rows scored at a time by an exact scan (:func:`top_k_blocks`): 32,768 x 240 float32 = 31 MB, so a
+#: scan of every stored vector holds a block, not a copy of them.
+SCORE_ROWS = 32_768
+
+
+def top_k_blocks(
+    q: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-`k` by inner product of each row of `q` over `blocks` of (ids, vectors), as FAISS
+    answers: (similarities, ids), each (len(q), k), best first (a tie by id, so answers repeat),
+    padded with -inf / -1 where fewer than `k` were scored. Memory stays k + one block's columns."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    best_s = np.empty((len(q), 0), dtype=np.float32)
+    best_i = np.empty((len(q), 0), dtype=np.int64)
+    for ids, block in blocks:
+        scores = q @ np.asarray(block, dtype=np.float32).T  # (nq, rows)
+        best_s = np.concatenate([best_s, scores], axis=1)
+        best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
+        if best_s.shape[1] > k:  # keep k a row
+            keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+            best_s = np.take_along_axis(best_s, keep, axis=1)
+            best_i = np.take_along_axis(best_i, keep, axis=1)
+    sims = np.full((len(q), k), -np.inf, dtype=np.float32)
+    found = np.full((len(q), k), -1, dtype=np.int64)
+    for row in range(len(q)):
+        order = np.lexsort((best_i[row], -best_s[row]))
+        sims[row, : len(order)] = best_s[row, order]
+        found[row, : len(order)] = best_i[row, order]
+    return sims, found
 
 
 def fingerprints(vectors: np.ndarray) -> np.ndarray:

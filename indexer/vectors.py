@@ -52,7 +52,15 @@ from .generations import (
 )
 from .hit_rows import HitRows, changed_rows, read_hit_rows, write_hit_rows
 from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, SEGMENTS, STORE
-from .neighbours import fingerprints, read_neighbours, table_dtype, update_neighbours, write_neighbours
+from .neighbours import (
+    SCORE_ROWS,
+    fingerprints,
+    read_neighbours,
+    table_dtype,
+    top_k_blocks,
+    update_neighbours,
+    write_neighbours,
+)
 from .segments import SegmentStore, has_segments, segment_files
 
 #: The on-disk index with 8-bit scalar codes instead of PQ (params["codes"] = "sq8"): 248 bytes a vector
@@ -279,10 +287,6 @@ def tune_search(
     return IndexPlan(plan.index_type, params, plan.reason + note)
 
 
-#: Rows scored at a time by :func:`exact_top` over segments (32,768 x 240 float32: 31 MB).
-EXACT_BLOCK_ROWS = 32_768
-
-
 def exact_top(store: VectorStore | SegmentStore, q: np.ndarray, k: int) -> np.ndarray:
     """The ids of the exact top-`k` stored vectors by inner product for each row of `q`, best first
     (-1 where fewer are stored): the ground truth a search index is tuned against. A segment store
@@ -290,22 +294,7 @@ def exact_top(store: VectorStore | SegmentStore, q: np.ndarray, k: int) -> np.nd
     scanned block by block from its files instead, so the writer holds one block, not a copy."""
     if not isinstance(store, SegmentStore) or store.index_built:
         return store.index.search(np.ascontiguousarray(q, dtype=np.float32), k)[1]
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_i = np.full((len(q), 0), -1, dtype=np.int64)
-    for ids, block in store.vector_blocks(store.ids(), EXACT_BLOCK_ROWS):
-        scores = q @ np.asarray(block, dtype=np.float32).T
-        best_s = np.concatenate([best_s, scores], axis=1)
-        best_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
-        if best_s.shape[1] > k:  # keep k a row
-            keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
-            best_s = np.take_along_axis(best_s, keep, axis=1)
-            best_i = np.take_along_axis(best_i, keep, axis=1)
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    found = np.take_along_axis(best_i, order, axis=1)
-    if found.shape[1] < k:
-        found = np.concatenate([found, np.full((len(q), k - found.shape[1]), -1, dtype=np.int64)], axis=1)
-    return found
+    return top_k_blocks(q, store.vector_blocks(store.ids(), SCORE_ROWS), k)[1]
 
 
 def _tune_ondisk(
@@ -589,7 +578,7 @@ def _store_table(store: VectorStore | SegmentStore) -> np.ndarray:
     copy of every vector: 9.6 GB at 10M)."""
     if isinstance(store, SegmentStore):
         ids = store.ids()
-        fps = [fingerprints(block) for _, block in store.vector_blocks(ids, EXACT_BLOCK_ROWS)]
+        fps = [fingerprints(block) for _, block in store.vector_blocks(ids, SCORE_ROWS)]
         return delta.base_table(ids, np.concatenate(fps) if fps else fingerprints(np.empty((0, store.dim), np.float32)))
     ids, vecs = store.all_vectors()
     return delta.base_table(ids, fingerprints(vecs))

@@ -213,7 +213,7 @@ def test_the_writers_exact_ground_truth_needs_no_flat_copy(tmp_path: Path, monke
     add_rows(idx, mid, 2, N, seq=2)
     store.save(seq=2)
     q = dense(50, seed=3)
-    monkeypatch.setattr(iv, "EXACT_BLOCK_ROWS", 4_096)  # 5 blocks over the 20k vectors
+    monkeypatch.setattr(iv, "SCORE_ROWS", 4_096)  # 5 blocks over the 20k vectors
     blockwise = iv.exact_top(store, q, 11)
     assert not store.index_built
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
