@@ -12,8 +12,8 @@
   IVF-PQ) rebuilt from the store after a run changes it. Approximate types
   cannot remove vectors cheaply (HNSW not at all), so they are derived, never
   edited.
-``manifest.json`` is written last and names the type, parameters, the reason
-for the choice, the model, a generation number that readers watch, and the
+``manifest.json`` (indexer/manifest.py) is written last and names the type, parameters,
+the reason for the choice, the model, a generation number that readers watch, and the
 generation's directory (indexer/generations.py): readers open only the files in
 it, so a publish switches them to the new files all at once.
 
@@ -23,20 +23,18 @@ Vectors are L2-normalised, so inner product is cosine similarity in [-1, 1].
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from encoder.atomic import atomic_write_json, atomic_write_via, atomic_writer
-from encoder.errors import ConfigError, LookalikeError
+from encoder.atomic import atomic_write_via, atomic_writer
+from encoder.errors import ConfigError
 
 from . import delta, ondisk, ondisk_tune
 from .catalog import Catalog
@@ -51,7 +49,8 @@ from .generations import (
     tidy_generations,
 )
 from .hit_rows import HitRows, changed_rows, read_hit_rows, write_hit_rows
-from .layout import HIT_ROWS, MANIFEST, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEARCH, SEGMENTS, STORE
+from .layout import HIT_ROWS, NEIGHBOURS, NEIGHBOURS_K, SEARCH, SEGMENTS, STORE
+from .manifest import Manifest
 from .neighbours import (
     SCORE_ROWS,
     fingerprints,
@@ -339,86 +338,6 @@ def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
         inner.hnsw.efSearch = int(params["efSearch"])
     if "nprobe" in params and hasattr(inner, "nprobe"):
         inner.nprobe = int(params["nprobe"])
-
-
-# ---------------------------------------------------------------- the manifest
-
-
-class IndexFormatError(LookalikeError):
-    """An index a newer lookalike wrote, in a form this version cannot read correctly."""
-
-
-#: What this lookalike knows how to read. A manifest lists in ``requires`` the features its generation
-#: uses that change how it must be read; a reader that meets one it does not know refuses the index
-#: rather than answer wrongly. (A lookalike from before deltas reads a delta generation's manifest,
-#: drops the ``delta`` field it does not know, and serves the base alone: missing the new images and
-#: showing removed ones. Versions from before ``requires`` cannot be protected; later ones are.)
-READER_FEATURES: frozenset[str] = frozenset({"delta"})
-
-
-@dataclass
-class Manifest:
-    generation: int = 0
-    count: int = 0
-    dim: int = 0
-    model_id: str | None = None
-    index_type: str = "flat"
-    params: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-    search_file: str = STORE
-    bytes_per_vector: float = 0.0
-    neighbours_k: int = 0  # rows of neighbours.npy hold this many neighbours (0: no table)
-    neighbours: str = ""  # what the last update of the table did
-    updated_at: float = 0.0
-    #: The generation's directory, relative to the index directory ("" in an index published before
-    #: generations: its files are the ones at the top of the index).
-    directory: str = ""
-    #: The catalog's store save sequence number when this was published: a later save (by a run
-    #: killed before it published) means the store differs from the published one.
-    store_seq: int = 0
-    #: Set when the generation is its search index's base and a delta (indexer/delta.py): what the
-    #: delta holds, the base's generation and reason, and how its hit rows are published
-    #: ("layered": the base's and ``hit_rows.delta.bin``; "full": ``hit_rows.bin`` alone; "none").
-    delta: dict[str, Any] = field(default_factory=dict)
-    #: The features of this generation that a reader must know to serve it correctly
-    #: (:data:`READER_FEATURES`), set by :meth:`write` from what the generation uses.
-    requires: list[str] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, index_dir: str | os.PathLike) -> Manifest | None:
-        """The published manifest (None: nothing published yet). IndexFormatError when the generation
-        needs a feature this lookalike does not know: a newer one wrote it."""
-        try:
-            data = json.loads((Path(index_dir) / MANIFEST).read_text())
-        except FileNotFoundError:
-            return None
-        unknown = sorted(set(data.get("requires", [])) - READER_FEATURES)
-        if unknown:
-            raise IndexFormatError(
-                f"{index_dir}: this index was written by a newer lookalike and needs {', '.join(unknown)},"
-                " which this version cannot read; upgrade lookalike, or index the folder again into a new"
-                " index directory with this version"
-            )
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def write(self, index_dir: str | os.PathLike, *, stamp: bool = True) -> None:
-        if stamp:
-            self.updated_at = time.time()
-        self.requires = self.features()
-        atomic_write_json(Path(index_dir) / MANIFEST, asdict(self))
-
-    def features(self) -> list[str]:
-        """The features this generation uses that change how it must be read (see ``requires``)."""
-        return ["delta"] if self.delta else []
-
-    def files(self, index_dir: str | os.PathLike) -> Path:
-        """The directory that holds this generation's files (what readers open)."""
-        return Path(index_dir) / self.directory
-
-    def model_dir(self, index_dir: str | os.PathLike) -> Path:
-        """The model that made this generation's vectors."""
-        return self.files(index_dir) / MODEL_DIR
 
 
 def refresh_neighbours(

@@ -163,7 +163,7 @@ def test_a_delta_generation_is_refused_by_a_reader_that_does_not_know_its_featur
     """A delta generation says so in ``requires``; a reader meets a feature it does not know (as this
     version would meet a newer one's) with a clear refusal, from the engine and the indexer, instead
     of serving the base alone."""
-    from indexer.vectors import READER_FEATURES, IndexFormatError
+    from indexer.manifest import READER_FEATURES, IndexFormatError
 
     idx, store, mid, first = first_publish(tmp_path)
     assert json.loads((idx / "manifest.json").read_text())["requires"] == []
