@@ -12,10 +12,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from cli_process import run_cli
 from conftest import REPO, write_jpeg
 
 from encoder.checkpoint import model_id
@@ -52,12 +52,12 @@ APPROXIMATE_POINTS = (
 
 
 def run_index(folder: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "search", "index", str(folder), "--workers", "0", "--batch-size", "8", *extra]
+    argv = ["index", str(folder), "--workers", "0", "--batch-size", "8", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(KILL_AT_ENV, None)
     if kill_at is not None:
         env[KILL_AT_ENV] = kill_at
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
+    return run_cli(argv, env=env, cwd=REPO)
 
 
 def assert_answers_as_live_search(index: Path) -> Manifest:
@@ -201,10 +201,7 @@ DELTA_POINTS = (
     *COMMIT_POINTS,
 )
 #: `lookalike index` with deltas allowed over any base (the real bound is 100,000 vectors).
-DELTA_RUNNER = (
-    "import sys; from indexer import delta; delta.DELTA_ABOVE = 1; delta.HIDDEN_MAX_SHARE = 1.0; "
-    "from search.cli import app; app(prog_name='lookalike')"
-)
+DELTA_BOUNDS = {"indexer.delta.DELTA_ABOVE": 1, "indexer.delta.HIDDEN_MAX_SHARE": 1.0}
 
 
 def assert_answers_through_the_delta(index: Path) -> Manifest:
@@ -238,12 +235,12 @@ def test_sigkill_at_every_point_of_a_delta_publish_leaves_a_whole_generation(tmp
     assert base is not None and not base.delta
 
     def run(kill_at: str | None) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-c", DELTA_RUNNER, "index", str(folder), "--workers", "0", "--index-type", "hnsw"]
+        argv = ["index", str(folder), "--workers", "0", "--index-type", "hnsw"]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop(KILL_AT_ENV, None)
         if kill_at is not None:
             env[KILL_AT_ENV] = kill_at
-        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
+        return run_cli(argv, env=env, cwd=REPO, patch=DELTA_BOUNDS)
 
     for n, point in enumerate(DELTA_POINTS):
         write_jpeg(folder / "d2" / f"new_{n:02d}.jpg", seed=1000 + n)

@@ -8,11 +8,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_process import run_cli
 from conftest import REPO, write_jpeg
 
 from indexer import Catalog, Manifest, build_index
@@ -186,13 +186,13 @@ def make_folder(root: Path, n: int = 24) -> Path:
 
 
 def run_index(folder: Path, model: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "search", "index", str(folder), "--model", str(model), "--workers", "0"]
-    cmd += ["--batch-size", "8", "--checkpoint-every", "0"]  # a checkpoint (a segment) after every batch
+    argv = ["index", str(folder), "--model", str(model), "--workers", "0"]
+    argv += ["--batch-size", "8", "--checkpoint-every", "0"]  # a checkpoint (a segment) after every batch
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(KILL_AT_ENV, None)
     if kill_at is not None:
         env[KILL_AT_ENV] = kill_at
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
+    return run_cli(argv, env=env, cwd=REPO)
 
 
 def indexed(idx: Path) -> dict[str, np.ndarray]:
