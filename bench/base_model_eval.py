@@ -10,6 +10,9 @@ beside the models, on the same images):
   calibration fitted on the folder, as training fits it), no training at all;
 - ``finetune``: the product's default training on the folder, started from the base model
   (``TrainConfig(init_from=BASE)``, the default step budget);
+- ``finetune@N``: the same with a budget of N steps (``TrainConfig.min_steps``: N up to 1,000 training
+  images, growing with the square root above, as the default 500 does), for how quality depends on
+  the training budget;
 - ``scratch``: the default training from random weights (``init_from=None``: what lookalike did
   before the base model).
 
@@ -75,8 +78,13 @@ def run_one(name: str, seed: int, arms: list[str], base: Path, out: Path) -> dic
     if "frozen" in arms:
         corpus = read_labelled_folder(folder, label_column=label_column, max_images=max_images, seed=seed)
         specs.append(ModelSpec(name="base-frozen", model_dir=frozen_model(base, folder, corpus.paths, work / "frozen")))
-    if "finetune" in arms:
-        specs.append(ModelSpec(name="base-finetune", kind="conv", train_overrides={"init_from": str(base)}))
+    for arm in arms:
+        # "finetune": the default budget; "finetune@N": N steps (TrainConfig.min_steps) instead
+        if arm == "finetune" or arm.startswith("finetune@"):
+            steps = arm.partition("@")[2]
+            over: dict[str, Any] = {"init_from": str(base), **({"min_steps": int(steps)} if steps else {})}
+            spec_name = "base-finetune" + (f"-{steps}" if steps else "")
+            specs.append(ModelSpec(name=spec_name, kind="conv", train_overrides=over))
     if "scratch" in arms:
         specs.append(ModelSpec(name="scratch", kind="conv", train_overrides={"init_from": None}))
     t0 = time.perf_counter()
