@@ -258,3 +258,34 @@ def test_sigkill_at_every_point_of_a_delta_publish_leaves_a_whole_generation(tmp
     assert done.returncode == 0, done.stdout.decode()
     m = assert_answers_as_live_search(idx)
     assert not m.delta and not (m.files(idx) / DELTA).exists()
+
+
+def test_a_delta_after_a_killed_full_publish_reuses_the_published_index_not_the_killed_runs(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A full publish killed once its search index is written leaves working files newer than the
+    published generation's; a delta over that generation must link the generation's own files, not
+    those (`restore_working`), or the delta's vectors would be searched twice."""
+    folder = tmp_path / "pics"
+    for i in range(16):
+        write_jpeg(folder / f"d{i % 2}" / f"img_{i:02d}.jpg", (64, 48), seed=i)
+    idx = folder / ".lookalike"
+    build_index(folder, model_dir=tiny_model, index_type="hnsw", progress=False, workers=0)
+    base = Manifest.read(idx)
+    assert base is not None
+
+    argv = ["index", str(folder), "--workers", "0", "--index-type", "hnsw"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), KILL_AT_ENV: "publish:search"}
+    write_jpeg(folder / "d2" / "killed.jpg", seed=500)
+    no_delta = {**DELTA_BOUNDS, "indexer.delta.DELTA_ABOVE": 10**9}  # a full publish
+    done = run_cli(argv, env=env, cwd=REPO, patch=no_delta)
+    assert done.returncode == -signal.SIGKILL, done.stdout.decode()
+    assert Manifest.read(idx).generation == base.generation
+
+    write_jpeg(folder / "d2" / "after.jpg", seed=501)
+    env.pop(KILL_AT_ENV)
+    done = run_cli(argv, env=env, cwd=REPO, patch=DELTA_BOUNDS)
+    assert done.returncode == 0, done.stdout.decode()
+    m = assert_answers_through_the_delta(idx)
+    assert m.delta and m.delta["base_generation"] == base.generation and m.delta["search"] == 2
+    assert m.count == 18
