@@ -30,7 +30,8 @@ def measure(index_dir: Path, n_queries: int, efs: list[int], seed: int) -> dict[
     import faiss
 
     from indexer.exact import open_exact_vectors
-    from indexer.vectors import Manifest, apply_search_params, read_search_index
+    from indexer.manifest import Manifest
+    from indexer.vectors import apply_search_params, read_search_index
 
     faiss.omp_set_num_threads(1)
     manifest = Manifest.read(index_dir)

@@ -49,8 +49,9 @@ from indexer import ondisk
 from indexer.delta import DELTA, DELTA_MAX, HIDDEN_MAX_SHARE, Delta, DeltaIndex, read_delta
 from indexer.exact import read_mapped
 from indexer.layout import SEARCH
+from indexer.manifest import Manifest
 from indexer.segments import MAX_SEGMENTS, SegmentStore
-from indexer.vectors import Manifest, VectorStore, plan_index, publish
+from indexer.vectors import VectorStore, plan_index, publish
 
 
 def vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -34,9 +34,10 @@ import numpy as np
 
 from . import ondisk
 from .layout import SEGMENTS, STORE
+from .manifest import Manifest
 from .neighbours import SCORE_ROWS, member, top_k_blocks
 from .segments import SegmentError, SegmentStore, has_segments
-from .vectors import Manifest, apply_search_params, read_search_index
+from .vectors import apply_search_params, read_search_index
 
 __all__ = [
     "ExactVectors",
