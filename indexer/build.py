@@ -45,7 +45,7 @@ from .exact import generation_has_vectors
 from .generations import tidy_generations
 from .hit_rows import read_hit_rows
 from .index_model import IndexBuildError, prepare_model
-from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEGMENTS, STORE, default_index_dir
+from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEGMENTS, SHARDS, STORE, default_index_dir
 from .manifest import Manifest
 from .neighbours import read_neighbours
 from .run import IndexRun, IndexSummary, RunOptions
@@ -173,7 +173,7 @@ def _remove_leftover_temps(idx: Path) -> None:
     """Temporary files of atomic writes (``.NAME.*.tmp``) that a killed writer left in the index
     or its model. Under the writer lock nobody else is writing them; the thumbnail cache, which a
     running server writes to, is left alone."""
-    for folder in (idx, idx / MODEL_DIR, idx / MODEL_DIR / RESUME_DIR):
+    for folder in (idx, idx / MODEL_DIR, idx / MODEL_DIR / RESUME_DIR, idx / SHARDS):
         for tmp in folder.glob(f".*{TMP_SUFFIX}"):
             log.info("removing %s, left by an interrupted run", tmp)
             tmp.unlink(missing_ok=True)

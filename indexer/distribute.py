@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -51,6 +52,9 @@ class ShardResult:
     vectors: np.ndarray  # (number of files without an error, D) float32, unit length
     hashes: list[str | None] | None = None  # content hashes, when the worker computed them
     worker: str = field(default="local")
+    #: The shard file (indexer/shard_file.py) this result was read from, in the run's spool folder:
+    #: the driver removes it once a store save holds these vectors. None: it came in memory.
+    spool_file: str | None = None
 
     def __post_init__(self) -> None:
         good = sum(e is None for e in self.errors)
@@ -81,10 +85,14 @@ class Distributor(Protocol):
     #: A word for messages and benchmarks ("threads", "ray").
     name: str
 
-    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
         """Yield results covering every file of `shards` exactly once, in any order and grouping.
         `encoder` is the driver's; a remote implementation loads the same model (its directory,
-        ``encoder.model_dir``, checked by ``encoder.model_id``) where it runs."""
+        ``encoder.model_dir``, checked by ``encoder.model_id``) where it runs. `spool`: a folder
+        where workers may leave shard files (indexer/shard_file.py) for the driver, each result
+        then naming its file in ``spool_file``; an implementation may ignore it."""
         ...
 
 
@@ -110,7 +118,10 @@ class ThreadDistributor:
         self.workers = workers  # None: indexer.embed.default_decode_workers
         self.gpu_decode = gpu_decode  # None: encoder.gpu_decode.wants_gpu_decode
 
-    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
+        # `spool` is not used: results go from this process's memory to the driver, which is this process.
         paths = [p for shard in shards for p in shard.paths]
         gpu = wants_gpu_decode(encoder.device) if self.gpu_decode is None else self.gpu_decode
         if gpu:

@@ -1,12 +1,15 @@
 """Decode and embed what the walk found (on the run's distributor, indexer/distribute.py), committing
 each result here and checkpointing the store; then give each byte-identical copy the vector of the
-file it copies."""
+file it copies. Results a killed run's workers left in the spool (indexer/shard_file.py) are
+adopted first, for every file still as they found it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
@@ -15,10 +18,14 @@ from encoder.images import ImageInfo
 
 from .catalog import STATUS_OK, STATUS_PENDING, ImageRecord, content_hash, upsert_failed
 from .distribute import ShardResult, cpu_thread_budget, current_distributor, default_decode_workers, make_shards
+from .layout import SHARDS
 from .run import IndexRun
+from .shard_file import ShardFile, ShardFileError, read_shard_file, spooled_names
 
 # cpu_thread_budget and default_decode_workers live with the local threads now; build.py imports them here.
-__all__ = ["add_copies", "cpu_thread_budget", "default_decode_workers", "embed_files"]
+__all__ = ["add_copies", "adopt_spooled", "cpu_thread_budget", "default_decode_workers", "embed_files"]
+
+log = logging.getLogger(__name__)
 
 
 def embed_files(run: IndexRun, to_decode: list[str]) -> None:
@@ -27,6 +34,7 @@ def embed_files(run: IndexRun, to_decode: list[str]) -> None:
     result here, the single writer; save the store after a full shard when the last save is
     more than ``checkpoint_every_s`` old."""
     opts = run.options
+    to_decode = adopt_spooled(run, to_decode)
     if not to_decode:
         return
     bar = None
@@ -37,9 +45,11 @@ def embed_files(run: IndexRun, to_decode: list[str]) -> None:
     distributor = current_distributor(opts.workers)
     shards = make_shards([str(run.seen[rel][0]) for rel in to_decode], opts.batch_size)
     last_save = time.monotonic()
-    with closing(distributor.embed(run.encoder, shards, opts.max_pixels)) as results:
+    with closing(distributor.embed(run.encoder, shards, opts.max_pixels, run.idx / SHARDS)) as results:
         for result in results:
             _ingest(run, result, to_decode)
+            if result.spool_file:
+                run.spooled.append(result.spool_file)
             run.changed = True
             if bar is not None:
                 bar.update(len(result.indexes))
@@ -48,6 +58,79 @@ def embed_files(run: IndexRun, to_decode: list[str]) -> None:
                 last_save = time.monotonic()
     if bar is not None:
         bar.close()
+
+
+def adopt_spooled(run: IndexRun, to_decode: list[str]) -> list[str]:
+    """Ingest what shard files left in the spool (by a run killed before its store save) hold for
+    files of `to_decode` that are as the worker found them: same model, same size and mtime, same
+    content hash. Returns the files still to embed. Files in the spool that hold nothing usable
+    (stale, another model's, damaged) are removed."""
+    spool = run.idx / SHARDS
+    names = spooled_names(spool)
+    if not names:
+        return to_decode
+    position = {rel: i for i, rel in enumerate(to_decode)}
+    adopted: set[int] = set()
+    for name in names:
+        try:
+            shard = read_shard_file(spool, name)
+        except FileNotFoundError:
+            continue
+        except ShardFileError as exc:
+            log.warning("%s; removed", exc)
+            (spool / name).unlink(missing_ok=True)
+            continue
+        result = _usable(run, shard, position, adopted)
+        if result is None:
+            (spool / name).unlink(missing_ok=True)
+            continue
+        _ingest(run, result, to_decode)
+        adopted.update(result.indexes)
+        run.spooled.append(name)  # removed by the next store save, which holds these vectors
+        run.changed = True
+    run.summary.adopted = len(adopted)
+    if adopted:
+        log.info("adopted %d vectors a killed run left in %s", len(adopted), spool)
+    return [rel for i, rel in enumerate(to_decode) if i not in adopted]
+
+
+def _usable(run: IndexRun, shard: ShardFile, position: dict[str, int], taken: set[int]) -> ShardResult | None:
+    """The part of `shard` that can stand for embedding its files now, as a result over `position`'s
+    list; None if no part can."""
+    if shard.model_id != run.model_id:
+        return None
+    indexes, infos, hashes, rows = [], [], [], []
+    vector_row = -1
+    for f in shard.files:
+        if f.error is not None:
+            continue  # failures are tried again: the file may be readable now
+        vector_row += 1
+        try:
+            rel = Path(f.path).relative_to(run.root).as_posix()
+        except ValueError:
+            continue
+        i = position.get(rel)
+        if i is None or i in taken or i in indexes:
+            continue
+        st = run.seen[rel][1]
+        known = run.hashes.get(rel, (None, None))[0] or (run.rows[rel].content_hash if rel in run.rows else None)
+        if (f.size, f.mtime_ns) != (st.st_size, st.st_mtime_ns) or not known or f.content_hash != known:
+            continue  # changed since the worker read it
+        indexes.append(i)
+        infos.append(ImageInfo(f.width, f.height, f.format))
+        hashes.append(f.content_hash)
+        rows.append(vector_row)
+    if not indexes:
+        return None
+    return ShardResult(
+        indexes=indexes,
+        errors=[None] * len(indexes),
+        infos=infos,
+        vectors=np.ascontiguousarray(shard.vectors[rows]),
+        hashes=hashes,
+        worker=shard.worker,
+        spool_file=shard.name,
+    )
 
 
 def _ingest(run: IndexRun, result: ShardResult, to_decode: list[str]) -> None:

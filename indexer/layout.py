@@ -31,6 +31,9 @@ MANIFEST = "manifest.json"  # written last: names the current generation directo
 #: (except in an index published before generations, whose manifest names no directory).
 GENERATIONS = "generations"
 LOCK = "lock"  # flock'ed by the one writer
+#: Results of shards embedded on other machines, waiting for the driver (indexer/shard_file.py); each file
+#: is removed once a store save holds its vectors, and a run adopts what a killed one left here.
+SHARDS = "shards"
 MODEL_DIR = "model"  # the autoencoder that made the vectors
 MODEL_INCOMING = MODEL_DIR + ".incoming"  # a model being copied in, renamed to MODEL_DIR when complete
 MODEL_OLD = MODEL_DIR + ".old"  # the model it replaces, until the swap is done

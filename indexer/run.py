@@ -10,6 +10,7 @@ from pathlib import Path
 from encoder import Encoder
 
 from .catalog import Catalog, ImageRecord, utcnow
+from .layout import SHARDS
 from .segments import SegmentStore
 
 
@@ -24,6 +25,7 @@ class IndexSummary:
     unchanged: int = 0
     duplicates: int = 0
     retried: int = 0
+    adopted: int = 0  # files whose vectors a killed run's workers had left in the spool (indexer/shard_file.py)
     failed: list[tuple[str, str]] = field(default_factory=list)
     embedded: int = 0
     total: int = 0
@@ -80,6 +82,8 @@ class IndexRun:
     hashes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     #: embedded_at of every row this run embeds.
     now: datetime = field(default_factory=utcnow)
+    #: Shard files in the spool (layout.SHARDS) ingested since the last store save: removed by the next.
+    spooled: list[str] = field(default_factory=list)
 
     @property
     def model_id(self) -> str:
@@ -92,4 +96,7 @@ class IndexRun:
         self.store.save(seq=self.seq)
         self.catalog.set_store_seq(self.seq)
         self.seq += 1
+        for name in self.spooled:  # their vectors are on disk now, and their rows say so
+            (self.idx / SHARDS / name).unlink(missing_ok=True)
+        self.spooled.clear()
         self.store.merge_if_due()

@@ -215,6 +215,8 @@ def print_index_summary(summary: Any) -> None:
         typer.echo(f"  {summary.neighbours}")
     if summary.merged:
         typer.echo(f"  {summary.merged}")
+    if summary.adopted:
+        typer.echo(f"  {summary.adopted} vectors taken from the shard files an interrupted run left (no re-embedding)")
     if summary.failed:
         typer.echo("failed files:")
         for path, why in summary.failed[:50]:

@@ -64,7 +64,9 @@ class Shuffled:
 
     name = "shuffled"
 
-    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
         from indexer.catalog import content_hash
 
         results = list(ThreadDistributor(workers=1).embed(encoder, shards, max_pixels))
