@@ -38,9 +38,9 @@ class TimedDistributor:
         self.inner, self.name = inner, inner.name
         self.stage_s = self.first_s = 0.0
 
-    def embed(self, encoder: Any, shards: Sequence[Any], max_pixels: int) -> Iterator[Any]:
+    def embed(self, encoder: Any, shards: Sequence[Any], max_pixels: int, spool: Any = None) -> Iterator[Any]:
         t0 = time.perf_counter()
-        for i, result in enumerate(self.inner.embed(encoder, shards, max_pixels)):
+        for i, result in enumerate(self.inner.embed(encoder, shards, max_pixels, spool)):
             if i == 0:
                 self.first_s = time.perf_counter() - t0
             yield result

@@ -3,18 +3,24 @@
 
 The pipeline is Ray Data's: the driver's paths (``from_items``, one block a
 shard) -> decoding with lookalike's own decoder in CPU tasks (EXIF, modes,
-letterboxing and the pixel limit exactly as on one machine) -> embedding in a
-pool of actors that each load the model once (one GPU each where the cluster
-has GPUs, one CPU each otherwise) -> the driver, which ingests each result
-(indexer/embed.py): still one writer. Ray Data's streaming executor gives the
+letterboxing and the pixel limit exactly as on one machine; each file also
+stat'ed and hashed there) -> embedding in a pool of actors that each load the
+model once (one GPU each where the cluster has GPUs, one CPU each otherwise)
+and write each batch's result as a shard file in the index's spool folder
+(indexer/shard_file.py), handing back only its name -> the driver, which reads
+and ingests each file (indexer/embed.py): still one writer. The vectors do not
+travel back through Ray's object store, and a driver that dies leaves them on
+disk for the next run to adopt. Ray Data's streaming executor gives the
 backpressure; tasks whose worker died are retried and killed actors restarted
-(their batches retried), Ray Data's defaults; the driver drops a file it was already given and refuses to
-finish with one missing, so a retry never indexes a file twice or loses one.
+(their batches retried), Ray Data's defaults; the driver drops a file it was
+already given and refuses to finish with one missing, so a retry never indexes
+a file twice or loses one.
 
-Every node reads the images and the model directory at the driver's paths:
-the folder must be on a file system every node mounts at the same place (and
-lookalike installed on every node). A node that cannot read a file the driver
-can stops the run with a one-line error naming the node and the path.
+Every node reads the images and the model directory at the driver's paths, and
+writes shard files into the index directory: both must be on a file system
+every node mounts at the same place (and lookalike installed on every node). A
+node that cannot read a file the driver can, or cannot write its shard file,
+stops the run with a one-line error naming the node and the path.
 
 ``ray`` is imported only here, inside the calls, so lookalike works without it.
 """
@@ -26,6 +32,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,8 +42,10 @@ from encoder.decoding import decode_many
 from encoder.errors import LoadFailure
 from encoder.images import ImageInfo
 
+from .catalog import content_hash
 from .distribute import Shard, ShardResult
 from .index_model import IndexBuildError
+from .shard_file import SpooledFile, read_shard_file, write_shard_file
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +76,9 @@ def _node() -> str:
 
 
 def decode_block(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> dict[str, np.ndarray]:
-    """A Ray Data task: decode a block of paths in this process, as indexing on one machine does."""
+    """A Ray Data task: decode a block of paths in this process, as indexing on one machine does.
+    Each file is also stat'ed and hashed here, before it is decoded: the driver records the hash
+    and the size and mtime of the bytes that made the vector."""
     paths = [str(p) for p in batch["path"]]
     n = len(paths)
     pixels = np.zeros((n, size, size, 3), np.uint8)
@@ -75,6 +86,15 @@ def decode_block(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> di
     cannot_read = np.zeros(n, bool)
     width, height = np.zeros(n, np.int64), np.zeros(n, np.int64)
     fmt = np.full(n, "", dtype=object)
+    digest = np.full(n, "", dtype=object)
+    fsize, mtime = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    for k, path in enumerate(paths):
+        try:
+            st = os.stat(path)
+            fsize[k], mtime[k] = st.st_size, st.st_mtime_ns
+            digest[k] = content_hash(Path(path))
+        except OSError:
+            pass  # the decoder says why, in its own words
     for d in decode_many(paths, size, workers=0, max_pixels=max_pixels):
         if d.pixels is None:
             error[d.index] = d.error or "unknown error"
@@ -95,13 +115,18 @@ def decode_block(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> di
         "width": width,
         "height": height,
         "format": fmt,
+        "hash": digest,
+        "size": fsize,
+        "mtime_ns": mtime,
     }
 
 
 class Embedder:
-    """A Ray Data actor: loads the model once from the shared model directory, then embeds batches."""
+    """A Ray Data actor: loads the model once from the shared model directory, then embeds batches.
+    With a `spool` folder, each batch's result is written there as a shard file
+    (indexer/shard_file.py) and only its name goes back to the driver."""
 
-    def __init__(self, model_dir: str, model_id: str, device: str, threads: int) -> None:
+    def __init__(self, model_dir: str, model_id: str, device: str, threads: int, spool: str | None = None) -> None:
         import torch
 
         node = _node()
@@ -116,17 +141,70 @@ class Embedder:
             )
         if self.encoder.device.type == "cpu":
             torch.set_num_threads(max(1, threads))
+        self.node = node
         self.worker = f"{node}:{os.getpid()}"
+        self.spool = Path(spool) if spool else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.array([not e for e in batch["error"]], bool)
         vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
         if ok.any():
             vectors[ok] = self.encoder.embed_pixels(np.ascontiguousarray(batch["pixels"][ok]))
+        if self.spool is not None:
+            return {"spool_file": np.array([self._write(batch, vectors[ok])], dtype=object)}
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out["vector"] = vectors
         out["worker"] = np.full(len(ok), self.worker, dtype=object)
         return out
+
+    def _write(self, batch: dict[str, np.ndarray], vectors: np.ndarray) -> str:
+        files = [
+            SpooledFile(
+                index=int(batch["index"][k]),
+                path=str(batch["path"][k]),
+                size=int(batch["size"][k]),
+                mtime_ns=int(batch["mtime_ns"][k]),
+                content_hash=str(batch["hash"][k]) or None,
+                error=str(batch["error"][k]) or None,
+                width=int(batch["width"][k]),
+                height=int(batch["height"][k]),
+                format=str(batch["format"][k]) or None,
+                cannot_read=bool(batch["cannot_read"][k]),
+                decoder=str(batch["decoder"][k]),
+            )
+            for k in range(len(batch["index"]))
+        ]
+        try:
+            return write_shard_file(self.spool, self.encoder.model_id, self.worker, files, vectors)
+        except OSError as exc:
+            raise RuntimeError(
+                f"{NODE_ERROR}node {self.node} cannot write shard files to {self.spool} ({exc.strerror or exc}): "
+                "with --ray, every node must see the index directory at the same path, writable"
+            ) from None
+
+
+def _rows_from_file(spool: Path, name: str) -> dict[str, np.ndarray]:
+    """A shard file, read on the driver, as the columns an in-memory result has."""
+    shard = read_shard_file(spool, name)
+    files = shard.files
+    ok = np.array([f.error is None for f in files], bool)
+    vectors = np.zeros((len(files), shard.vectors.shape[1]), np.float32)
+    vectors[ok] = shard.vectors
+    return {
+        "index": np.array([f.index for f in files], np.int64),
+        "path": np.array([f.path for f in files], dtype=object),
+        "error": np.array([f.error or "" for f in files], dtype=object),
+        "cannot_read": np.array([f.cannot_read for f in files], bool),
+        "node": np.array([f.decoder.rsplit(":", 1)[0] for f in files], dtype=object),
+        "decoder": np.array([f.decoder for f in files], dtype=object),
+        "width": np.array([f.width for f in files], np.int64),
+        "height": np.array([f.height for f in files], np.int64),
+        "format": np.array([f.format or "" for f in files], dtype=object),
+        "hash": np.array([f.content_hash or "" for f in files], dtype=object),
+        "vector": vectors,
+        "worker": np.full(len(files), shard.worker, dtype=object),
+        "spool_file": np.full(len(files), name, dtype=object),
+    }
 
 
 class RayDistributor:
@@ -154,17 +232,23 @@ class RayDistributor:
         self.timings: dict[str, float] = {}
         #: Results the last run dropped because the driver already had their files (retries).
         self.duplicates = 0
+        #: Shard files the last run read its results from (see indexer/shard_file.py).
+        self.spooled = 0
         #: The processes ("host/node:pid") that decoded and that embedded in the last run.
         self.decoders: set[str] = set()
         self.embedders: set[str] = set()
 
-    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
         ray = import_ray()
         t0 = time.perf_counter()
         started = self._connect(ray)
         self.timings = {"connect": time.perf_counter() - t0}
+        if spool is not None:
+            spool.mkdir(parents=True, exist_ok=True)
         try:
-            yield from self._run(ray, encoder, shards, max_pixels, t0)
+            yield from self._run(ray, encoder, shards, max_pixels, t0, spool)
         finally:
             if started:
                 ray.shutdown()
@@ -184,7 +268,7 @@ class RayDistributor:
         return True
 
     def _run(
-        self, ray: Any, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, t0: float
+        self, ray: Any, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, t0: float, spool: Path | None
     ) -> Iterator[ShardResult]:
         from ray.data import DataContext
 
@@ -225,13 +309,15 @@ class RayDistributor:
                     "model_id": encoder.model_id,
                     "device": device,
                     "threads": int(actor_resources["num_cpus"]),
+                    # The vectors go back as a file there, not through the object store (see _collect).
+                    "spool": str(spool) if spool is not None else None,
                 },
                 batch_size=shard_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 **actor_resources,
             )
-            yield from self._collect(ds, len(items), t0)
+            yield from self._collect(ds, len(items), t0, spool)
         except IndexBuildError:
             raise
         except Exception as exc:
@@ -242,12 +328,14 @@ class RayDistributor:
         finally:
             ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
-    def _collect(self, ds: Any, expected: int, t0: float) -> Iterator[ShardResult]:
-        """Turn Ray Data's batches into results: each file once, and every file."""
+    def _collect(self, ds: Any, expected: int, t0: float, spool: Path | None) -> Iterator[ShardResult]:
+        """Turn Ray Data's batches (or the shard files they name) into results: each file once, and
+        every file."""
         done: set[int] = set()
         self.duplicates = 0
         self.decoders, self.embedders = set(), set()
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        self.spooled = 0
+        for batch in self._batches(ds, spool):
             keep = [k for k, i in enumerate(batch["index"].tolist()) if i not in done]
             self.duplicates += len(batch["index"]) - len(keep)
             if not keep:
@@ -264,6 +352,17 @@ class RayDistributor:
         if len(done) != expected:
             raise IndexBuildError(f"Ray returned {len(done)} of {expected} files; run `lookalike index` again")
 
+    def _batches(self, ds: Any, spool: Path | None) -> Iterator[dict[str, np.ndarray]]:
+        """Ray Data's batches as columns; a batch that names shard files stands for their contents."""
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if "spool_file" not in batch:
+                yield batch
+                continue
+            assert spool is not None  # the actors write files only when given the folder
+            for name in dict.fromkeys(str(n) for n in batch["spool_file"]):
+                self.spooled += 1
+                yield _rows_from_file(spool, name)
+
 
 def _to_result(rows: dict[str, np.ndarray]) -> ShardResult:
     errors = [str(e) or None for e in rows["error"]]
@@ -273,12 +372,15 @@ def _to_result(rows: dict[str, np.ndarray]) -> ShardResult:
         for w, h, f, e in zip(rows["width"], rows["height"], rows["format"], errors, strict=True)
     ]
     vectors = np.ascontiguousarray(np.asarray(rows["vector"], np.float32)[ok])
+    spool_files = {str(n) for n in rows.get("spool_file", ())}
     return ShardResult(
         indexes=[int(i) for i in rows["index"]],
         errors=errors,
         infos=infos,
         vectors=vectors,
+        hashes=[str(h) or None for h in rows["hash"]],
         worker=",".join(sorted({str(w) for w in rows["worker"]})),
+        spool_file=spool_files.pop() if spool_files else None,
     )
 
 

@@ -22,8 +22,18 @@ from typer.testing import CliRunner
 
 from encoder import Encoder
 from indexer import IndexBuildError, build_index
-from indexer.distribute import Shard, ShardResult, make_shards, use_distributor
-from indexer.ray_embed import INSTALL_HINT, RayDistributor, _refuse_unseen_files, import_ray
+from indexer.distribute import Shard, ShardResult, ThreadDistributor, make_shards, use_distributor
+from indexer.layout import SHARDS
+from indexer.ray_embed import (
+    INSTALL_HINT,
+    Embedder,
+    RayDistributor,
+    _node_error_line,
+    _refuse_unseen_files,
+    decode_block,
+    import_ray,
+)
+from indexer.shard_file import spooled_names
 
 OBJECT_STORE = 150 * 2**20
 
@@ -84,7 +94,80 @@ def test_ray_builds_the_index_the_threads_build(
     assert len(ray_run.embedders) == 1 and ray_run.decoders.isdisjoint(ray_run.embedders)
     nodes = {w.rsplit(":", 1)[0] for w in ray_run.decoders | ray_run.embedders}
     assert len(nodes) == 2, ray_run.decoders | ray_run.embedders
+    # The vectors came back as shard files in the index's spool, each removed once saved.
+    assert ray_run.spooled >= 3 and spooled_names(tmp_path / "ray" / SHARDS) == []
     assert assert_same_index(local_index, tmp_path / "ray") == n
+
+
+class DriverDies(Exception):
+    pass
+
+
+class KillTheDriver:
+    """Ray, with the driver "dying" (an exception out of build_index) once two results are in."""
+
+    name = "ray, driver killed"
+
+    def __init__(self, inner: RayDistributor) -> None:
+        self.inner = inner
+
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
+        for k, result in enumerate(self.inner.embed(encoder, shards, max_pixels, spool)):
+            if k == 2:
+                raise DriverDies
+            yield result
+
+
+class Asked:
+    """This machine's threads, counting the files they are asked to embed."""
+
+    name = "threads, counted"
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
+        self.asked += sum(len(s.paths) for s in shards)
+        yield from ThreadDistributor().embed(encoder, shards, max_pixels, spool)
+
+
+def test_a_run_after_the_driver_died_adopts_the_workers_shard_files(
+    cluster: str, corpus: Path, local_index: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    index_dir = tmp_path / "died"
+    with use_distributor(KillTheDriver(RayDistributor(cluster))), pytest.raises(DriverDies):
+        build_index(corpus, index_dir, tiny_model, progress=False, batch_size=8)
+    left = spooled_names(index_dir / SHARDS)
+    assert len(left) >= 2  # at least the two results the driver had taken in, never saved
+    again = Asked()
+    with use_distributor(again):
+        summary = build_index(corpus, index_dir, tiny_model, progress=False, batch_size=8)
+    n = good_images(corpus)
+    assert summary.adopted >= 16 and again.asked == n + 1 - summary.adopted  # + 1: notes.png, tried again
+    assert summary.embedded == n
+    assert assert_same_index(local_index, index_dir) == n
+
+
+def test_a_node_that_cannot_write_shard_files_says_so_in_one_line(
+    cluster: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The actor's own check (one machine cannot make a node that does not see the driver's folder)."""
+    not_a_folder = tmp_path / "spool"
+    not_a_folder.write_text("a file where the spool should be")
+    embedder = Embedder(str(tiny_model), Encoder(tiny_model, "cpu").model_id, "cpu", 1, spool=str(not_a_folder))
+    batch = decode_block(
+        {"index": np.array([0]), "path": np.array([str(DATA / "birds" / "blackbird.png")], dtype=object)},
+        size=embedder.encoder.image_size,
+        max_pixels=10_000_000,
+    )
+    with pytest.raises(RuntimeError) as err:
+        embedder(batch)
+    line = _node_error_line(err.value)
+    assert line is not None and f"cannot write shard files to {not_a_folder}" in line and "same path" in line
 
 
 class KillTheEmbedder:
@@ -97,8 +180,10 @@ class KillTheEmbedder:
         self.killed: int | None = None
         self.workers_after: set[str] = set()
 
-    def embed(self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int) -> Iterator[ShardResult]:
-        for result in self.inner.embed(encoder, shards, max_pixels):
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
+        for result in self.inner.embed(encoder, shards, max_pixels, spool):
             if self.killed is None:
                 self.killed = int(result.worker.split(",")[0].rsplit(":", 1)[1])
                 os.kill(self.killed, signal.SIGKILL)
