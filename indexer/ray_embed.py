@@ -287,8 +287,12 @@ class RayDistributor:
         # actor (on a CPU cluster, the other half of the CPUs idle) instead of on every free CPU.
         actor_resources["memory"] = ACTOR_MEMORY
         ctx = DataContext.get_current()
-        saved = ctx.enable_progress_bars, ctx.print_on_execution_start
+        saved = ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.execution_options.preserve_order
         ctx.enable_progress_bars = ctx.print_on_execution_start = False  # the driver shows its own bar
+        # Results in shard order, whichever worker finishes first: the catalog then gives each file the
+        # id a run on one machine gives it. Ray Data holds finished blocks back to keep the order; they
+        # are small (the vectors are in shard files, the blocks only name them).
+        ctx.execution_options.preserve_order = True
         try:
             ds = ray.data.from_items(items, override_num_blocks=len(shards))
             ds = ds.map_batches(
@@ -326,7 +330,7 @@ class RayDistributor:
                 raise
             raise IndexBuildError(line) from None
         finally:
-            ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+            ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.execution_options.preserve_order = saved
 
     def _collect(self, ds: Any, expected: int, t0: float, spool: Path | None) -> Iterator[ShardResult]:
         """Turn Ray Data's batches (or the shard files they name) into results: each file once, and

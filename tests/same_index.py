@@ -13,19 +13,21 @@ from indexer import VectorStore
 ROW_COLUMNS = "path, status, size, mtime_ns, content_hash, width, height, format, error"
 
 
-def index_state(index_dir: Path) -> tuple[dict[str, tuple], dict[str, np.ndarray]]:
-    """(path -> catalog row without its id, path -> vector) of an index."""
+def index_state(index_dir: Path, with_ids: bool = False) -> tuple[dict[str, tuple], dict[str, np.ndarray]]:
+    """(path -> catalog row without its id (`with_ids`: with it), path -> vector) of an index."""
+    columns = ROW_COLUMNS + (", id" if with_ids else "")
     with sqlite3.connect(index_dir / "catalog.sqlite") as db:
-        rows = {r[0]: r[1:] for r in db.execute(f"SELECT {ROW_COLUMNS} FROM images")}
+        rows = {r[0]: r[1:] for r in db.execute(f"SELECT {columns} FROM images")}
         ids = dict(db.execute("SELECT path, id FROM images WHERE status = 'ok'").fetchall())
     store = VectorStore.load(index_dir / "vectors.faiss")
     return rows, {path: store.get([i])[0] for path, i in ids.items()}
 
 
-def assert_same_index(a: Path, b: Path, atol: float = 1e-4) -> int:
-    """The two indexes hold the same rows (ids aside) and the same vectors; returns how many are ok."""
-    rows_a, vec_a = index_state(a)
-    rows_b, vec_b = index_state(b)
+def assert_same_index(a: Path, b: Path, atol: float = 1e-4, with_ids: bool = False) -> int:
+    """The two indexes hold the same rows (ids aside, unless `with_ids`) and the same vectors;
+    returns how many are ok."""
+    rows_a, vec_a = index_state(a, with_ids)
+    rows_b, vec_b = index_state(b, with_ids)
     assert rows_a == rows_b
     assert vec_a.keys() == vec_b.keys()
     diff = max(float(np.abs(vec_a[p] - vec_b[p]).max()) for p in vec_a)
