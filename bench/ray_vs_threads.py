@@ -34,25 +34,29 @@ OUT = RESULTS / "ray_vs_threads"
 class TimedDistributor:
     """Wraps a distributor: the seconds from its start to its last result, and to its first."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, spool: bool = True) -> None:
         self.inner, self.name = inner, inner.name
+        self.spool = spool  # False: results in memory, not through shard files
         self.stage_s = self.first_s = 0.0
 
     def embed(self, encoder: Any, shards: Sequence[Any], max_pixels: int, spool: Any = None) -> Iterator[Any]:
         t0 = time.perf_counter()
-        for i, result in enumerate(self.inner.embed(encoder, shards, max_pixels, spool)):
+        results = self.inner.embed(encoder, shards, max_pixels, spool if self.spool else None)
+        for i, result in enumerate(results):
             if i == 0:
                 self.first_s = time.perf_counter() - t0
             yield result
         self.stage_s = time.perf_counter() - t0
 
 
-def one_run(name: str, distributor: Any, folder: Path, index_dir: Path, model_dir: Path, batch: int) -> dict:
+def one_run(
+    name: str, distributor: Any, folder: Path, index_dir: Path, model_dir: Path, batch: int, spool: bool = True
+) -> dict:
     from indexer import build_index
     from indexer.distribute import use_distributor
 
     shutil.rmtree(index_dir, ignore_errors=True)
-    timed = TimedDistributor(distributor)
+    timed = TimedDistributor(distributor, spool)
     print(f"{name} ...", flush=True)
     t0 = time.perf_counter()
     with use_distributor(timed):
@@ -79,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=256, help="images a shard (default 256)")
     ap.add_argument("--object-store-mib", type=int, default=1024, help="Ray's object store (default 1024 MiB)")
     ap.add_argument("--repeats", type=int, default=1, help="Ray runs after the first (default 1)")
+    ap.add_argument(
+        "--variants",
+        action="store_true",
+        help="after each Ray run, one with results in memory (no shard files) and one unordered",
+    )
     ap.add_argument("--out", type=Path, default=OUT / "ray_vs_threads.json", help="JSON results")
     return ap.parse_args(argv)
 
@@ -111,13 +120,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for i in range(1 + args.repeats):
             runs.append(one_run(f"ray local #{i + 1}", RayDistributor(), folder, index_dir, model_dir, args.batch_size))
+            if args.variants:
+                # The product's Ray path (shard files, results in shard order) against its two parts undone.
+                for label, dist, spool in (
+                    ("in memory", RayDistributor(), False),
+                    ("unordered", RayDistributor(ordered=False), True),
+                ):
+                    name = f"ray {label} #{i + 1}"
+                    runs.append(one_run(name, dist, folder, index_dir, model_dir, args.batch_size, spool))
     finally:
         ray.shutdown()
     runs.append(one_run("threads again", ThreadDistributor(), folder, index_dir, model_dir, args.batch_size))
     shutil.rmtree(index_dir, ignore_errors=True)
 
     threads = [r for r in runs if r["name"].startswith("threads")]
-    rays = [r for r in runs if r["name"].startswith("ray")]
+    rays = [r for r in runs if r["name"].startswith("ray local")]
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
     overhead = {
         "end_to_end": round(mean(threads, "images_per_second") / mean(rays, "images_per_second"), 2),
@@ -144,6 +161,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{overhead['stage']}x for decode + embed; start-up: ray.init {startup['ray_init_s']} s "
         f"+ first result {startup['first_result_s']} s = {startup['total_s']} s"
     )
+    variants = {}
+    if args.variants:  # mean images/s of each kind of Ray run after the first (which pays the start-up)
+        for kind in ("ray local", "ray in memory", "ray unordered"):
+            rs = [r for r in runs if r["name"].startswith(kind) and not r["name"].endswith("#1")]
+            if rs:
+                variants[kind] = round(mean(rs, "images_per_second"), 1)
+        print("mean images/s after the first round: " + ", ".join(f"{k} {v}" for k, v in variants.items()))
     results = {
         "command": command_line(),
         "machine": info,
@@ -154,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "overhead_ratio": overhead,
         "startup": startup,
+        "variants_images_per_second": variants,
     }
     write_json(args.out, results)
     print(f"wrote {args.out}")

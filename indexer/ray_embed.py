@@ -223,8 +223,12 @@ class RayDistributor:
         actors: int | None = None,
         num_cpus: int | None = None,
         object_store_memory: int | None = None,
+        ordered: bool = True,
     ) -> None:
         self.address = address
+        #: Results in shard order, so each file gets the catalog id a local run gives it; False lets
+        #: them come as they finish (no waiting behind a slow shard; ids then differ run to run).
+        self.ordered = ordered
         self.actors = actors
         self.num_cpus = num_cpus  # for a Ray started here
         self.object_store_memory = object_store_memory  # for a Ray started here, bytes
@@ -292,7 +296,7 @@ class RayDistributor:
         # Results in shard order, whichever worker finishes first: the catalog then gives each file the
         # id a run on one machine gives it. Ray Data holds finished blocks back to keep the order; they
         # are small (the vectors are in shard files, the blocks only name them).
-        ctx.execution_options.preserve_order = True
+        ctx.execution_options.preserve_order = self.ordered
         try:
             ds = ray.data.from_items(items, override_num_blocks=len(shards))
             ds = ds.map_batches(
