@@ -1,14 +1,18 @@
 """Comparing two indexes of one folder made by different routes (threads, Ray, another distributor):
-the same catalog rows (ids aside) and the same vectors, to float tolerance."""
+the same catalog rows (ids aside, unless asked) and the same vectors, to float tolerance; and a route
+that records which files it was asked to embed."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from encoder import Encoder
 from indexer import VectorStore
+from indexer.distribute import Shard, ShardResult, ThreadDistributor
 
 ROW_COLUMNS = "path, status, size, mtime_ns, content_hash, width, height, format, error"
 
@@ -33,3 +37,18 @@ def assert_same_index(a: Path, b: Path, atol: float = 1e-4, with_ids: bool = Fal
     diff = max(float(np.abs(vec_a[p] - vec_b[p]).max()) for p in vec_a)
     assert diff < atol, diff
     return len(vec_a)
+
+
+class RecordingThreads:
+    """This machine's threads, recording the files they are asked to embed (in `asked`)."""
+
+    name = "threads, recorded"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def embed(
+        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
+    ) -> Iterator[ShardResult]:
+        self.asked += [p for s in shards for p in s.paths]
+        yield from ThreadDistributor(workers=1).embed(encoder, shards, max_pixels, spool)

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DATA, fill_folder
-from same_index import assert_same_index, index_state
+from same_index import RecordingThreads, assert_same_index, index_state
 from typer.testing import CliRunner
 
 from encoder import Encoder
 from indexer import IndexBuildError, build_index
-from indexer.distribute import Shard, ShardResult, ThreadDistributor, make_shards, use_distributor
+from indexer.distribute import Shard, ShardResult, make_shards, use_distributor
 from indexer.layout import SHARDS
 from indexer.ray_embed import (
     INSTALL_HINT,
@@ -124,21 +124,6 @@ class KillTheDriver:
             yield result
 
 
-class Asked:
-    """This machine's threads, recording the files they are asked to embed."""
-
-    name = "threads, recorded"
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    def embed(
-        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
-    ) -> Iterator[ShardResult]:
-        self.asked += [p for s in shards for p in s.paths]
-        yield from ThreadDistributor().embed(encoder, shards, max_pixels, spool)
-
-
 def test_a_run_after_the_driver_died_adopts_the_workers_shard_files(
     cluster: str, corpus: Path, local_index: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -147,7 +132,7 @@ def test_a_run_after_the_driver_died_adopts_the_workers_shard_files(
     with use_distributor(KillTheDriver(RayDistributor(cluster))), pytest.raises(DriverDies):
         build_index(corpus, index_dir, tiny_model, progress=False, batch_size=8, checkpoint_every_s=never)
     assert len(spooled_names(index_dir / SHARDS)) >= 2  # at least the two results the driver had taken in
-    again = Asked()
+    again = RecordingThreads()
     with use_distributor(again):
         summary = build_index(corpus, index_dir, tiny_model, progress=False, batch_size=8)
     n = good_images(corpus)

@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import fill_folder
-from same_index import assert_same_index
+from same_index import RecordingThreads, assert_same_index
 
 from encoder import Encoder
 from encoder.decoding import decode_many
 from indexer import build_index
 from indexer.catalog import content_hash
-from indexer.distribute import Shard, ShardResult, ThreadDistributor, use_distributor
+from indexer.distribute import use_distributor
 from indexer.layout import SHARDS
 from indexer.shard_file import (
     ShardFileError,
@@ -88,21 +87,6 @@ def test_a_damaged_shard_file_is_refused(tmp_path: Path, damage: str) -> None:
         read_shard_file(tmp_path, name)
 
 
-class Recording:
-    """This machine's threads, recording which files they were asked to embed."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    def embed(
-        self, encoder: Encoder, shards: Sequence[Shard], max_pixels: int, spool: Path | None = None
-    ) -> Iterator[ShardResult]:
-        self.asked += [p for s in shards for p in s.paths]
-        yield from ThreadDistributor(workers=1).embed(encoder, shards, max_pixels, spool)
-
-
 def test_a_run_adopts_what_a_killed_run_left_in_the_spool(
     tmp_path: Path, tiny_model: Path, torch_one_thread, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -120,7 +104,7 @@ def test_a_run_adopts_what_a_killed_run_left_in_the_spool(
     changed = good[5]
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))  # touched since
 
-    run = Recording()
+    run = RecordingThreads()
     with use_distributor(run), caplog.at_level(logging.WARNING, "indexer.embed"):
         summary = build_index(folder, tmp_path / "index", tiny_model, progress=False, batch_size=4)
 
@@ -145,7 +129,7 @@ def test_a_changed_file_is_embedded_again_not_adopted(tmp_path: Path, tiny_model
     shard = read_shard_file(spool, name)
     files = [f if k else SpooledFile(**{**f.__dict__, "content_hash": "0" * 40}) for k, f in enumerate(shard.files)]
     write_shard_file(spool, shard.model_id, shard.worker, files, shard.vectors)
-    run = Recording()
+    run = RecordingThreads()
     with use_distributor(run):
         summary = build_index(folder, tmp_path / "index", tiny_model, progress=False)
     assert summary.adopted == len(paths) - 1 and run.asked == [str(paths[0])]
