@@ -134,3 +134,18 @@ def test_a_changed_file_is_embedded_again_not_adopted(tmp_path: Path, tiny_model
         summary = build_index(folder, tmp_path / "index", tiny_model, progress=False)
     assert summary.adopted == len(paths) - 1 and run.asked == [str(paths[0])]
     assert spooled_names(spool) == []
+
+
+def test_the_cli_says_how_many_vectors_it_adopted(tmp_path: Path, tiny_model: Path, torch_one_thread) -> None:
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    folder = fill_folder(tmp_path / "pics", 1)
+    paths = sorted(folder.rglob("*.png"))
+    spool_shard(Encoder(tiny_model, "cpu"), folder / ".lookalike" / SHARDS, paths[:2])
+    res = CliRunner().invoke(app, ["index", str(folder), "--model", str(tiny_model)])
+    assert res.exit_code == 0, res.output
+    assert "2 vectors taken from the shard files an interrupted run left" in res.output
+    again = CliRunner().invoke(app, ["index", str(folder), "--json"])
+    assert again.exit_code == 0 and '"adopted": 0' in again.output
