@@ -100,6 +100,7 @@ def _usable(run: IndexRun, shard: ShardFile, position: dict[str, int], taken: se
     if shard.model_id != run.model_id:
         return None
     indexes, infos, hashes, rows = [], [], [], []
+    mine: set[int] = set()  # positions this shard already covers (a path listed twice)
     vector_row = -1
     for f in shard.files:
         if f.error is not None:
@@ -110,13 +111,14 @@ def _usable(run: IndexRun, shard: ShardFile, position: dict[str, int], taken: se
         except ValueError:
             continue
         i = position.get(rel)
-        if i is None or i in taken or i in indexes:
+        if i is None or i in taken or i in mine:
             continue
         st = run.seen[rel][1]
         known = run.hashes.get(rel, (None, None))[0] or (run.rows[rel].content_hash if rel in run.rows else None)
         if (f.size, f.mtime_ns) != (st.st_size, st.st_mtime_ns) or not known or f.content_hash != known:
             continue  # changed since the worker read it
         indexes.append(i)
+        mine.add(i)
         infos.append(ImageInfo(f.width, f.height, f.format))
         hashes.append(f.content_hash)
         rows.append(vector_row)

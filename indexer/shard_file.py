@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,22 +79,7 @@ def write_shard_file(directory: Path, model_id: str, worker: str, files: list[Sp
         "format": FORMAT,
         "model_id": model_id,
         "worker": worker,
-        "files": [
-            [
-                f.index,
-                f.path,
-                f.size,
-                f.mtime_ns,
-                f.content_hash,
-                f.error,
-                f.width,
-                f.height,
-                f.format,
-                f.cannot_read,
-                f.decoder,
-            ]
-            for f in files
-        ],
+        "files": [list(astuple(f)) for f in files],  # in field order: read back by SpooledFile(*entry)
     }
     name = shard_name([f.path for f in files])
     data = save({"vectors": np.ascontiguousarray(vectors, np.float32)}, metadata={"lookalike": json.dumps(header)})
