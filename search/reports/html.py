@@ -194,6 +194,8 @@ def write_html(
                 f" or hash distance &le; {t.hamming}" if t.hamming is not None else ""
             )
             rule += f" or a crop within {t.crop_hamming} bits" if t.crop_hamming is not None else ""
+            if t.crowd_margin is not None:
+                rule += f"; a similarity alone must beat both images' {nd.k}th neighbours by {t.crowd_margin:g}"
             out.append(
                 f'<h3 id="tier-{esc(t.name)}">{esc(t.name)} ({rule}): '
                 f'{len(groups)} groups</h3><p class="meta">{esc(t.description)}</p>'

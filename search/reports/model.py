@@ -23,13 +23,20 @@ class Tier:
     """A named band of near-duplicates: pairs of neighbours whose cosine similarity is >=
     `threshold`, or whose perceptual hashes differ in at most `hamming` bits and whose detail
     agrees (:mod:`.detail`), or where one is within `crop_hamming` bits of a window of the
-    other (a small crop, anywhere)."""
+    other (a small crop, anywhere).
+
+    `crowd_margin`: a pair that passes on its cosine alone, below every stricter tier's
+    threshold, must also stand out from the images around it: its cosine at least
+    `crowd_margin` above each end's crowd, the cosine of that image's k-th nearest neighbour
+    (:func:`.pairs.crowds`). In a dense region (MNIST's "1"s: a few strokes every "1" shares)
+    a cosine that elsewhere means "another picture of the same thing" only means "one of many"."""
 
     name: str
     threshold: float
     description: str = ""
     hamming: int | None = None
     crop_hamming: int | None = None
+    crowd_margin: float | None = None
 
 
 class ReportError(EngineError):

@@ -81,6 +81,24 @@ def similar_pairs(
     return i[first], j[first], s[first]
 
 
+def crowds(n: int, i: np.ndarray, j: np.ndarray, s: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
+    """Each of `n` images' crowd: the cosine of its k-th nearest neighbour (itself counted, as the
+    kNN counts it), from the pairs (i, j, s) that :func:`similar_pairs` found with no floor.
+    -1 where an image has fewer than k - 1 pairs (a folder of fewer than `k` images): no crowd.
+
+    Why the pairs suffice: an image's own k - 1 neighbours are among its pairs, and any other pair
+    it is in (an image that has *it* among its neighbours) is no closer than those."""
+    node = np.concatenate([np.asarray(i, np.int64), np.asarray(j, np.int64)])
+    sim = np.concatenate([s, s])
+    order = np.lexsort((-sim, node))
+    node, sim = node[order], sim[order]
+    rank = np.arange(len(node)) - np.searchsorted(node, np.arange(n))[node]
+    out = np.full(n, -1.0, dtype=np.float32)
+    at = rank == max(1, k - 1) - 1
+    out[node[at]] = sim[at]
+    return out
+
+
 def hash_pairs(
     codes: np.ndarray,
     max_distance: int,

@@ -35,6 +35,8 @@ from search.reports import (
     whiten,
     write_report,
 )
+from search.reports.duplicates import cosine_rule
+from search.reports.pairs import crowds
 from search.reports.scan import hamming, perceptual_hash
 
 TINY = ModelConfig(image_size=32, channels=(8, 16), latent_dim=16)
@@ -143,6 +145,21 @@ def test_similar_pairs_finds_planted_clusters_exactly_and_through_hnsw() -> None
     hnsw.add_with_ids(x, ids)
     hi, hj, _ = similar_pairs(x, 0.99, k=8, index=hnsw, ids=ids)
     assert set(zip(hi.tolist(), hj.tolist(), strict=True)) == want
+
+
+def _kth(x: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k-th most similar row, itself counted (brute force)."""
+    return -np.sort(-(x @ x.T), axis=1)[:, k - 1]
+
+
+def test_crowds_are_each_images_kth_neighbour() -> None:
+    x = _clustered(600)
+    for k in (2, 8, 16):
+        i, j, s = similar_pairs(x, -1.0, k=k, batch_size=128)
+        np.testing.assert_allclose(crowds(len(x), i, j, s, k), _kth(x, k), atol=1e-5)
+    few = x[:5]  # fewer images than k: nobody has k - 1 neighbours, so no crowd
+    i, j, s = similar_pairs(few, -1.0, k=16)
+    assert (crowds(len(few), i, j, s, 16) == -1).all()
 
 
 def test_whitening_removes_the_common_component() -> None:
@@ -329,6 +346,55 @@ def test_no_member_sits_below_its_tier_to_the_keeper(engine: Engine, linkage: st
         assert max(len(g.others) + 1 for t in near.tiers for g in near.groups[t.name]) < len(ids)
     with pytest.raises(ReportError, match="linkage"):
         near_duplicates(engine, tiers, phash=False, linkage="single")
+
+
+def test_a_crowd_margin_keeps_only_matches_that_stand_out_from_their_neighbours(engine: Engine) -> None:
+    """At a tier with a crowd margin, a member the cosine alone admits sits at least the margin
+    above both its own and the keeper's k-th neighbour; a stricter tier's threshold lets a pair
+    through whatever its crowd (the tiers nest)."""
+    from search.reports import canonical_ids
+
+    k = 6
+    ids = canonical_ids(engine)
+    white = whiten(engine.snapshot().vectors.get(ids))
+    sims, crowd = white @ white.T, _kth(white, k)
+    row = {int(i): n for n, i in enumerate(ids)}
+    threshold = float(np.quantile(sims[np.triu_indices(len(ids), 1)], 0.8))
+    a, b = np.nonzero(np.triu(sims >= threshold, 1))
+    standing = sims[a, b] - np.maximum(crowd[a], crowd[b])
+    margin = float(np.median(standing))
+    assert (standing < margin).any() and (standing >= margin).any()  # the margin splits the pairs
+
+    def groups(*tiers: Tier) -> dict[str, list]:
+        return near_duplicates(engine, tiers, phash=False, k=k).groups
+
+    plain = groups(Tier("t", threshold))["t"]
+    crowded = groups(Tier("t", threshold, crowd_margin=margin))["t"]
+    assert crowded and [g.as_dict() for g in crowded] != [g.as_dict() for g in plain]
+    for g in crowded:
+        keeper = row[g.keeper.id]
+        for m in g.others:
+            other = row[m.id]
+            assert sims[keeper, other] - max(crowd[keeper], crowd[other]) >= margin - 1e-5
+    # Nothing stands out by 2 (cosines are at most 1): only the stricter tier's cosine admits.
+    strict = float(np.quantile(sims[np.triu_indices(len(ids), 1)], 0.95))
+    nested = groups(Tier("strict", strict), Tier("t", threshold, crowd_margin=2.0))
+    assert nested["strict"]
+    for g in nested["t"]:
+        assert all(sims[row[g.keeper.id], row[m.id]] >= strict - 1e-5 for m in g.others)
+
+
+def test_the_crowd_rule() -> None:
+    tier = Tier("similar", 0.8, crowd_margin=0.4)
+    s = np.array([0.85, 0.85, 0.85, 0.95, 0.75])
+    crowd_a = np.array([0.6, 0.3, 0.3, 0.9, -1.0])  # a dense region; a quiet one; ...
+    crowd_b = np.array([0.3, 0.3, 0.5, 0.9, -1.0])
+    # the denser end decides; a stricter tier's cosine admits whatever the crowd; the
+    # threshold still holds for an image with no crowd (fewer than k images)
+    assert cosine_rule(tier, s, crowd_a, crowd_b, stricter=0.9).tolist() == [False, True, False, True, False]
+    assert cosine_rule(tier, s, crowd_a, crowd_b).tolist() == [False, True, False, False, False]
+    plain = Tier("similar", 0.8)
+    assert cosine_rule(plain, s, crowd_a, crowd_b).tolist() == [True, True, True, True, False]
 
 
 def test_tiers_show_a_group_at_the_strictest_tier_only(engine: Engine) -> None:

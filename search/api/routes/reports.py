@@ -56,6 +56,7 @@ def tiers() -> dict:
                 "threshold": t.threshold,
                 "hamming": t.hamming,
                 "crop_hamming": t.crop_hamming,
+                "crowd_margin": t.crowd_margin,
                 "description": t.description,
             }
             for t in TIERS
