@@ -54,7 +54,7 @@ from ..engine import Engine
 from .detail import DETAIL_LIMIT, Details, detail_distance
 from .detail import SIDE as DETAIL_SIDE
 from .grouping import Rule, attach_to_keepers, complete_groups, star_groups
-from .members import canonical_ids, members
+from .members import canonical_ids, formats, members
 from .model import (
     Group,
     Member,
@@ -190,6 +190,12 @@ class _Candidates:
     by_vectors: np.ndarray  # (p,) True: a pair the vectors' kNN proposed, False: only the hashes'
     crowd: np.ndarray  # (n,) each image's crowd: its k-th neighbour's cosine (:func:`.pairs.crowds`)
     stricter: dict[str, float]  # per tier, the loosest stricter tier's cosine threshold (if any)
+    canvas: np.ndarray | None  # (n,) equal where two images share pixel size and file format (:func:`_canvases`)
+
+    def same_canvas(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if self.canvas is None:
+            return np.zeros(len(a), dtype=bool)
+        return self.canvas[a] == self.canvas[b]
 
     def cosine_passes(self, tier: Tier, s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Which pairs (a, b) with cosines `s` the tier admits on their cosine (:func:`cosine_rule`)."""
@@ -208,12 +214,15 @@ class _Candidates:
             if tier.hamming is not None and self.codes is not None:
                 d = hamming(self.codes[others], np.full(len(others), self.codes[node]))
                 whole = _whole(tier, d, crop)
-                same = whole.copy()
-                check = np.flatnonzero(whole & ~ok)  # cosine-admitted pairs need no second look
+                canvas = whole & self.same_canvas(np.full(len(others), node), others)
+                # cosine-admitted pairs need a second look only on one canvas (:func:`_tier_mask`)
+                check = np.flatnonzero(whole & (~ok | canvas))
+                differs = np.zeros(len(others), dtype=bool)
                 if len(check) and self.details is not None:
                     far = detail_distance(self.details, np.full(len(check), node), others[check], limit=DETAIL_LIMIT)
-                    same[check] = far <= DETAIL_LIMIT
-                ok |= same
+                    differs[check] = far > DETAIL_LIMIT
+                ok &= ~(canvas & differs)
+                ok |= whole & ~differs
             if crop is not None and tier.crop_hamming is not None:
                 ok |= ~whole & (crop <= tier.crop_hamming)
             return ok
@@ -243,15 +252,31 @@ def cosine_rule(
 
 
 def _tier_mask(
-    tier: Tier, s: np.ndarray, d: np.ndarray, dc: np.ndarray, dd: np.ndarray, cosine: np.ndarray | None = None
+    tier: Tier,
+    s: np.ndarray,
+    d: np.ndarray,
+    dc: np.ndarray,
+    dd: np.ndarray,
+    cosine: np.ndarray | None = None,
+    canvas: np.ndarray | None = None,
 ) -> np.ndarray:
     """The pairs that pass `tier`: cosine (`cosine`, when given: :meth:`_Candidates.cosine_passes`;
     else the threshold alone, a superset); or whole-picture hashes within `hamming` bits and the
     same detail (:mod:`.detail`); or, for pairs whose whole pictures do not hash alike, a crop
     window within `crop_hamming` bits. A pair whose whole pictures hash alike is aligned: when
-    its detail differs it is two variants of one drawing, and no crop window makes it a copy."""
+    its detail differs it is two variants of one drawing, and no crop window makes it a copy.
+
+    Nor does its cosine, when the two files share a canvas (`canvas`: the same pixel size and file
+    format). Nothing then stands between them that could blur detail (no resampling, no other
+    codec), so different detail is a different drawing: Tux Paint's dreidels with another letter sit
+    at cosine 0.93-0.999 and joined a family of 9 into a group of 11 (docs/benchmarks.md, "Variants
+    on one canvas"). Between files of different sizes or formats the check is not trusted to
+    overrule the cosine: resampled and recompressed copies of detailed stamps failed it (JPEG q30 or
+    a 25% copy against a 50% one, 30-45 true pairs a seed on Tux Paint)."""
     m = s >= tier.threshold if cosine is None else cosine.copy()
     whole = _whole(tier, d, dc)
+    if canvas is not None:
+        m &= ~(whole & canvas & (dd > DETAIL_LIMIT))
     m |= whole & (dd <= DETAIL_LIMIT)
     if tier.crop_hamming is not None:
         m |= ~whole & (dc <= tier.crop_hamming)
@@ -346,17 +371,20 @@ def near_duplicates(
     keep = _any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
     i, j, s, d, dc, by_vectors = i[keep], j[keep], s[keep], d[keep], dc[keep], by_vectors[keep]
     rows = members(engine, ids[np.unique(np.concatenate([i, j]))])
-    details, dd = None, np.zeros(len(s))
+    details, dd, canvas = None, np.zeros(len(s)), None
     if codes is not None and thumbs is not None:
         sides = np.array([_side(rows.get(int(x))) for x in ids], dtype=np.int64)
         details = Details(thumbs, sides)
-        # only pairs a hash could admit and the cosine does not already pass at every tier
-        near = np.flatnonzero((d <= max(t.hamming for t in tiers if t.hamming is not None)) & (s < tiers[0].threshold))
+        canvas = _canvases(ids, rows, formats(engine, ids))
+        # only pairs a hash could admit and the cosine does not already pass at every tier, or
+        # whose cosine the detail may overrule (one canvas: :func:`_tier_mask`)
+        hashed = d <= max(t.hamming for t in tiers if t.hamming is not None)
+        near = np.flatnonzero(hashed & ((s < tiers[0].threshold) | (canvas[i] == canvas[j])))
         dd[near] = detail_distance(details, i[near], j[near], limit=DETAIL_LIMIT)
     keep = _any_tier(tiers, s, d, dc, dd)
     kept = (i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep])
     stricter = {t.name: min(u.threshold for u in tiers[:n]) for n, t in enumerate(tiers) if n}
-    cand = _Candidates(ids, vecs, *kept, codes, crops, details, method, by_vectors[keep], crowd, stricter)
+    cand = _Candidates(ids, vecs, *kept, codes, crops, details, method, by_vectors[keep], crowd, stricter, canvas)
     # How central an image is among its copies is judged on the vectors alone: a hash that
     # cannot see brightness makes a brightened copy as central as its original, and was the
     # keeper of 35 of 60 wallpaper families once the hashes' own neighbours were candidates too
@@ -409,6 +437,19 @@ def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.
     return codes, crops, thumbs
 
 
+def _canvases(ids: np.ndarray, rows: dict[int, Member], fmt: dict[int, str | None]) -> np.ndarray:
+    """Per image a number, equal for two images of the same pixel size and file format; unique
+    where either is unknown (never one canvas then)."""
+    keys: dict[tuple, int] = {}
+    out = np.empty(len(ids), dtype=np.int64)
+    for n, x in enumerate(ids.tolist()):
+        m = rows.get(x)
+        known = m is not None and m.width and m.height and fmt.get(x)
+        key = (m.width, m.height, fmt[x]) if known else ("unknown", n)
+        out[n] = keys.setdefault(key, len(keys))
+    return out
+
+
 def _side(m: Member | None) -> int:
     """A picture's smaller side in pixels (0 when unknown: compared at full detail)."""
     return min(m.width or 0, m.height or 0) if m is not None else 0
@@ -458,7 +499,8 @@ def _tier_groups(
     out: dict[str, list[np.ndarray]] = {}
     stricter: list[np.ndarray] = []
     for tier in tiers:
-        m = _tier_mask(tier, cand.s, cand.d, cand.dc, cand.dd, cand.cosine_passes(tier, cand.s, cand.i, cand.j))
+        cosine = cand.cosine_passes(tier, cand.s, cand.i, cand.j)
+        m = _tier_mask(tier, cand.s, cand.d, cand.dc, cand.dd, cosine, cand.same_canvas(cand.i, cand.j))
         d = cand.distance(tier, cand.d[m], cand.dc[m])
         closeness = cand.s[m] - np.where(d == 255, 0, d) / 64.0
         rule = cand.passes(tier)

@@ -33,6 +33,17 @@ def members(engine: Engine, ids: Iterable[int]) -> dict[int, Member]:
     return out
 
 
+def formats(engine: Engine, ids: Iterable[int]) -> dict[int, str | None]:
+    """Each image's file format as its decoder found it (not its name's suffix)."""
+    ids = [int(i) for i in ids]
+    out: dict[int, str | None] = {}
+    with engine.catalog.session() as s:
+        for chunk in in_chunks(ids):
+            for i, f in s.execute(select(ImageRecord.id, ImageRecord.format).where(ImageRecord.id.in_(chunk))):
+                out[i] = f
+    return out
+
+
 def canonical_ids(engine: Engine) -> np.ndarray:
     """Ids of indexed images that are not byte-identical copies of another, sorted."""
     with engine.catalog.session() as s:

@@ -128,3 +128,32 @@ def test_the_report_groups_copies_but_not_the_variant(
         assert groups == [{ids["T"], ids["resize50"], ids["jpeg60"]}]
     finally:
         engine.close()
+
+
+def test_on_one_canvas_different_detail_overrules_the_cosine(
+    drawings: dict[str, Path], tmp_path: Path, make_index: Callable[[Path], Path]
+) -> None:
+    """A tier whose cosine admits every pair: the two variants share one 240x200 PNG canvas, so
+    nothing that blurs detail stands between them and their different detail keeps them apart,
+    as it does the L variant and the T drawing's brightened copy (that canvas too); the T drawing
+    and that copy agree in detail and are grouped, and a 50% copy (another canvas, never the
+    keeper) is left to the cosine."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    groups = {}
+    for names in (("T", "L", "bright125"), ("T", "L", "bright125", "resize50")):
+        for name in names:
+            (folder / drawings[name].name).write_bytes(drawings[name].read_bytes())
+        engine = Engine(make_index(folder))
+        try:
+            ids = {n: engine.get_by_path(drawings[n].name).id for n in names}
+            scan = scan_images(engine, workers=1, cache=False)
+            near = near_duplicates(engine, (Tier("t", -1.0, hamming=8),), scan=scan)
+            groups[names] = found = [{m.id for m in g.members} for g in near.groups["t"]]
+            assert any({ids["T"], ids["bright125"]} <= g for g in found), found
+            for g in found:
+                assert not {ids["T"], ids["L"]} <= g and not {ids["L"], ids["bright125"]} <= g, found
+        finally:
+            engine.close()
+    assert groups[("T", "L", "bright125")] == [{ids["T"], ids["bright125"]}]
+    assert any(ids["resize50"] in g for g in groups[("T", "L", "bright125", "resize50")])  # by its cosine
