@@ -18,8 +18,8 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
   other's picture than to the whole and within `crop_hamming` bits (:func:`.scan.crop_distance`:
   a crop of 5-15%). At a tier with a `crowd_margin` (the "similar" tier), a pair the cosine alone
   admits must also stand out from both images' crowds, their k-th neighbour's cosine
-  (:func:`cosine_rule`). A pair whose whole pictures hash alike and whose detail differs is not
-  rescued by a crop window that matches no better (:func:`_whole`). How central an image is
+  (:func:`.rules.cosine_rule`). A pair whose whole pictures hash alike and whose detail differs is not
+  rescued by a crop window that matches no better (:func:`.rules.whole_pictures`). How central an image is
   among its copies (which seeds a group first, which is kept) is counted on the vectors' pairs
   alone. Groups never chain:
   every member passes the tier's rule against the group's keeper (:data:`LINKAGE`,
@@ -42,7 +42,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from sqlalchemy import func, select
@@ -63,6 +63,7 @@ from .model import (
     Tier,
 )
 from .pairs import DEFAULT_K, crowds, hash_pairs, similar_pairs, union_pairs, whiten
+from .rules import Candidates, any_tier, tier_mask
 from .scan import CROP_HASH_MARGIN, CROP_HASHES, NO_HASH, Scan, crop_distance, hamming, hash_distance_limit, scan_images
 
 log = logging.getLogger(__name__)
@@ -171,142 +172,6 @@ def exact_duplicates(engine: Engine) -> list[Group]:
 # ---------------------------------------------------------------- near-duplicates
 
 
-@dataclass
-class _Candidates:
-    """What the tiers are decided on: the distinct images' vectors, their kNN pairs and hashes."""
-
-    ids: np.ndarray  # (n,) catalog ids
-    vecs: np.ndarray  # (n, d) unit vectors the similarities are cosines of
-    i: np.ndarray  # (p,) pair ends, positions into ids
-    j: np.ndarray
-    s: np.ndarray  # (p,) cosine of each pair
-    d: np.ndarray  # (p,) hash distance of each pair (255: not hashed)
-    dc: np.ndarray  # (p,) crop distance of each pair (255: not hashed)
-    dd: np.ndarray  # (p,) detail distance of each pair whose hashes are close (0: not compared)
-    codes: np.ndarray | None  # (n,) perceptual hashes, when used
-    crops: np.ndarray | None  # (n, CROP_HASHES) crop hashes, when used
-    details: Details | None  # detail thumbnails, when hashes are used
-    method: str
-    by_vectors: np.ndarray  # (p,) True: a pair the vectors' kNN proposed, False: only the hashes'
-    crowd: np.ndarray  # (n,) each image's crowd: its k-th neighbour's cosine (:func:`.pairs.crowds`)
-    stricter: dict[str, float]  # per tier, the loosest stricter tier's cosine threshold (if any)
-    canvas: np.ndarray | None  # (n,) equal where two images share pixel size and file format (:func:`_canvases`)
-
-    def same_canvas(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if self.canvas is None:
-            return np.zeros(len(a), dtype=bool)
-        return self.canvas[a] == self.canvas[b]
-
-    def cosine_passes(self, tier: Tier, s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Which pairs (a, b) with cosines `s` the tier admits on their cosine (:func:`cosine_rule`)."""
-        return cosine_rule(tier, s, self.crowd[a], self.crowd[b], self.stricter.get(tier.name))
-
-    def passes(self, tier: Tier) -> Rule:
-        """The tier's rule between one image and several, computed from vectors and hashes."""
-
-        def rule(node: int, others: np.ndarray) -> np.ndarray:
-            ok = self.cosine_passes(tier, self.vecs[others] @ self.vecs[node], np.full(len(others), node), others)
-            whole = np.zeros(len(others), dtype=bool)
-            crop = None
-            if tier.crop_hamming is not None and self.crops is not None:
-                mine = np.broadcast_to(self.crops[node], (len(others), self.crops.shape[1]))
-                crop = crop_distance(self.crops[others], mine)
-            if tier.hamming is not None and self.codes is not None:
-                d = hamming(self.codes[others], np.full(len(others), self.codes[node]))
-                whole = _whole(tier, d, crop)
-                canvas = whole & self.same_canvas(np.full(len(others), node), others)
-                # cosine-admitted pairs need a second look only on one canvas (:func:`_tier_mask`)
-                check = np.flatnonzero(whole & (~ok | canvas))
-                differs = np.zeros(len(others), dtype=bool)
-                if len(check) and self.details is not None:
-                    far = detail_distance(self.details, np.full(len(check), node), others[check], limit=DETAIL_LIMIT)
-                    differs[check] = far > DETAIL_LIMIT
-                ok &= ~(canvas & differs)
-                ok |= whole & ~differs
-            if crop is not None and tier.crop_hamming is not None:
-                ok |= ~whole & (crop <= tier.crop_hamming)
-            return ok
-
-        return rule
-
-    def distance(self, tier: Tier, d: np.ndarray, dc: np.ndarray) -> np.ndarray:
-        """The hash distance shown for pairs at `tier`: the whole-picture one, or the crop
-        one where the tier counts crops and it is smaller."""
-        return np.minimum(d, dc) if tier.crop_hamming is not None and self.crops is not None else d
-
-
-def cosine_rule(
-    tier: Tier, s: np.ndarray, crowd_a: np.ndarray, crowd_b: np.ndarray, stricter: float | None = None
-) -> np.ndarray:
-    """Which pairs with cosines `s` `tier` admits on their cosine: at or above its threshold and,
-    at a tier with a `crowd_margin`, at least that far above both ends' crowds (their k-th
-    neighbour's cosine, :func:`.pairs.crowds`), unless the `stricter` tier's threshold admits the
-    pair anyway: a pair a stricter tier passes passes every looser one, so the tiers nest."""
-    ok = s >= tier.threshold
-    if tier.crowd_margin is None:
-        return ok
-    stands_out = s - np.maximum(crowd_a, crowd_b) >= tier.crowd_margin
-    if stricter is not None:
-        stands_out |= s >= stricter
-    return ok & stands_out
-
-
-def _tier_mask(
-    tier: Tier,
-    s: np.ndarray,
-    d: np.ndarray,
-    dc: np.ndarray,
-    dd: np.ndarray,
-    cosine: np.ndarray | None = None,
-    canvas: np.ndarray | None = None,
-) -> np.ndarray:
-    """The pairs that pass `tier`: cosine (`cosine`, when given: :meth:`_Candidates.cosine_passes`;
-    else the threshold alone, a superset); or whole-picture hashes within `hamming` bits and the
-    same detail (:mod:`.detail`); or, for pairs whose whole pictures do not hash alike, a crop
-    window within `crop_hamming` bits. A pair whose whole pictures hash alike is aligned: when
-    its detail differs it is two variants of one drawing, and no crop window makes it a copy.
-
-    Nor does its cosine, when the two files share a canvas (`canvas`: the same pixel size and file
-    format). Nothing then stands between them that could blur detail (no resampling, no other
-    codec), so different detail is a different drawing: Tux Paint's dreidels with another letter sit
-    at cosine 0.93-0.999 and joined a family of 9 into a group of 11 (docs/benchmarks.md, "Variants
-    on one canvas"). Between files of different sizes or formats the check is not trusted to
-    overrule the cosine: resampled and recompressed copies of detailed stamps failed it (JPEG q30 or
-    a 25% copy against a 50% one, 30-45 true pairs a seed on Tux Paint)."""
-    m = s >= tier.threshold if cosine is None else cosine.copy()
-    whole = _whole(tier, d, dc)
-    if canvas is not None:
-        m &= ~(whole & canvas & (dd > DETAIL_LIMIT))
-    m |= whole & (dd <= DETAIL_LIMIT)
-    if tier.crop_hamming is not None:
-        m |= ~whole & (dc <= tier.crop_hamming)
-    return m
-
-
-def _whole(tier: Tier, d: np.ndarray, dc: np.ndarray | None) -> np.ndarray:
-    """Pairs compared as whole pictures: their hashes within the tier's `hamming`, and (at a tier
-    that counts crops) no crop window matching as well. Detail decides those (:mod:`.detail`);
-    the others are compared as a crop, where thumbnails of the two whole pictures do not line up.
-    A tie goes to the crop: on the tuxpaint-edits corpus (three seeds) counting ties as whole
-    left core recall 0.91-0.93 but a "similar" group of 11 around a family of 9 (seed 2); as crops
-    0.90-0.91 and no group over its family + 1 (docs/benchmarks.md, "Near-duplicates across corpora")."""
-    if tier.hamming is None:
-        return np.zeros(len(d), dtype=bool)
-    whole = d <= tier.hamming
-    if tier.crop_hamming is not None and dc is not None:
-        whole &= d < dc
-    return whole
-
-
-def _any_tier(tiers: Sequence[Tier], s: np.ndarray, d: np.ndarray, dc: np.ndarray, dd: np.ndarray) -> np.ndarray:
-    """The pairs that pass at least one tier (a looser tier's hash caps may exclude a crop that a
-    stricter tier's admits: a pair hashes "whole" at 10 bits but not at 8)."""
-    m = np.zeros(len(s), dtype=bool)
-    for t in tiers:
-        m |= _tier_mask(t, s, d, dc, dd)
-    return m
-
-
 def near_duplicates(
     engine: Engine,
     tiers: Sequence[Tier] = TIERS,
@@ -368,23 +233,23 @@ def near_duplicates(
     dc = _crop_distances(crops, i, j) if crops is not None else unhashed
     if linkage not in LINKAGES:
         raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
-    keep = _any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
+    keep = any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
     i, j, s, d, dc, by_vectors = i[keep], j[keep], s[keep], d[keep], dc[keep], by_vectors[keep]
     rows = members(engine, ids[np.unique(np.concatenate([i, j]))])
     details, dd, canvas = None, np.zeros(len(s)), None
     if codes is not None and thumbs is not None:
         sides = np.array([_side(rows.get(int(x))) for x in ids], dtype=np.int64)
         details = Details(thumbs, sides)
-        canvas = _canvases(ids, rows, formats(engine, ids))
+        canvas = canvases(ids, rows, formats(engine, ids))
         # only pairs a hash could admit and the cosine does not already pass at every tier, or
-        # whose cosine the detail may overrule (one canvas: :func:`_tier_mask`)
+        # whose cosine the detail may overrule (one canvas: :func:`tier_mask`)
         hashed = d <= max(t.hamming for t in tiers if t.hamming is not None)
         near = np.flatnonzero(hashed & ((s < tiers[0].threshold) | (canvas[i] == canvas[j])))
         dd[near] = detail_distance(details, i[near], j[near], limit=DETAIL_LIMIT)
-    keep = _any_tier(tiers, s, d, dc, dd)
+    keep = any_tier(tiers, s, d, dc, dd)
     kept = (i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep])
     stricter = {t.name: min(u.threshold for u in tiers[:n]) for n, t in enumerate(tiers) if n}
-    cand = _Candidates(ids, vecs, *kept, codes, crops, details, method, by_vectors[keep], crowd, stricter, canvas)
+    cand = Candidates(ids, vecs, *kept, codes, crops, details, method, by_vectors[keep], crowd, stricter, canvas)
     # How central an image is among its copies is judged on the vectors alone: a hash that
     # cannot see brightness makes a brightened copy as central as its original, and was the
     # keeper of 35 of 60 wallpaper families once the hashes' own neighbours were candidates too
@@ -437,7 +302,7 @@ def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.
     return codes, crops, thumbs
 
 
-def _canvases(ids: np.ndarray, rows: dict[int, Member], fmt: dict[int, str | None]) -> np.ndarray:
+def canvases(ids: np.ndarray, rows: dict[int, Member], fmt: dict[int, str | None]) -> np.ndarray:
     """Per image a number, equal for two images of the same pixel size and file format; unique
     where either is unknown (never one canvas then)."""
     keys: dict[tuple, int] = {}
@@ -492,7 +357,7 @@ def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, crops: np.ndarray, v
 
 
 def _tier_groups(
-    cand: _Candidates, tiers: Sequence[Tier], linkage: str, rank: np.ndarray | None
+    cand: Candidates, tiers: Sequence[Tier], linkage: str, rank: np.ndarray | None
 ) -> dict[str, list[np.ndarray]]:
     """For each tier (strictest first): node arrays, each a group shown at that tier. Each tier
     merges the groups of the one above (:mod:`.grouping`); a group it only repeats is not shown again."""
@@ -500,7 +365,7 @@ def _tier_groups(
     stricter: list[np.ndarray] = []
     for tier in tiers:
         cosine = cand.cosine_passes(tier, cand.s, cand.i, cand.j)
-        m = _tier_mask(tier, cand.s, cand.d, cand.dc, cand.dd, cosine, cand.same_canvas(cand.i, cand.j))
+        m = tier_mask(tier, cand.s, cand.d, cand.dc, cand.dd, cosine, cand.same_canvas(cand.i, cand.j))
         d = cand.distance(tier, cand.d[m], cand.dc[m])
         closeness = cand.s[m] - np.where(d == 255, 0, d) / 64.0
         rule = cand.passes(tier)
@@ -521,7 +386,7 @@ def _tier_groups(
 
 
 def _cores(
-    cand: _Candidates,
+    cand: Candidates,
     tiers: Sequence[Tier],
     m: np.ndarray,
     closeness: np.ndarray,
@@ -572,7 +437,7 @@ def _keeper_rank(ids: np.ndarray, rows: dict[int, Member], degree: np.ndarray) -
 
 
 def _describe(
-    cand: _Candidates,
+    cand: Candidates,
     node_groups: dict[str, list[np.ndarray]],
     tiers: Sequence[Tier],
     rows: dict[int, Member],
@@ -609,7 +474,7 @@ def _describe(
     return groups
 
 
-def _keeper_distance(cand: _Candidates, tier: Tier, order: list[int]) -> np.ndarray | None:
+def _keeper_distance(cand: Candidates, tier: Tier, order: list[int]) -> np.ndarray | None:
     """The hash distance of each of `order` (the keeper first) to the keeper, as the tier counts it."""
     if cand.codes is None and cand.crops is None:
         return None

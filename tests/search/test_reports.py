@@ -35,8 +35,8 @@ from search.reports import (
     whiten,
     write_report,
 )
-from search.reports.duplicates import cosine_rule
 from search.reports.pairs import crowds
+from search.reports.rules import cosine_rule
 from search.reports.scan import hamming, perceptual_hash
 
 TINY = ModelConfig(image_size=32, channels=(8, 16), latent_dim=16)
