@@ -62,7 +62,7 @@ from .model import (
     ReportError,
     Tier,
 )
-from .pairs import DEFAULT_K, crowds, hash_pairs, similar_pairs, union_pairs, whiten
+from .pairs import DEFAULT_K, hash_pairs, similar_pairs, union_pairs, whiten
 from .rules import Candidates, any_tier, tier_mask
 from .scan import CROP_HASH_MARGIN, CROP_HASHES, NO_HASH, Scan, crop_distance, hamming, hash_distance_limit, scan_images
 
@@ -203,14 +203,10 @@ def near_duplicates(
         raise ReportError("no near-duplicate tiers asked for")
     ids, vecs, raw, index, method = _distinct_vectors(engine, method, whitened)
     use_hash = phash and any(t.hamming is not None or t.crop_hamming is not None for t in tiers)
-    # every neighbour, for the crowds; then with hashes every neighbour is a candidate, else
-    # only those the loosest tier's cosine admits
-    i, j, s = similar_pairs(vecs, -1.0, k, index=index, ids=ids, queries=raw, batch_size=batch_size)
+    floor = -1.0 if use_hash else tiers[-1].threshold  # with hashes, every neighbour is a candidate
+    crowd = np.empty(len(ids), dtype=np.float32)  # each image's k-th neighbour's cosine (rules.cosine_rule)
+    i, j, s = similar_pairs(vecs, floor, k, index=index, ids=ids, queries=raw, batch_size=batch_size, crowd=crowd)
     del raw
-    crowd = crowds(len(ids), i, j, s, k)
-    if not use_hash:
-        near = s >= tiers[-1].threshold
-        i, j, s = i[near], j[near], s[near]
     codes = crops = thumbs = None
     proposed = len(i)  # pairs [0, proposed) are the vectors'; any after them, the hashes'
     if use_hash:

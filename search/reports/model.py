@@ -28,7 +28,7 @@ class Tier:
     `crowd_margin`: a pair that passes on its cosine alone, below every stricter tier's
     threshold, must also stand out from the images around it: its cosine at least
     `crowd_margin` above each end's crowd, the cosine of that image's k-th nearest neighbour
-    (:func:`.pairs.crowds`). In a dense region (MNIST's "1"s: a few strokes every "1" shares)
+    (:func:`.pairs.similar_pairs`). In a dense region (MNIST's "1"s: a few strokes every "1" shares)
     a cosine that elsewhere means "another picture of the same thing" only means "one of many"."""
 
     name: str

@@ -36,6 +36,7 @@ def similar_pairs(
     queries: np.ndarray | None = None,
     batch_size: int = 8192,
     ef_search: int | None = None,
+    crowd: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i, j, cosine of `vectors`), i < j positions, among each row's `k` nearest
     neighbours with cosine >= `min_similarity`. Never builds an n x n matrix.
@@ -44,8 +45,15 @@ def similar_pairs(
     keyed by `ids`, holding `queries`, e.g. the raw vectors of which `vectors` are the
     whitened form), the index proposes the neighbours and `vectors` scores them. For an
     HNSW index, `ef_search` (default: :func:`report_ef_search`) sets the search breadth.
+
+    `crowd` (an array of n floats), when given, is filled with each row's crowd: the cosine of
+    its k-th nearest neighbour, itself counted, as the search found them; -1 when fewer than
+    `k` were found (a folder of fewer than `k` images has no crowd).
     """
     n = len(vectors)
+    if crowd is not None:
+        crowd[:] = -1.0
+    wanted = k
     k = max(2, min(k, n))
     if index is not None:
         if ids is None:
@@ -68,6 +76,9 @@ def similar_pairs(
             known = (found >= 0) & (sorted_ids[pos] == found)  # ids not in `ids` (copies) are dropped
             nbr = np.where(known, order[pos], -1)
             sims = np.einsum("qd,qkd->qk", q, vectors[np.maximum(nbr, 0)])
+        if crowd is not None and k == wanted:  # re-scored neighbours are not in order: sort them
+            ranked = -np.sort(-np.where(nbr >= 0, sims, -np.inf), axis=1)[:, k - 1]
+            crowd[start : start + len(q)] = np.where(np.isfinite(ranked), ranked, -1.0)
         keep = (nbr >= 0) & (nbr != rows) & (sims >= min_similarity)
         i = np.broadcast_to(rows, nbr.shape)[keep]
         j = nbr[keep]
@@ -79,24 +90,6 @@ def similar_pairs(
     i, j, s = np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s)
     _, first = np.unique(i * n + j, return_index=True)  # each pair once (found from both ends)
     return i[first], j[first], s[first]
-
-
-def crowds(n: int, i: np.ndarray, j: np.ndarray, s: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
-    """Each of `n` images' crowd: the cosine of its k-th nearest neighbour (itself counted, as the
-    kNN counts it), from the pairs (i, j, s) that :func:`similar_pairs` found with no floor.
-    -1 where an image has fewer than k - 1 pairs (a folder of fewer than `k` images): no crowd.
-
-    Why the pairs suffice: an image's own k - 1 neighbours are among its pairs, and any other pair
-    it is in (an image that has *it* among its neighbours) is no closer than those."""
-    node = np.concatenate([np.asarray(i, np.int64), np.asarray(j, np.int64)])
-    sim = np.concatenate([s, s])
-    order = np.lexsort((-sim, node))
-    node, sim = node[order], sim[order]
-    rank = np.arange(len(node)) - np.searchsorted(node, np.arange(n))[node]
-    out = np.full(n, -1.0, dtype=np.float32)
-    at = rank == max(1, k - 1) - 1
-    out[node[at]] = sim[at]
-    return out
 
 
 def hash_pairs(

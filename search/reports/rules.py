@@ -37,7 +37,7 @@ class Candidates:
     details: Details | None  # detail thumbnails, when hashes are used
     method: str
     by_vectors: np.ndarray  # (p,) True: a pair the vectors' kNN proposed, False: only the hashes'
-    crowd: np.ndarray  # (n,) each image's crowd: its k-th neighbour's cosine (:func:`.pairs.crowds`)
+    crowd: np.ndarray  # (n,) each image's crowd: its k-th neighbour's cosine (:func:`.pairs.similar_pairs`)
     stricter: dict[str, float]  # per tier, the loosest stricter tier's cosine threshold (if any)
     canvas: np.ndarray | None  # (n,) equal: the same pixel size and file format (:func:`.duplicates.canvases`)
 
@@ -89,7 +89,7 @@ def cosine_rule(
 ) -> np.ndarray:
     """Which pairs with cosines `s` `tier` admits on their cosine: at or above its threshold and,
     at a tier with a `crowd_margin`, at least that far above both ends' crowds (their k-th
-    neighbour's cosine, :func:`.pairs.crowds`), unless the `stricter` tier's threshold admits the
+    neighbour's cosine, :func:`.pairs.similar_pairs`), unless the `stricter` tier's threshold admits the
     pair anyway: a pair a stricter tier passes passes every looser one, so the tiers nest."""
     ok = s >= tier.threshold
     if tier.crowd_margin is None:

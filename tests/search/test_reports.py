@@ -35,7 +35,6 @@ from search.reports import (
     whiten,
     write_report,
 )
-from search.reports.pairs import crowds
 from search.reports.rules import cosine_rule
 from search.reports.scan import hamming, perceptual_hash
 
@@ -152,14 +151,20 @@ def _kth(x: np.ndarray, k: int) -> np.ndarray:
     return -np.sort(-(x @ x.T), axis=1)[:, k - 1]
 
 
-def test_crowds_are_each_images_kth_neighbour() -> None:
+def test_crowds_are_each_images_kth_neighbour_exactly_and_through_hnsw() -> None:
     x = _clustered(600)
+    crowd = np.empty(len(x), dtype=np.float32)
     for k in (2, 8, 16):
-        i, j, s = similar_pairs(x, -1.0, k=k, batch_size=128)
-        np.testing.assert_allclose(crowds(len(x), i, j, s, k), _kth(x, k), atol=1e-5)
-    few = x[:5]  # fewer images than k: nobody has k - 1 neighbours, so no crowd
-    i, j, s = similar_pairs(few, -1.0, k=16)
-    assert (crowds(len(few), i, j, s, 16) == -1).all()
+        similar_pairs(x, 0.5, k=k, batch_size=128, crowd=crowd)  # the floor does not touch crowds
+        np.testing.assert_allclose(crowd, _kth(x, k), atol=1e-5)
+    ids = np.arange(600, dtype=np.int64)
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(x.shape[1], 16, faiss.METRIC_INNER_PRODUCT))
+    hnsw.add_with_ids(x, ids)
+    similar_pairs(x, -1.0, k=8, index=hnsw, ids=ids, crowd=crowd)
+    assert np.mean(np.abs(crowd - _kth(x, 8)) < 1e-5) > 0.95  # approximate: nearly every row exact
+    few = np.empty(5, dtype=np.float32)  # fewer images than k: no crowd
+    similar_pairs(x[:5], -1.0, k=16, crowd=few)
+    assert (few == -1).all()
 
 
 def test_whitening_removes_the_common_component() -> None:
