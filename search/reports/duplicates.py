@@ -83,13 +83,14 @@ CROWD_MARGIN = 0.40
 #: at grouped-pair precision >= 0.99, 0.95 and 0.80. Re-run it after changing the default
 #: model and copy its suggestions here.
 TIERS: tuple[Tier, ...] = (
-    Tier("near-identical", 0.97, "the same picture resized or recompressed", hamming=4),
+    Tier("near-identical", 0.97, "the same picture resized or recompressed", hamming=4, detail_veto=True),
     Tier(
         "near-duplicate",
         0.90,
         "the same picture resized, recompressed, brightened or cropped a little",
         hamming=8,
         crop_hamming=8,
+        detail_veto=True,
     ),
     Tier(
         "similar",

@@ -50,7 +50,7 @@ def write_json(report: Report, fh) -> None:
     Top level: schema, index, model_id, images, generated_at, and one key per section,
     null when not asked for: exact_duplicates {groups}, near_duplicates {similarity, k,
     method, vectors, pairs, seconds, tiers: [{name, threshold, description, hamming, crop_hamming,
-    crowd_margin, groups}]},
+    crowd_margin, detail_veto, groups}]},
     neighbours {k, queries: [{query, exact_match_id, error, neighbours: [hit]}]},
     outliers {count, model_id, rule, flagged, histogram {edges, counts}, failed, top}.
     A group is {tier, size, keeper: member, others: [member], min_similarity | content_hash};

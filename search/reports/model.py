@@ -29,7 +29,12 @@ class Tier:
     threshold, must also stand out from the images around it: its cosine at least
     `crowd_margin` above each end's crowd, the cosine of that image's k-th nearest neighbour
     (:func:`.pairs.similar_pairs`). In a dense region (MNIST's "1"s: a few strokes every "1" shares)
-    a cosine that elsewhere means "another picture of the same thing" only means "one of many"."""
+    a cosine that elsewhere means "another picture of the same thing" only means "one of many".
+
+    `detail_veto`: two files on one canvas (the same pixel size and format) whose whole-picture
+    hashes line up but whose detail differs are two pictures, whatever their cosine
+    (:func:`.rules.tier_mask`). For tiers that promise the same picture; not for "similar", whose
+    burst shots and variants differ in detail by its own description."""
 
     name: str
     threshold: float
@@ -37,6 +42,7 @@ class Tier:
     hamming: int | None = None
     crop_hamming: int | None = None
     crowd_margin: float | None = None
+    detail_veto: bool = False
 
 
 class ReportError(EngineError):

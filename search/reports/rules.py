@@ -63,7 +63,7 @@ class Candidates:
             if tier.hamming is not None and self.codes is not None:
                 d = hamming(self.codes[others], np.full(len(others), self.codes[node]))
                 whole = whole_pictures(tier, d, crop)
-                canvas = whole & self.same_canvas(np.full(len(others), node), others)
+                canvas = whole & self.same_canvas(np.full(len(others), node), others) & tier.detail_veto
                 # cosine-admitted pairs need a second look only on one canvas (:func:`tier_mask`)
                 check = np.flatnonzero(whole & (~ok | canvas))
                 differs = np.zeros(len(others), dtype=bool)
@@ -115,16 +115,17 @@ def tier_mask(
     window within `crop_hamming` bits. A pair whose whole pictures hash alike is aligned: when
     its detail differs it is two variants of one drawing, and no crop window makes it a copy.
 
-    Nor does its cosine, when the two files share a canvas (`canvas`: the same pixel size and file
-    format). Nothing then stands between them that could blur detail (no resampling, no other
-    codec), so different detail is a different drawing: Tux Paint's dreidels with another letter sit
-    at cosine 0.93-0.999 and joined a family of 9 into a group of 11 (docs/benchmarks.md, "Variants
-    on one canvas"). Between files of different sizes or formats the check is not trusted to
-    overrule the cosine: resampled and recompressed copies of detailed stamps failed it (JPEG q30 or
-    a 25% copy against a 50% one, 30-45 true pairs a seed on Tux Paint)."""
+    At a tier with `detail_veto`, nor does its cosine when the two files share a canvas
+    (`canvas`: the same pixel size and file format). Nothing then stands between them that could
+    blur detail (no resampling, no other codec), so different detail is a different drawing: Tux
+    Paint's dreidels with another letter sit at cosine 0.93-0.999 and joined a family of 9 into a
+    group of 11 (docs/benchmarks.md, "Variants on one canvas"). Between files of different sizes
+    or formats the check is not trusted to overrule the cosine: resampled and recompressed copies
+    of detailed stamps failed it (JPEG q30 or a 25% copy against a 50% one, 30-45 true pairs a
+    seed on Tux Paint)."""
     m = s >= tier.threshold if cosine is None else cosine.copy()
     whole = whole_pictures(tier, d, dc)
-    if canvas is not None:
+    if canvas is not None and tier.detail_veto:
         m &= ~(whole & canvas & (dd > DETAIL_LIMIT))
     m |= whole & (dd <= DETAIL_LIMIT)
     if tier.crop_hamming is not None:

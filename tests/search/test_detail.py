@@ -133,11 +133,11 @@ def test_the_report_groups_copies_but_not_the_variant(
 def test_on_one_canvas_different_detail_overrules_the_cosine(
     drawings: dict[str, Path], tmp_path: Path, make_index: Callable[[Path], Path]
 ) -> None:
-    """A tier whose cosine admits every pair: the two variants share one 240x200 PNG canvas, so
-    nothing that blurs detail stands between them and their different detail keeps them apart,
-    as it does the L variant and the T drawing's brightened copy (that canvas too); the T drawing
-    and that copy agree in detail and are grouped, and a 50% copy (another canvas, never the
-    keeper) is left to the cosine."""
+    """A tier that vetoes on detail and whose cosine admits every pair: the two variants share
+    one 240x200 PNG canvas, so nothing that blurs detail stands between them, and their different
+    detail keeps them apart, as it does the L variant and the T drawing's brightened copy (that
+    canvas too); the T drawing and that copy agree in detail and are grouped, and a 50% copy
+    (another canvas, never the keeper) is left to the cosine."""
     folder = tmp_path / "images"
     folder.mkdir()
     groups = {}
@@ -148,7 +148,7 @@ def test_on_one_canvas_different_detail_overrules_the_cosine(
         try:
             ids = {n: engine.get_by_path(drawings[n].name).id for n in names}
             scan = scan_images(engine, workers=1, cache=False)
-            near = near_duplicates(engine, (Tier("t", -1.0, hamming=8),), scan=scan)
+            near = near_duplicates(engine, (Tier("t", -1.0, hamming=8, detail_veto=True),), scan=scan)
             groups[names] = found = [{m.id for m in g.members} for g in near.groups["t"]]
             assert any({ids["T"], ids["bright125"]} <= g for g in found), found
             for g in found:
@@ -156,4 +156,11 @@ def test_on_one_canvas_different_detail_overrules_the_cosine(
         finally:
             engine.close()
     assert groups[("T", "L", "bright125")] == [{ids["T"], ids["bright125"]}]
+    # Without the veto (the "similar" tier: variants are similar) the cosine groups them all.
+    engine = Engine(make_index(folder))
+    try:
+        near = near_duplicates(engine, (Tier("t", -1.0, hamming=8),), scan=scan_images(engine, workers=1, cache=False))
+        assert [{m.id for m in g.members} for g in near.groups["t"]] == [set(ids.values())]
+    finally:
+        engine.close()
     assert any(ids["resize50"] in g for g in groups[("T", "L", "bright125", "resize50")])  # by its cosine

@@ -57,6 +57,7 @@ def tiers() -> dict:
                 "hamming": t.hamming,
                 "crop_hamming": t.crop_hamming,
                 "crowd_margin": t.crowd_margin,
+                "detail_veto": t.detail_veto,
                 "description": t.description,
             }
             for t in TIERS
