@@ -301,7 +301,8 @@ def vector_memory(n: int, dim: int, seed: int = 0) -> list[dict[str, Any]]:
     """Bytes per vector of each index type, from the file `publish` writes for `n` unit vectors."""
     import numpy as np
 
-    from indexer.vectors import VectorStore, plan_index, publish
+    from indexer.publish import publish
+    from indexer.vectors import VectorStore, plan_index
 
     rng = np.random.default_rng(seed)
     vecs = rng.standard_normal((n, dim)).astype(np.float32)

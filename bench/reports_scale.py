@@ -66,7 +66,7 @@ def build(n: int, workdir: Path) -> Path:
 
     from encoder import ModelConfig, create_model, model_id, save_model
     from indexer import Catalog, VectorStore, plan_index
-    from indexer.vectors import publish
+    from indexer.publish import publish
 
     idx = workdir / f"n{n}"
     if (idx / "manifest.json").exists():

@@ -99,7 +99,8 @@ def retune(idx: Path) -> None:
     from indexer import Catalog, Manifest, VectorStore, read_search_index
     from indexer.hit_rows import read_hit_rows
     from indexer.layout import HIT_ROWS, STORE
-    from indexer.vectors import IndexPlan, republish_derived, tune_search
+    from indexer.publish import republish_derived
+    from indexer.vectors import IndexPlan, tune_search
 
     m = Manifest.read(idx)
     if m is None:
@@ -137,7 +138,7 @@ def ensure_index(n: int, model_dir: Path, work: Path, seed: int = 0) -> tuple[Pa
     from encoder.checkpoint import read_config
     from indexer import Catalog, ImageRecord, VectorStore, plan_index
     from indexer.catalog import utcnow
-    from indexer.vectors import publish
+    from indexer.publish import publish
 
     shutil.rmtree(idx, ignore_errors=True)
     idx.mkdir(parents=True)

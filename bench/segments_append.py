@@ -50,8 +50,9 @@ from indexer.delta import DELTA, DELTA_MAX, HIDDEN_MAX_SHARE, Delta, DeltaIndex,
 from indexer.exact import read_mapped
 from indexer.layout import SEARCH
 from indexer.manifest import Manifest
+from indexer.publish import publish
 from indexer.segments import MAX_SEGMENTS, SegmentStore
-from indexer.vectors import VectorStore, plan_index, publish
+from indexer.vectors import VectorStore, plan_index
 
 
 def vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -50,8 +50,9 @@ def child(repo: Path, n: int, dim: int, work: Path) -> dict:
 
     import indexer
     from indexer.layout import SEGMENTS
+    from indexer.publish import publish
     from indexer.segments import SegmentStore
-    from indexer.vectors import plan_index, publish
+    from indexer.vectors import plan_index
 
     if not Path(indexer.__file__).resolve().is_relative_to(repo.resolve()):
         raise SystemExit(f"indexer imported from {indexer.__file__}, not from {repo}")

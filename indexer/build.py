@@ -48,9 +48,10 @@ from .index_model import IndexBuildError, prepare_model
 from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEGMENTS, SHARDS, STORE, default_index_dir
 from .manifest import Manifest
 from .neighbours import read_neighbours
+from .publish import publish, republish_derived
 from .run import IndexRun, IndexSummary, RunOptions
 from .segments import SegmentStore, has_segments, migrate_store
-from .vectors import plan_index, publish, republish_derived
+from .vectors import plan_index
 from .walk import diff_folder
 
 __all__ = ["IndexSummary", "build_index", "cpu_thread_budget", "default_decode_workers", "index_lock"]

@@ -15,7 +15,7 @@ DEFAULT_INDEX_DIR = ".lookalike"
 CATALOG = "catalog.sqlite"  # one row per image file (indexer/catalog.py)
 CATALOG_URL = "catalog.url"  # where the catalog is when it is not CATALOG: a database URL, without password
 #: All exact vectors in one FAISS file: written by a publish only when the search index is flat (it is then
-#: what queries search); other generations' servers read SEGMENTS (indexer/vectors.py, indexer/exact.py).
+#: what queries search); other generations' servers read SEGMENTS (indexer/publish.py, indexer/exact.py).
 STORE = "vectors.faiss"
 #: The exact vectors as append-only segments, keyed by catalog id: the source of truth (indexer/segments.py).
 #: A checkpoint adds a segment; SEGMENTS/SEGMENT_LIST names the live ones.

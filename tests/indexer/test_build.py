@@ -283,7 +283,7 @@ def test_search_effort_is_tuned_to_the_recall_target(kind: str) -> None:
 
 def test_published_manifest_records_the_tuned_recall(tmp_path: Path) -> None:
     from indexer import read_search_index
-    from indexer.vectors import publish
+    from indexer.publish import publish
 
     store = _clustered(3000)
     m = publish(tmp_path, store, plan_index(len(store), store.dim, "hnsw"), "m0", None)

@@ -18,8 +18,8 @@ from indexer import Catalog, Manifest, build_index, delta, ondisk, plan_index, v
 from indexer.delta import DELTA, HIT_ROWS_DELTA, Delta, DeltaIndex, base_table, diff
 from indexer.layout import HIT_ROWS, NEIGHBOURS, SEARCH, SEGMENTS
 from indexer.neighbours import fingerprints
+from indexer.publish import publish
 from indexer.segments import SegmentStore
-from indexer.vectors import publish
 from search.engine import Engine, NotFound
 from search.reports import near_duplicates
 

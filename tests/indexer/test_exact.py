@@ -16,8 +16,8 @@ from synthetic_index import add_rows, new_index_dir
 from indexer import Catalog, Manifest, VectorStore, exact, ondisk, plan_index
 from indexer.exact import FlatVectors, SegmentVectors
 from indexer.layout import GENERATIONS, SEARCH, SEGMENTS, STORE
+from indexer.publish import publish
 from indexer.segments import SegmentStore
-from indexer.vectors import publish
 from search.engine import Engine
 
 DIM = 64

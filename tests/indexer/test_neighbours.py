@@ -17,7 +17,8 @@ from indexer.neighbours import (
     update_neighbours,
     write_neighbours,
 )
-from indexer.vectors import VectorStore, plan_index, publish
+from indexer.publish import publish
+from indexer.vectors import VectorStore, plan_index
 
 K = 8
 

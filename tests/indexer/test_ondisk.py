@@ -14,7 +14,7 @@ from synthetic_index import add_rows, new_index_dir
 
 from indexer import Catalog, Manifest, VectorStore, ondisk, plan_index, vectors
 from indexer.layout import NEIGHBOURS, SEARCH
-from indexer.vectors import publish
+from indexer.publish import publish
 from search.engine import Engine
 
 DIM = 64

@@ -14,8 +14,9 @@ from synthetic_index import add_rows
 from indexer import Manifest, ondisk, ondisk_tune, plan_index
 from indexer.exact import SegmentVectors
 from indexer.layout import SEARCH, SEGMENTS
+from indexer.publish import publish
 from indexer.segments import PREFETCH_ROWS, SegmentStore
-from indexer.vectors import NPROBE_LADDER, RECALL_TARGET, IndexPlan, publish
+from indexer.vectors import NPROBE_LADDER, RECALL_TARGET, IndexPlan
 from search.engine import Engine
 
 from .test_exact import add, new_index
