@@ -2,8 +2,8 @@
 
 No web framework here: the HTTP API, the CLI and the reports all call this.
 
-An :class:`Engine` holds a *snapshot* (the search index and the exact vectors,
-memory-mapped and read-only, and the model) and swaps in a new one when ``lookalike index``
+An :class:`Engine` holds a *snapshot* (:mod:`search.snapshot`: the search index and the exact
+vectors, memory-mapped and read-only, and the model) and swaps in a new one when ``lookalike index``
 publishes a new generation of the index: a request already running keeps the
 snapshot it started with, so nothing fails mid-flight.
 """
@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,31 +24,18 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from encoder import DEFAULT_MAX_PIXELS, Encoder, ImageSource
+from encoder import DEFAULT_MAX_PIXELS, ImageSource
 from encoder.atomic import atomic_write_bytes
-from encoder.errors import LookalikeError
 from encoder.images import open_image
-from indexer import Catalog, ImageRecord, Manifest, ondisk
+from indexer import Catalog, ImageRecord, ondisk
 from indexer.catalog import STATUS_OK, bytes_hash
-from indexer.delta import DELTA, HIT_ROWS_DELTA, DeltaIndex, read_delta
-from indexer.exact import ExactVectors, open_exact_vectors, read_mapped
-from indexer.hit_rows import HitRows, LayeredHitRows, read_hit_rows
-from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS, THUMBNAILS
-from indexer.neighbours import lookup, read_neighbours
-from indexer.segments import SegmentError
+from indexer.layout import MANIFEST, THUMBNAILS
+from indexer.neighbours import lookup
+
+from .errors import EngineError, NotFound
+from .snapshot import Snapshot, open_current
 
 log = logging.getLogger(__name__)
-
-#: Tries at opening the generation the manifest names, when it is removed under us (see Engine._open).
-_OPEN_ATTEMPTS = 3
-
-
-class EngineError(LookalikeError):
-    """The index cannot be opened or queried as asked."""
-
-
-class NotFound(EngineError):
-    """No indexed image has that id or path."""
 
 
 class Hit(NamedTuple):
@@ -71,24 +57,6 @@ class Hit(NamedTuple):
             "width": self.width,
             "height": self.height,
         }
-
-
-@dataclass
-class Snapshot:
-    """One published generation of the index, opened read-only."""
-
-    manifest: Manifest
-    vectors: ExactVectors  # exact vectors by id: the flat store, or the generation's segments (indexer/exact.py)
-    search: faiss.Index | DeltaIndex  # what unfiltered queries search: the flat store itself, or HNSW/IVF
-    encoder: Encoder
-    neighbours: np.ndarray | None = None  # precomputed neighbours by id (memory-mapped), if published
-    neighbour_ids: np.ndarray | None = None  # its id column, contiguous in memory (8 bytes an image)
-    hit_rows: HitRows | LayeredHitRows | None = None  # path, width, height by id (memory-mapped), if published
-
-    @property
-    def delta(self) -> DeltaIndex | None:
-        """The search index as a base and a delta (indexer/delta.py), or None."""
-        return self.search if isinstance(self.search, DeltaIndex) else None
 
 
 def default_decode_slots() -> int:
@@ -144,46 +112,12 @@ class Engine:
     # ---------------------------------------------------------------- snapshots
 
     def _open(self) -> Snapshot:
-        """Open the generation that ``manifest.json`` names, reading only files inside its directory
-        (indexer/generations.py), so a publish under way or killed halfway is never half seen."""
-        for attempt in range(_OPEN_ATTEMPTS):
-            self._manifest_mtime = (self.index_dir / MANIFEST).stat().st_mtime
-            manifest = Manifest.read(self.index_dir)
-            if manifest is None:
-                raise EngineError(f"{self.index_dir}: manifest.json vanished")
-            try:
-                return self._open_generation(manifest)
-            except (OSError, RuntimeError, SegmentError):  # faiss raises RuntimeError for a file it cannot open
-                # Two publishes between reading the manifest and opening its files remove that
-                # generation: open the one the manifest names now. Anything else is a real error.
-                again = Manifest.read(self.index_dir)
-                if attempt + 1 == _OPEN_ATTEMPTS or again is None or again.directory == manifest.directory:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _open_generation(self, manifest: Manifest) -> Snapshot:
-        files = manifest.files(self.index_dir)  # the index directory itself for an index from before generations
-        search = read_mapped(files / manifest.search_file, manifest.params)
-        vectors = open_exact_vectors(files, manifest, search)
-        if manifest.delta:
-            change = read_delta(files / DELTA)
-            found = vectors.get(change.search) if len(change.search) else np.zeros((0, manifest.dim), np.float32)
-            search = DeltaIndex(search, change, found)
-        old = getattr(self, "_snapshot", None)
-        if old is not None and old.manifest.model_id == manifest.model_id:
-            encoder = old.encoder  # same model: no need to load it again
-        else:
-            encoder = Encoder(manifest.model_dir(self.index_dir), device=self.device, max_pixels=self.max_pixels)
-        log.debug(
-            "opened index generation %d (%d vectors, %s)", manifest.generation, manifest.count, manifest.index_type
+        """Open the generation that ``manifest.json`` names (:func:`.snapshot.open_current`), reusing
+        the current snapshot's model when the new generation was made by the same one."""
+        snap, self._manifest_mtime = open_current(
+            self.index_dir, getattr(self, "_snapshot", None), device=self.device, max_pixels=self.max_pixels
         )
-        neighbours = neighbour_ids = None
-        if manifest.neighbours_k > 0:
-            neighbours = read_neighbours(files / NEIGHBOURS, manifest.neighbours_k)
-            if neighbours is not None:
-                neighbour_ids = np.ascontiguousarray(neighbours["id"])
-        hit_rows = _open_hit_rows(files, manifest)
-        return Snapshot(manifest, vectors, search, encoder, neighbours, neighbour_ids, hit_rows)
+        return snap
 
     def snapshot(self) -> Snapshot:
         """The current snapshot, reopened first if the index on disk has moved on."""
@@ -556,19 +490,6 @@ class Engine:
 
 #: The thumbnail sizes kept on disk (the web page asks for 64-512; reports embed 128).
 THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
-
-
-def _open_hit_rows(files: Path, manifest: Manifest) -> HitRows | LayeredHitRows | None:
-    """The generation's published hit rows; None (rows then come from the catalog) when it has
-    none, or any part of them is missing or damaged."""
-    published = manifest.delta.get("hit_rows", "full")
-    if published == "none":
-        return None
-    rows = read_hit_rows(files / HIT_ROWS)
-    if published == "layered":
-        top = read_hit_rows(files / HIT_ROWS_DELTA)
-        return None if rows is None or top is None else LayeredHitRows(rows, top)
-    return rows
 
 
 def _jpeg(img: Image.Image) -> bytes:
