@@ -194,6 +194,8 @@ def write_html(
                 f" or hash distance &le; {t.hamming}" if t.hamming is not None else ""
             )
             rule += f" or a crop within {t.crop_hamming} bits" if t.crop_hamming is not None else ""
+            if t.detail_veto and t.hamming is not None:
+                rule += "; files of one size and format whose detail differs are two pictures"
             if t.crowd_margin is not None:
                 rule += f"; a similarity alone must beat both images' {nd.k}th neighbours by {t.crowd_margin:g}"
             out.append(
