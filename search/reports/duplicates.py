@@ -18,10 +18,12 @@ hashes) is :mod:`.scan`; writing JSON/CSV/HTML is :mod:`.formats` and :mod:`.htm
   other's picture than to the whole and within `crop_hamming` bits (:func:`.scan.crop_distance`:
   a crop of 5-15%). At a tier with a `crowd_margin` (the "similar" tier), a pair the cosine alone
   admits must also stand out from both images' crowds, their k-th neighbour's cosine
-  (:func:`.rules.cosine_rule`). A pair whose whole pictures hash alike and whose detail differs is not
-  rescued by a crop window that matches no better (:func:`.rules.whole_pictures`). How central an image is
-  among its copies (which seeds a group first, which is kept) is counted on the vectors' pairs
-  alone. Groups never chain:
+  (:func:`.rules.cosine_rule`); at tiers with `detail_veto` (the two stricter), two files of one
+  size and format whose whole pictures hash alike but whose detail differs are two pictures
+  whatever their cosine (:func:`.rules.tier_mask`). A pair whose whole pictures hash alike and
+  whose detail differs is not rescued by a crop window that matches no better
+  (:func:`.rules.whole_pictures`). How central an image is among its copies (which seeds a
+  group first, which is kept) is counted on the vectors' pairs alone. Groups never chain:
   every member passes the tier's rule against the group's keeper (:data:`LINKAGE`,
   :mod:`.grouping`). A group is shown at the strictest tier at which it holds together;
   a looser tier shows a group only when it adds images. Each group names a keeper
