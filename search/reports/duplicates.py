@@ -56,7 +56,7 @@ from ..engine import Engine
 from .detail import DETAIL_LIMIT, Details, detail_distance
 from .detail import SIDE as DETAIL_SIDE
 from .grouping import Rule, attach_to_keepers, complete_groups, star_groups
-from .members import canonical_ids, formats, members
+from .members import canonical_ids, member_rows
 from .model import (
     Group,
     Member,
@@ -234,16 +234,17 @@ def near_duplicates(
         raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
     keep = any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
     i, j, s, d, dc, by_vectors = i[keep], j[keep], s[keep], d[keep], dc[keep], by_vectors[keep]
-    rows = members(engine, ids[np.unique(np.concatenate([i, j]))])
+    rows, fmt = member_rows(engine, ids[np.unique(np.concatenate([i, j]))])  # every image a pair may group
     details, dd, canvas = None, np.zeros(len(s)), None
     if codes is not None and thumbs is not None:
         sides = np.array([_side(rows.get(int(x))) for x in ids], dtype=np.int64)
         details = Details(thumbs, sides)
-        canvas = canvases(ids, rows, formats(engine, ids))
+        canvas = canvases(ids, rows, fmt)
         # only pairs a hash could admit and the cosine does not already pass at every tier, or
-        # whose cosine the detail may overrule (one canvas: :func:`tier_mask`)
+        # whose cosine the detail may overrule (one canvas, at a tier that vetoes: :func:`tier_mask`)
         hashed = d <= max(t.hamming for t in tiers if t.hamming is not None)
-        near = np.flatnonzero(hashed & ((s < tiers[0].threshold) | (canvas[i] == canvas[j])))
+        veto = any(t.detail_veto for t in tiers) & (canvas[i] == canvas[j])
+        near = np.flatnonzero(hashed & ((s < tiers[0].threshold) | veto))
         dd[near] = detail_distance(details, i[near], j[near], limit=DETAIL_LIMIT)
     keep = any_tier(tiers, s, d, dc, dd)
     kept = (i[keep], j[keep], s[keep], d[keep], dc[keep], dd[keep])
@@ -303,7 +304,7 @@ def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.
 
 def canvases(ids: np.ndarray, rows: dict[int, Member], fmt: dict[int, str | None]) -> np.ndarray:
     """Per image a number, equal for two images of the same pixel size and file format; unique
-    where either is unknown (never one canvas then)."""
+    where either is unknown (never one canvas then: images outside `rows` among them)."""
     keys: dict[tuple, int] = {}
     out = np.empty(len(ids), dtype=np.int64)
     for n, x in enumerate(ids.tolist()):

@@ -23,25 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def members(engine: Engine, ids: Iterable[int]) -> dict[int, Member]:
+    return member_rows(engine, ids)[0]
+
+
+def member_rows(engine: Engine, ids: Iterable[int]) -> tuple[dict[int, Member], dict[int, str | None]]:
+    """(each image's row as a group member, each image's file format as its decoder found it, not
+    its name's suffix), in one pass over the catalog."""
     ids = [int(i) for i in ids]
     out: dict[int, Member] = {}
+    fmt: dict[int, str | None] = {}
     cols = (ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.size)
     with engine.catalog.session() as s:
         for chunk in in_chunks(ids):
-            for i, p, w, h, sz in s.execute(select(*cols).where(ImageRecord.id.in_(chunk))):
+            for i, p, w, h, sz, f in s.execute(select(*cols, ImageRecord.format).where(ImageRecord.id.in_(chunk))):
                 out[i] = Member(i, p, w, h, sz)
-    return out
-
-
-def formats(engine: Engine, ids: Iterable[int]) -> dict[int, str | None]:
-    """Each image's file format as its decoder found it (not its name's suffix)."""
-    ids = [int(i) for i in ids]
-    out: dict[int, str | None] = {}
-    with engine.catalog.session() as s:
-        for chunk in in_chunks(ids):
-            for i, f in s.execute(select(ImageRecord.id, ImageRecord.format).where(ImageRecord.id.in_(chunk))):
-                out[i] = f
-    return out
+                fmt[i] = f
+    return out, fmt
 
 
 def canonical_ids(engine: Engine) -> np.ndarray:

@@ -76,8 +76,11 @@ def similar_pairs(
             known = (found >= 0) & (sorted_ids[pos] == found)  # ids not in `ids` (copies) are dropped
             nbr = np.where(known, order[pos], -1)
             sims = np.einsum("qd,qkd->qk", q, vectors[np.maximum(nbr, 0)])
-        if crowd is not None and k == wanted:  # re-scored neighbours are not in order: sort them
-            ranked = -np.sort(-np.where(nbr >= 0, sims, -np.inf), axis=1)[:, k - 1]
+        if crowd is not None and k == wanted:
+            # exact kNN lists each row's neighbours most similar first; an index orders them by
+            # the raw vectors, not these, so its re-scored ones are sorted
+            ranked = sims if index is None else -np.sort(-np.where(nbr >= 0, sims, -np.inf), axis=1)
+            ranked = ranked[:, k - 1]
             crowd[start : start + len(q)] = np.where(np.isfinite(ranked), ranked, -1.0)
         keep = (nbr >= 0) & (nbr != rows) & (sims >= min_similarity)
         i = np.broadcast_to(rows, nbr.shape)[keep]
