@@ -277,10 +277,25 @@ def jpeg_paths(folder: Path) -> list[Path]:
 
 
 def make_model(model_dir: Path) -> Path:
-    """An untrained model of the default ModelConfig (indexing and query speed do not depend on weights)."""
+    """An untrained model of the default ModelConfig (indexing and query speed do not depend on
+    weights), with the default training's VLAD pooling fitted on random images, as the product's
+    search vector is; without SciPy (which fits the words) the mean pooling, said in the log."""
+    import numpy as np
+
     from encoder import ModelConfig, create_model, save_model
 
-    save_model(create_model(ModelConfig()), model_dir, {"note": "untrained, for bench/gpu_bench.py"})
+    cfg = ModelConfig()
+    save_model(create_model(cfg), model_dir, {"note": "untrained, for bench/gpu_bench.py"})
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        print("make_model: no scipy, so no VLAD words: the vectors are the mean pooling's", flush=True)
+        return model_dir
+    from encoder.search_vector import refit_search_vector
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (256, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    refit_search_vector(model_dir, pixels, pooling="vlad", device="cpu")
     return model_dir
 
 

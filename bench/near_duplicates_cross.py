@@ -357,7 +357,38 @@ def phash_groups(info: dict[str, tuple[int, int, int]]) -> dict[str, list[list[s
 # ---------------------------------------------------------------- one corpus
 
 
-def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None, linkage: str | None = None) -> dict[str, Any]:
+def pooled_model(index_dir: Path, folder: Path, pooling: str) -> Path:
+    """A copy of the index's model with its pooling refitted on `folder`'s images (same weights)."""
+    import shutil
+
+    from encoder import Encoder
+    from encoder.checkpoint import model_id
+    from encoder.decoding import decode_to_array
+    from encoder.images import find_images
+    from encoder.search_vector import refit_search_vector
+    from indexer.layout import MODEL_DIR
+
+    src = index_dir / MODEL_DIR
+    tag = hashlib.sha1(f"{folder.resolve()} {model_id(src)}".encode()).hexdigest()[:8]
+    dst = folder.parent / f"model-{pooling}-{tag}"
+    if (dst / "config.json").exists():
+        return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("resume*", "*.png"))
+    paths = [p for p in find_images(folder) if ".lookalike" not in p.parts]
+    pixels, _, _ = decode_to_array(paths, Encoder(dst, device="cpu").image_size)
+    refit_search_vector(dst, pixels, pooling=pooling, device="cpu")
+    return dst
+
+
+def run_corpus(
+    name: str,
+    folder: Path,
+    truth: Truth,
+    model: Path | None,
+    linkage: str | None = None,
+    pooling: str | None = None,
+) -> dict[str, Any]:
     from indexer import build_index
     from search.engine import Engine
     from search.reports import near_duplicates
@@ -376,6 +407,9 @@ def run_corpus(name: str, folder: Path, truth: Truth, model: Path | None, linkag
     else:
         tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]
         summary = build_index(folder, base / f"index-{model.name}-{tag}", model, progress=False)
+    if pooling:  # the same weights, the pooling refitted: a second index beside the first
+        model = pooled_model(Path(summary.index_dir), folder, pooling)
+        summary = build_index(folder, base / f"index-{model.name}", model, progress=False)
     result["index"] = {
         "dir": summary.index_dir,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -548,6 +582,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--linkage", choices=("cores", "star", "complete"), default=None, help="how groups form [default: the report's]"
     )
+    ap.add_argument(
+        "--pooling",
+        choices=("mean", "vlad"),
+        default=None,
+        help="refit each corpus's model with this pooling (same weights) and report on that index "
+        "[default: the model's own]",
+    )
     ap.add_argument("--quick", action="store_true", help="a small run: 30 originals, 60 distractors, 300 digits")
     ap.add_argument("--out", type=Path, default=RESULTS / "near_duplicates_cross.json", help="JSON results")
     args = ap.parse_args(argv)
@@ -568,6 +609,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": command_line(),
         "linkage": args.linkage,
+        "pooling": args.pooling,
         "machine": machine(),
         "model": str(args.model or "default model trained per corpus (product path)"),
         "seeds": args.seeds,
@@ -590,7 +632,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = results["runs"].setdefault(str(seed), {})
         for name, (folder, truth) in built.items():
             print(f"{name} (seed {seed}): {len(truth)} images", flush=True)
-            runs[name] = run_corpus(name, folder, truth, args.model, args.linkage)
+            runs[name] = run_corpus(name, folder, truth, args.model, args.linkage, args.pooling)
             print_corpus(runs[name])
             results["seconds"] = round(time.perf_counter() - t0, 1)
             write_json(args.out, results)  # after each corpus: a long run keeps what it measured

@@ -88,7 +88,89 @@ def poolings() -> dict[str, Callable]:
     }
 
 
-def run_corpus(name: str, model_dir: Path, seed: int) -> dict[str, dict[str, float]]:
+def _local(m, max_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A stage's local descriptors: every location's channel vector, square-rooted and unit length.
+
+    Returns (all descriptors as (N, L, C), a sample of at most `max_rows` of them for fitting).
+    """
+    d = m.clamp_min(0).sqrt().permute(0, 2, 3, 1).flatten(1, 2).numpy()  # (N, L, C)
+    d = d / np.maximum(np.linalg.norm(d, axis=2, keepdims=True), 1e-6)
+    flat = d.reshape(-1, d.shape[2])
+    pick = rng.choice(len(flat), size=min(max_rows, len(flat)), replace=False)
+    return d.astype(np.float32), np.ascontiguousarray(flat[pick], dtype=np.float32)
+
+
+def _vlad(local: np.ndarray, centroids: np.ndarray, assign: np.ndarray) -> np.ndarray:
+    """VLAD of (N, L, C) descriptors: residuals summed per centre, signed sqrt, intra-normalised."""
+    import torch
+
+    n, _, c = local.shape
+    k = len(centroids)
+    res = torch.from_numpy(local - centroids[assign]).reshape(-1, c)
+    slot = torch.from_numpy((np.arange(n)[:, None] * k + assign).ravel())
+    v = torch.zeros(n * k, c).index_add_(0, slot, res).reshape(n, k, c).numpy()
+    v = np.sign(v) * np.sqrt(np.abs(v))
+    v = v / np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-6)
+    return _unit(v.reshape(n, -1))
+
+
+def fitted_poolings(maps: list, seed: int = 0) -> dict[str, np.ndarray]:
+    """Poolings whose codebook is fitted on the corpus (as an index-time calibration would be).
+
+    - ``bow{K}``: a bag of learned words: each stage's local descriptors (every location's channel
+      vector, square-rooted, unit length) assigned to the nearest of K k-means centres, the per-image
+      histogram square-rooted (Hellinger), L2 per stage, concatenated: what a colour or gradient
+      histogram does, with the trunk's own features as the "colours";
+    - ``vlad{K}``: the residuals to the K centres summed per centre, signed square root, intra-
+      normalised per centre, L2 per stage, concatenated (Jegou et al.'s VLAD);
+    - ``_s1``: the first stage only; ``_pca240``: projected on the corpus's first 240 principal
+      components; ``_pcaw240``: the same, whitened with shrinkage (each component divided by the
+      square root of its variance plus the mean variance of the 240).
+    """
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    parts: dict[tuple[str, int], np.ndarray] = {}
+    for si, m in enumerate(maps):
+        n = m.shape[0]
+        local, sample = _local(m, 200_000, rng)
+        c = local.shape[2]
+        for k in (64, 256, 1024):
+            km = faiss.Kmeans(c, k, niter=20, seed=1234, verbose=False)
+            km.train(sample)
+            _, a = km.index.search(local.reshape(-1, c), 1)
+            a = a.reshape(n, -1)
+            if k == 1024:
+                hist = np.zeros((n, k), np.float32)
+                np.add.at(hist, (np.repeat(np.arange(n), a.shape[1]), a.ravel()), 1.0)
+                parts[(f"bow{k}", si)] = _unit(np.sqrt(hist / a.shape[1]))
+            else:
+                parts[(f"vlad{k}", si)] = _vlad(local, km.centroids, a)
+    stages = len(maps)
+    arms: dict[str, np.ndarray] = {}
+    for kind in ("bow1024", "vlad64", "vlad256"):
+        arms[kind] = np.concatenate([parts[(kind, i)] for i in range(stages)], axis=1)
+    arms["bow1024_s1"] = parts[("bow1024", 0)]
+    arms["vlad64+bow1024_s1"] = np.concatenate([arms["vlad64"], parts[("bow1024", 0)]], axis=1)
+    arms["vlad64+bow1024"] = np.concatenate([arms["vlad64"], arms["bow1024"]], axis=1)
+    for name in ("vlad64", "vlad256", "vlad64+bow1024"):
+        arms[name + "_pca240"] = _pca(arms[name], 240)
+        arms[name + "_pcaw240"] = _pca(arms[name], 240, whiten=True)
+    return arms
+
+
+def _pca(x: np.ndarray, dim: int, whiten: bool = False) -> np.ndarray:
+    x = _unit(x)
+    x = x - x.mean(axis=0)
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    y = x @ vt[:dim].T
+    if whiten:
+        var = sv[:dim] ** 2 / len(x)
+        y = y / np.sqrt(var + var.mean())
+    return y
+
+
+def run_corpus(name: str, model_dir: Path, seed: int, size: int | None = None) -> dict[str, dict[str, float]]:
     """mAP@10 (and the vector's dimension) of every pooling and of HOG + colour on corpus `name`."""
     import torch
 
@@ -101,7 +183,7 @@ def run_corpus(name: str, model_dir: Path, seed: int) -> dict[str, dict[str, flo
     folder, column, most = CORPORA[name]
     corpus = read_labelled_folder(folder, label_column=column, max_images=most, seed=seed)
     enc = Encoder(model_dir, device="cpu")
-    pixels, _, failed = decode_to_array(corpus.paths, enc.image_size)
+    pixels, _, failed = decode_to_array(corpus.paths, size or enc.image_size)
     if failed:
         raise SystemExit(f"{name}: {len(failed)} images failed to decode, e.g. {failed[0]}")
     maps = stage_maps(enc.model.trunk, pixels)
@@ -109,6 +191,10 @@ def run_corpus(name: str, model_dir: Path, seed: int) -> dict[str, dict[str, flo
     for arm, pool in poolings().items():
         vec = pool(maps).numpy()
         out[arm] = {"map_at_10": retrieval_metrics(_centred(vec), corpus.labels)["map_at_10"], "dim": vec.shape[1]}
+    for arm, vec in fitted_poolings(maps, seed).items():
+        out[arm] = {"map_at_10": retrieval_metrics(_centred(vec), corpus.labels)["map_at_10"], "dim": vec.shape[1]}
+    if size and size != enc.image_size:
+        pixels, _, _ = decode_to_array(corpus.paths, enc.image_size)  # the baseline at its own 64 px
     hand = fit_hog_colour(pixels)(pixels)
     hand_map = retrieval_metrics(_centred(hand), corpus.labels)["map_at_10"]
     out["hog_colour"] = {"map_at_10": hand_map, "dim": hand.shape[1]}
@@ -120,6 +206,7 @@ def main() -> None:
     ap.add_argument("--models", default="base", help="'base', or a directory pattern with {corpus} and {seed}")
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--size", type=int, default=None, help="embed at this input size (default: the model's)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pooling_eval.json")
     args = ap.parse_args()
     from encoder.base import base_model_dir
@@ -132,7 +219,7 @@ def main() -> None:
                 continue
             model = base_model_dir() if args.models == "base" else Path(args.models.format(corpus=name, seed=seed))
             t0 = time.perf_counter()
-            arms = run_corpus(name, model, seed)
+            arms = run_corpus(name, model, seed, args.size)
             rows.append(
                 {
                     "corpus": name,

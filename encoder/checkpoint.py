@@ -24,6 +24,7 @@ from .config import ModelConfig
 from .errors import CheckpointError
 from .model import Autoencoder
 from .registry import create_model
+from .vlad import VLAD_FILE
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -72,13 +73,13 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
 
 def model_id(directory: str | os.PathLike) -> str:
     """A short stable identity for a saved model: hash of its weights, config and the
-    calibration of its search vectors (when it has one: they change every vector)."""
+    calibration and VLAD pooling of its search vectors (when it has them: they change every vector)."""
     h = hashlib.sha256()
     d = Path(directory)
     cfg, _ = read_config(d)
     h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for name in (WEIGHTS, CALIBRATION):
-        if name == CALIBRATION and not (d / name).exists():
+    for name in (WEIGHTS, CALIBRATION, VLAD_FILE):
+        if name != WEIGHTS and not (d / name).exists():
             continue  # models from before calibrations keep their identity
         with open(d / name, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -14,6 +14,7 @@ from .checkpoint import load_model, model_id, read_config
 from .device import pick_device
 from .fuse import fold_batchnorm
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .vlad import load_vlad
 
 
 class Encoder:
@@ -38,6 +39,11 @@ class Encoder:
         #: Centring/whitening fitted on the training images (None for older models): the
         #: cosine of two images' vectors then reads 0 for unrelated ones in any collection.
         self.calibration = load_calibration(self.model_dir)
+        #: The VLAD pooling of the trunk's local features (encoder/vlad.py) when the model was
+        #: trained with ``pooling="vlad"``; None: the model's own search vector.
+        self.vlad = load_vlad(self.model_dir)
+        if self.vlad is not None:
+            self.vlad = self.vlad.to(self.device)
         self.model_id = model_id(self.model_dir)
         # Small batches are faster on a CPU (they stay in cache); GPUs want large ones.
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
@@ -55,7 +61,13 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return self.model.embedding_dim
+        return self.model.embedding_dim if self.vlad is None else self.vlad.dim
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D) float32, before normalisation: the model's vector or its VLAD."""
+        if self.vlad is None:
+            return self.model.encode(x).float()
+        return self.vlad([m.float() for m in self.model.trunk.maps(x)])
 
     def _batches(self, pixels: np.ndarray):
         for s in range(0, len(pixels), self.batch_size):
@@ -73,7 +85,7 @@ class Encoder:
         if self.fast_cuda:
             z = torch.cat([self._encode_fast(x) for x in self._batches(pixels)])
         else:
-            out = [self.model.encode(x).float() for x in self._batches(pixels)]
+            out = [self._encode(x) for x in self._batches(pixels)]
             z = torch.cat(out)
         z = torch.nn.functional.normalize(z, dim=1).cpu().numpy().astype(np.float32, copy=False)
         return z if self.calibration is None else self.calibration.apply(z)
@@ -81,7 +93,11 @@ class Encoder:
     def _encode_fast(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) on CUDA -> (B, D) float32: bf16 autocast, channels-last (see ``fast_cuda``)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.model.encode(x.contiguous(memory_format=torch.channels_last)).float()
+            x = x.contiguous(memory_format=torch.channels_last)
+            if self.vlad is None:
+                return self.model.encode(x).float()
+            maps = self.model.trunk.maps(x)
+        return self.vlad([m.float() for m in maps])  # words and residuals in float32
 
     @torch.inference_mode()
     def reconstruction_error(self, pixels: np.ndarray) -> np.ndarray:

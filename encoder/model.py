@@ -68,6 +68,14 @@ class ConvTrunk(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.stages(x).flatten(1)
 
+    def maps(self, x: Tensor) -> list[Tensor]:
+        """(B, 3, S, S) -> every stage's (B, C_i, S / 2^(i+1), S / 2^(i+1)) output, in order."""
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
     def pooled(self, x: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, sum(channels)): every stage average-pooled and L2-normalised, concatenated."""
         out = []

@@ -20,13 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import variants  # noqa: F401  (importing it registers every model kind)
 from .atomic import atomic_write_json
 from .augment import augment_batch
 from .base import load_start_weights, resolve_init, start_config
-from .calibration import CALIBRATION, fit_calibration, save_calibration
 from .checkpoint import save_model
 from .config import ModelConfig
 from .decoding import decode_to_array
@@ -37,6 +35,7 @@ from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
 from .registry import create_model
 from .resume import load_resume_state, save_resume_state
+from .search_vector import fit_search_vector, resolve_pooling
 from .siamese import Projector, vicreg_loss
 
 log = logging.getLogger(__name__)
@@ -74,6 +73,12 @@ class TrainConfig:
     #: the same in every collection (unrelated images at about 0) and kept retrieval as it was
     #: (tuxpaint mAP@10 0.315 -> 0.318); whitening cost it there (0.250; docs/benchmarks.md).
     calibration: str = "centre"
+    #: How the trunk's feature maps become the search vector (encoder/search_vector.py): "mean",
+    #: the model's own vector (every stage average-pooled); "vlad", VLAD over words fitted on the
+    #: training images, projected to the same dimension (encoder/vlad.py); "auto", VLAD for the
+    #: default model, the model's own vector for the other kinds. Fitted once training ends,
+    #: before the calibration, which then calibrates the pooled vectors.
+    pooling: str = "auto"
     #: Weight of the siamese term (encoder/siamese.py: VICReg on two augmented views' search
     #: vectors) next to reconstruction; 0 trains reconstruction alone. Needs an augmentation.
     siamese: float = 0.0
@@ -157,6 +162,7 @@ def train(
         raise ConfigError(f"siamese weight must be a finite number >= 0, not {cfg.siamese}")
     if cfg.siamese > 0 and cfg.augment == "none":
         raise ConfigError("the siamese term compares two augmented views: it needs augment 'flip' or 'invariant'")
+    resolve_pooling(cfg.pooling, create_model(mcfg))  # an impossible pooling fails before training
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -452,23 +458,6 @@ def _meta(cfg: TrainConfig, root: Path, n: int, epoch: int, val: float) -> dict[
     }
 
 
-def _calibrate(model: Autoencoder, cache: torch.Tensor, device: torch.device, kind: str, out: Path) -> None:
-    """Fit the search vectors' calibration on every training image, as the encoder will embed
-    them (unit length), and save it beside the weights; with "none", remove a stale one."""
-    (out / CALIBRATION).unlink(missing_ok=True)
-    if kind == "none":
-        return
-    parts = []
-    with torch.no_grad():
-        for s in range(0, len(cache), 256):
-            x = cache[s : s + 256].to(device).float().div(255.0)
-            parts.append(F.normalize(model.encode(x).float(), dim=1).cpu())
-    vectors = torch.cat(parts).numpy()
-    calibration = fit_calibration(vectors, kind)
-    if calibration is not None:
-        save_calibration(calibration, out)
-
-
 def _write_outputs(
     result: TrainResult,
     cfg: TrainConfig,
@@ -483,7 +472,7 @@ def _write_outputs(
     out = result.out
     save_loss_curve(result.history, out / "loss.png", title=f"{mcfg.kind} autoencoder")
     best = load_model(out, device)
-    _calibrate(best, cache, device, cfg.calibration, out)
+    fit_search_vector(best, cache, device, out, calibration=cfg.calibration, pooling=cfg.pooling)
     idx = torch.from_numpy(np.sort(show_idx)[:8]).to(cache.device)
     x = cache[idx].to(device).float().div(255.0)
     with torch.no_grad():

@@ -58,6 +58,12 @@ def train(
         "[default: the base model when the model asked for is its configuration (the default one), else random "
         "weights].",
     ),
+    pooling: str | None = typer.Option(
+        None,
+        help="How the search vector is pooled from the encoder's feature maps: mean (each stage averaged), "
+        "vlad (VLAD over local-feature words fitted on the folder; models with a conv trunk; see "
+        "docs/benchmarks.md) or auto [default: auto: vlad for the default model, mean for the other kinds].",
+    ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch's checkpoint in OUT."),
@@ -91,7 +97,14 @@ def train(
             "sparsity_weight": sparsity_weight,
         }
     )
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment, "init_from": init_from}
+    given = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "augment": augment,
+        "init_from": init_from,
+        "pooling": pooling,
+    }
     tcfg = TrainConfig(seed=seed, device=device, **{k: v for k, v in given.items() if v is not None})
     out = out or default_index_dir(folder) / MODEL_DIR
     result = train_model(folder, out, mcfg, tcfg, resume=resume)

@@ -75,6 +75,31 @@ def test_bad_settings_are_one_line_but_library_bugs_keep_their_traceback(tiny_fo
         buggy()
 
 
+def test_train_with_vlad_pooling_then_index_and_query(tiny_folder: Path, tmp_path: Path) -> None:
+    """`--pooling vlad` through the product path: the index holds VLAD vectors; a crop finds its original."""
+    import json
+
+    from PIL import Image
+
+    model = tmp_path / "model"
+    args = ["train", str(tiny_folder), "--out", str(model), "--image-size", "32", "--epochs", "1", "--pooling", "vlad"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (model / "vlad.safetensors").exists()
+    res = runner.invoke(app, ["index", str(tiny_folder), "--model", str(model), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{") :])["embedded"] == 12  # after the progress bar
+    original = sorted(tiny_folder.rglob("*.png"))[5]
+    with Image.open(original) as im:
+        w, h = im.size
+        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(tmp_path / "crop.png")
+    res = runner.invoke(app, ["query", str(tmp_path / "crop.png"), "--index", str(tiny_folder), "-k", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["results"][0]["path"] == original.relative_to(tiny_folder).as_posix()
+    res = runner.invoke(app, ["train", str(tiny_folder), "--out", str(tmp_path / "m2"), "--pooling", "max"])
+    assert res.exit_code == 2 and "unknown pooling" in res.output and "Traceback" not in res.output
+
+
 def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
     import json
 

@@ -1,0 +1,104 @@
+"""The search vector's fitted parts, fitted once a model is trained: its pooling and its calibration.
+
+Both are statistics of the training images, stored beside the weights (safetensors), and applied
+to every vector the :class:`~encoder.inference.Encoder` makes, queries included:
+
+- the pooling (``"mean"``: the model's own vector; ``"vlad"``: VLAD over words fitted on the
+  images, encoder/vlad.py);
+- then the calibration of those vectors (``"centre"``, ``"whiten"`` or ``"none"``,
+  encoder/calibration.py).
+
+:func:`refit_search_vector` fits them again on another set of images without retraining, so a
+trained model can be given the other pooling (the benchmarks compare the two on the same weights).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .calibration import CALIBRATION, fit_calibration, save_calibration
+from .errors import ConfigError
+from .model import Autoencoder, ConvTrunk
+from .vlad import VLAD_FILE, fit_vlad, save_vlad
+
+#: How the search vector is pooled from the trunk (``TrainConfig.pooling``): "mean", the model's
+#: own vector; "vlad", encoder/vlad.py; "auto", VLAD for the default model (kind "conv" with its
+#: multi-scale vector: mAP@10 +0.04 to +0.17 on every corpus measured, docs/benchmarks.md) and
+#: the model's own vector for every other kind, whose vectors the family comparisons measure.
+POOLINGS = ("auto", "mean", "vlad")
+
+
+def resolve_pooling(pooling: str, model: Autoencoder) -> str:
+    """ "mean" or "vlad" for `model`; raise ConfigError unless `model` can have `pooling`."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}: {', '.join(POOLINGS)}")
+    if pooling == "auto":
+        return "vlad" if model.config.kind == "conv" and model.config.embedding == "multiscale" else "mean"
+    if pooling == "vlad" and not isinstance(getattr(model, "trunk", None), ConvTrunk):
+        raise ConfigError(
+            f"pooling 'vlad' pools a convolutional trunk's maps; model kind {model.config.kind!r} has none"
+        )
+    return pooling
+
+
+def fit_search_vector(
+    model: Autoencoder,
+    cache: torch.Tensor,
+    device: torch.device,
+    out: Path,
+    *,
+    calibration: str = "centre",
+    pooling: str = "auto",
+) -> None:
+    """Fit the pooling and the calibration on `cache` ((N, 3, S, S) uint8 images, as the encoder
+    embeds them) and save them in `out`, beside the weights; remove stale ones."""
+    pooling = resolve_pooling(pooling, model)
+    (Path(out) / CALIBRATION).unlink(missing_ok=True)
+    (Path(out) / VLAD_FILE).unlink(missing_ok=True)
+    vlad = None
+    if pooling == "vlad":
+        trunk = model.trunk
+
+        def maps_of(idx: np.ndarray) -> list[torch.Tensor]:
+            with torch.no_grad():
+                x = cache[torch.from_numpy(idx)].to(device).float().div(255.0)
+                return [m.float().cpu() for m in trunk.maps(x)]
+
+        vlad = fit_vlad(maps_of, len(cache), model.embedding_dim)
+        save_vlad(vlad, out)
+        vlad = vlad.to(device)
+    if calibration == "none":
+        return
+    parts = []
+    with torch.no_grad():
+        for s in range(0, len(cache), 256):
+            x = cache[s : s + 256].to(device).float().div(255.0)
+            z = model.encode(x) if vlad is None else vlad([m.float() for m in model.trunk.maps(x)])
+            parts.append(F.normalize(z.float(), dim=1).cpu())
+    fitted = fit_calibration(torch.cat(parts).numpy(), calibration)
+    if fitted is not None:
+        save_calibration(fitted, out)
+
+
+def refit_search_vector(
+    model_dir: str | os.PathLike,
+    pixels: np.ndarray,
+    *,
+    pooling: str = "auto",
+    calibration: str = "centre",
+    device: str | None = None,
+) -> None:
+    """Fit a saved model's pooling and calibration again, on (N, S, S, 3) uint8 `pixels` (decoded
+    as the encoder decodes: :func:`encoder.decoding.decode_to_array`); the weights are unchanged."""
+    from .checkpoint import load_model
+    from .device import pick_device
+
+    dev = pick_device(device)
+    model = load_model(Path(model_dir), dev)
+    cache = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
+    fit_search_vector(model, cache, dev, Path(model_dir), calibration=calibration, pooling=pooling)
