@@ -276,34 +276,11 @@ def jpeg_paths(folder: Path) -> list[Path]:
 # ---------------------------------------------------------------- 2. indexing pipelines
 
 
-def make_model(model_dir: Path, pooling: str = "vlad") -> Path:
-    """An untrained model of the default ModelConfig (indexing and query speed do not depend on
-    weights), with the default training's VLAD pooling fitted on 64 pictures like the bench's own
-    (``_make_jpeg``), as the product's search vector is; without SciPy (which fits the words), or
-    with `pooling` "mean", the mean pooling."""
-    import numpy as np
-
+def make_model(model_dir: Path) -> Path:
+    """An untrained model of the default ModelConfig (indexing and query speed do not depend on weights)."""
     from encoder import ModelConfig, create_model, save_model
 
-    cfg = ModelConfig()
-    save_model(create_model(cfg), model_dir, {"note": "untrained, for bench/gpu_bench.py"})
-    if pooling == "mean":
-        return model_dir
-    try:
-        import scipy  # noqa: F401
-    except ImportError:
-        print("make_model: no scipy, so no VLAD words: the vectors are the mean pooling's", flush=True)
-        return model_dir
-    from encoder.images import load_image
-    from encoder.search_vector import refit_search_vector
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pixels = []
-        for i in range(64):
-            path = str(Path(tmp) / f"{i}.jpg")
-            _make_jpeg((path, 10_000 + i))
-            pixels.append(load_image(path, cfg.image_size))
-    refit_search_vector(model_dir, np.stack(pixels), pooling="vlad", device="cpu")
+    save_model(create_model(ModelConfig()), model_dir, {"note": "untrained, for bench/gpu_bench.py"})
     return model_dir
 
 

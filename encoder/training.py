@@ -75,10 +75,10 @@ class TrainConfig:
     calibration: str = "centre"
     #: How the trunk's feature maps become the search vector (encoder/search_vector.py): "mean",
     #: the model's own vector (every stage average-pooled); "vlad", VLAD over words fitted on the
-    #: training images, projected to the same dimension (encoder/vlad.py); "auto", VLAD for the
-    #: default model, the model's own vector for the other kinds. Fitted once training ends,
-    #: before the calibration, which then calibrates the pooled vectors.
-    pooling: str = "auto"
+    #: training images, projected to the same dimension (encoder/vlad.py; better retrieval on every
+    #: corpus measured, slightly lower near-duplicate recall: not the default yet, docs/benchmarks.md).
+    #: Fitted once training ends, before the calibration, which then calibrates the pooled vectors.
+    pooling: str = "mean"
     #: Weight of the siamese term (encoder/siamese.py: VICReg on two augmented views' search
     #: vectors) next to reconstruction; 0 trains reconstruction alone. Needs an augmentation.
     siamese: float = 0.0

@@ -130,21 +130,6 @@ def test_a_model_trained_with_vlad_pooling_embeds_with_it(tmp_path: Path, torch_
     assert not (tmp_path / "m" / VLAD_FILE).exists()
 
 
-def test_auto_pooling_is_vlad_for_the_default_model_only(tmp_path: Path, torch_one_thread) -> None:
-    from conftest import TINY_CONFIG, fill_folder
-
-    from encoder import ModelConfig, TrainConfig, create_model, train
-    from encoder.search_vector import resolve_pooling
-
-    assert resolve_pooling("auto", create_model(ModelConfig(**TINY_CONFIG))) == "vlad"
-    assert resolve_pooling("auto", create_model(ModelConfig(**TINY_CONFIG, embedding="latent"))) == "mean"
-    assert resolve_pooling("auto", create_model(ModelConfig(**TINY_CONFIG, kind="denoising"))) == "mean"
-    assert resolve_pooling("vlad", create_model(ModelConfig(**TINY_CONFIG, kind="denoising"))) == "vlad"
-    folder = fill_folder(tmp_path / "images", 2)
-    train(folder, tmp_path / "m", ModelConfig(**TINY_CONFIG), TrainConfig(epochs=1, batch_size=4), progress=False)
-    assert (tmp_path / "m" / VLAD_FILE).exists()  # the default training fits it
-
-
 def test_vlad_pooling_is_refused_for_a_model_without_a_conv_trunk(tmp_path: Path) -> None:
     from conftest import fill_folder
 
