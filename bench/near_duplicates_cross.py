@@ -357,7 +357,7 @@ def phash_groups(info: dict[str, tuple[int, int, int]]) -> dict[str, list[list[s
 # ---------------------------------------------------------------- one corpus
 
 
-#: A refitted model is reused only if the fitting code is the same (its hash).
+#: A refitted model is reused only if the fitting code is the same (its hash is in the name).
 FIT_CODE = hashlib.sha1(
     b"".join((REPO / "encoder" / f).read_bytes() for f in ("vlad.py", "search_vector.py", "calibration.py"))
 ).hexdigest()
@@ -375,9 +375,9 @@ def pooled_model(index_dir: Path, folder: Path, pooling: str) -> Path:
 
     src = index_dir / MODEL_DIR
     weights = hashlib.sha1((src / "model.safetensors").read_bytes()).hexdigest()
-    tag = hashlib.sha1(f"{folder.resolve()} {weights}".encode()).hexdigest()[:8]
+    tag = hashlib.sha1(f"{folder.resolve()} {weights} {FIT_CODE}".encode()).hexdigest()[:8]
     dst = folder.parent / f"model-{pooling}-{tag}"
-    if (dst / "config.json").exists() and (dst / "fitted-by").exists() and (dst / "fitted-by").read_text() == FIT_CODE:
+    if (dst / "config.json").exists():
         return dst
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(
@@ -386,7 +386,6 @@ def pooled_model(index_dir: Path, folder: Path, pooling: str) -> Path:
     paths = [p for p in find_images(folder) if ".lookalike" not in p.parts]
     pixels, _, _ = decode_to_array(paths, Encoder(dst, device="cpu").image_size)
     refit_search_vector(dst, pixels, pooling=pooling, device="cpu")
-    (dst / "fitted-by").write_text(FIT_CODE)
     return dst
 
 
@@ -411,21 +410,14 @@ def run_corpus(
         "edits": dict(Counter(v["edit"] for v in truth.values())),
     }
     t0 = time.perf_counter()
-    trained = folder / ".lookalike"
-    if pooling and model is None and (trained / "model" / "config.json").exists():
-        # the product's model is there: its weights are all that is needed (its own index may be
-        # of an older pooling file format, and is not opened)
-        model = pooled_model(trained, folder, pooling)
-        summary = build_index(folder, base / f"index-{model.name}", model, progress=False)
+    if model is None:  # the product path: the default model, trained on this folder
+        summary = build_index(folder, progress=False)
     else:
-        if model is None:  # the product path: the default model, trained on this folder
-            summary = build_index(folder, progress=False)
-        else:
-            tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]
-            summary = build_index(folder, base / f"index-{model.name}-{tag}", model, progress=False)
-        if pooling:  # the same weights, the pooling refitted: a second index beside the first
-            model = pooled_model(Path(summary.index_dir), folder, pooling)
-            summary = build_index(folder, base / f"index-{model.name}", model, progress=False)
+        tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]
+        summary = build_index(folder, base / f"index-{model.name}-{tag}", model, progress=False)
+    if pooling:  # the same weights, the pooling refitted: a second index beside the first
+        model = pooled_model(Path(summary.index_dir), folder, pooling)
+        summary = build_index(folder, base / f"index-{model.name}", model, progress=False)
     result["index"] = {
         "dir": summary.index_dir,
         "seconds": round(time.perf_counter() - t0, 1),

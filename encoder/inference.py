@@ -14,6 +14,7 @@ from .checkpoint import load_model, model_id, read_config
 from .device import pick_device
 from .fuse import fold_batchnorm
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .search_vector import encode
 from .vlad import load_vlad
 
 
@@ -63,12 +64,6 @@ class Encoder:
     def dim(self) -> int:
         return self.model.embedding_dim if self.vlad is None else self.vlad.dim
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, D) float32, before normalisation: the model's vector or its VLAD."""
-        if self.vlad is None:
-            return self.model.encode(x).float()
-        return self.vlad([m.float() for m in self.model.trunk.maps(x)])
-
     def _batches(self, pixels: np.ndarray):
         for s in range(0, len(pixels), self.batch_size):
             chunk = pixels[s : s + self.batch_size]
@@ -85,7 +80,7 @@ class Encoder:
         if self.fast_cuda:
             z = torch.cat([self._encode_fast(x) for x in self._batches(pixels)])
         else:
-            out = [self._encode(x) for x in self._batches(pixels)]
+            out = [encode(self.model, self.vlad, x) for x in self._batches(pixels)]
             z = torch.cat(out)
         z = torch.nn.functional.normalize(z, dim=1).cpu().numpy().astype(np.float32, copy=False)
         return z if self.calibration is None else self.calibration.apply(z)

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .calibration import CALIBRATION, fit_calibration, save_calibration
 from .errors import ConfigError
 from .model import Autoencoder, ConvTrunk
-from .vlad import VLAD_FILE, fit_vlad, save_vlad
+from .vlad import VLAD_FILE, Vlad, fit_vlad, save_vlad
 
 #: How the search vector is pooled from the trunk (``TrainConfig.pooling``): "mean", the model's
 #: own vector (the default); "vlad", encoder/vlad.py: mAP@10 +0.03 to +0.18 on every labelled
@@ -33,15 +34,22 @@ from .vlad import VLAD_FILE, fit_vlad, save_vlad
 POOLINGS = ("mean", "vlad")
 
 
-def resolve_pooling(pooling: str, model: Autoencoder) -> str:
-    """`pooling` if `model` can have it; else raise ConfigError."""
+def check_pooling(pooling: str, model: Autoencoder) -> None:
+    """Raise ConfigError unless `model` can have `pooling`."""
     if pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}: {', '.join(POOLINGS)}")
     if pooling == "vlad" and not isinstance(getattr(model, "trunk", None), ConvTrunk):
         raise ConfigError(
             f"pooling 'vlad' pools a convolutional trunk's maps; model kind {model.config.kind!r} has none"
         )
-    return pooling
+
+
+def encode(model: Autoencoder, vlad: Vlad | None, x: Tensor) -> Tensor:
+    """(B, 3, S, S) images in [0, 1] -> (B, D) float32 search vectors before normalisation and
+    calibration: the model's own vector, or the VLAD of its trunk's maps."""
+    if vlad is None:
+        return model.encode(x).float()
+    return vlad([m.float() for m in model.trunk.maps(x)])
 
 
 def fit_search_vector(
@@ -55,7 +63,7 @@ def fit_search_vector(
 ) -> None:
     """Fit the pooling and the calibration on `cache` ((N, 3, S, S) uint8 images, as the encoder
     embeds them) and save them in `out`, beside the weights; remove stale ones."""
-    pooling = resolve_pooling(pooling, model)
+    check_pooling(pooling, model)
     (Path(out) / CALIBRATION).unlink(missing_ok=True)
     (Path(out) / VLAD_FILE).unlink(missing_ok=True)
     vlad = None
@@ -76,8 +84,7 @@ def fit_search_vector(
     with torch.no_grad():
         for s in range(0, len(cache), 256):
             x = cache[s : s + 256].to(device).float().div(255.0)
-            z = model.encode(x) if vlad is None else vlad([m.float() for m in model.trunk.maps(x)])
-            parts.append(F.normalize(z.float(), dim=1).cpu())
+            parts.append(F.normalize(encode(model, vlad, x), dim=1).cpu())
     fitted = fit_calibration(torch.cat(parts).numpy(), calibration)
     if fitted is not None:
         save_calibration(fitted, out)

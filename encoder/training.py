@@ -35,7 +35,7 @@ from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
 from .registry import create_model
 from .resume import load_resume_state, save_resume_state
-from .search_vector import fit_search_vector, resolve_pooling
+from .search_vector import check_pooling, fit_search_vector
 from .siamese import Projector, vicreg_loss
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def train(
         raise ConfigError(f"siamese weight must be a finite number >= 0, not {cfg.siamese}")
     if cfg.siamese > 0 and cfg.augment == "none":
         raise ConfigError("the siamese term compares two augmented views: it needs augment 'flip' or 'invariant'")
-    resolve_pooling(cfg.pooling, create_model(mcfg))  # an impossible pooling fails before training
+    check_pooling(cfg.pooling, create_model(mcfg))  # an impossible pooling fails before training
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)

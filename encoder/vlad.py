@@ -84,12 +84,12 @@ class Vlad:
 
     def raw(self, maps: list[Tensor]) -> Tensor:
         """(B, sum K*C) float32: each stage's VLAD, concatenated, unit length."""
-        parts = [aggregate(local_descriptors(m), w.to(m.device)) for m, w in zip(maps, self.words, strict=True)]
+        parts = [aggregate(local_descriptors(m), w) for m, w in zip(maps, self.words, strict=True)]
         return F.normalize(torch.cat(parts, dim=1), dim=1, eps=1e-6)
 
     def __call__(self, maps: list[Tensor]) -> Tensor:
-        x = self.raw(maps) - self.mean.to(maps[0].device)
-        return x @ self.projection.to(maps[0].device)
+        """Maps on this pooling's device (see :meth:`to`) -> (B, D) projected vectors."""
+        return (self.raw(maps) - self.mean) @ self.projection
 
     def to(self, device: torch.device | str) -> Vlad:
         return Vlad(tuple(w.to(device) for w in self.words), self.mean.to(device), self.projection.to(device))
