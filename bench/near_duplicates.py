@@ -367,10 +367,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     results["report"] = report_rows
 
-    # ---- the same signals on a grid, for calibration
+    # ---- the same signals on a grid, for calibration, on the vectors the report compares: the
+    # scan's copy vectors where the model has them (a VLAD search vector), else the search vectors
+    where = np.searchsorted(scan.ids, ids)
+    if scan.vectors is not None:
+        vecs = scan.vectors[where]
+    results["vectors"] = "copy vectors" if scan.vectors is not None else "search vectors"
     white = whiten(vecs)
     ci, cj, cs = similar_pairs(white, -1.0, args.k)
-    where = np.searchsorted(scan.ids, ids)
     codes = scan.phashes[where]
     cd = hamming(codes[ci], codes[cj])
     ae = {f"{t:.3f}": grouped_metrics(components_at(n, ci, cj, cs >= t), family, kind) for t in COSINES}

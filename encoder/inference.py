@@ -94,6 +94,26 @@ class Encoder:
             maps = self.model.trunk.maps(x)
         return self.vlad([m.float() for m in maps])  # words and residuals in float32
 
+    @property
+    def has_copy_vectors(self) -> bool:
+        """Whether near-duplicates are judged on :meth:`copy_vectors` instead of the search
+        vectors: when the search vector is VLAD, which tells kinds of picture apart better
+        and copies of one picture worse (docs/benchmarks.md, "VLAD over the trunk's local features")."""
+        return self.vlad is not None
+
+    @torch.inference_mode()
+    def copy_vectors(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 letterboxed images -> (N, model.embedding_dim) float32, unit length:
+        the model's own vector (every stage's mean feature), uncalibrated.
+
+        Copies of one picture keep it: the median whitened cosine of an image and its JPEG-50 copy
+        is 0.998 with it and 0.88 with VLAD, of an image and its half-size copy 0.998 and 0.91
+        (bench/near_duplicates.py, both poolings on one model). The near-duplicate report
+        compares these; search uses :meth:`embed_pixels`."""
+        parts = [torch.nn.functional.normalize(self.model.encode(x).float(), dim=1) for x in self._batches(pixels)]
+        dim = self.model.embedding_dim
+        return torch.cat(parts).cpu().numpy().astype(np.float32) if parts else np.zeros((0, dim), np.float32)
+
     @torch.inference_mode()
     def reconstruction_error(self, pixels: np.ndarray) -> np.ndarray:
         """Per-image mean squared reconstruction error, (N,) float32 (the outlier score)."""

@@ -49,6 +49,7 @@ from dataclasses import replace
 import numpy as np
 from sqlalchemy import func, select
 
+from encoder.calibration import fit_calibration
 from indexer import ImageRecord
 from indexer.catalog import STATUS_OK
 
@@ -196,7 +197,10 @@ def near_duplicates(
     :mod:`.grouping`); the groups as the catalog describes them (:func:`_describe`).
 
     Similarities are cosines of the whitened search vectors (:func:`whiten`), unless
-    `whitened` is False (the raw cosine that searches use). With `phash` (and tiers that
+    `whitened` is False (the raw cosine that searches use). Where the search vectors are VLAD,
+    they are cosines of the scan's copy vectors instead (:meth:`encoder.Encoder.copy_vectors`:
+    copies of one picture keep those, not VLAD), so every image is decoded once even without
+    `phash`; the search vectors still propose the neighbours when an index does. With `phash` (and tiers that
     set `hamming`), every image is also decoded once (:func:`scan_images`, cached) and a
     pair whose perceptual hashes are that close (and whose detail agrees) passes too: the vectors alone miss
     brightness changes that the hash sees (docs/benchmarks.md, "Reports")."""
@@ -204,8 +208,11 @@ def near_duplicates(
     tiers = tuple(sorted(tiers, key=lambda t: -t.threshold))
     if not tiers:
         raise ReportError("no near-duplicate tiers asked for")
-    ids, vecs, raw, index, method = _distinct_vectors(engine, method, whitened)
     use_hash = phash and any(t.hamming is not None or t.crop_hamming is not None for t in tiers)
+    copies = engine.snapshot().encoder.has_copy_vectors  # VLAD search vectors: compare copy vectors
+    if scan is None and (use_hash or copies):
+        scan = scan_images(engine)
+    ids, vecs, raw, index, method = _distinct_vectors(engine, method, whitened, scan if copies else None)
     floor = -1.0 if use_hash else tiers[-1].threshold  # with hashes, every neighbour is a candidate
     crowd = np.empty(len(ids), dtype=np.float32)  # each image's k-th neighbour's cosine (rules.cosine_rule)
     i, j, s = similar_pairs(vecs, floor, k, index=index, ids=ids, queries=raw, batch_size=batch_size, crowd=crowd)
@@ -258,19 +265,28 @@ def near_duplicates(
     degree = np.bincount(np.concatenate([cand.i[central], cand.j[central]]), minlength=len(cand.ids))
     rank = _keeper_rank(cand.ids, rows, degree)
     groups = _describe(cand, _tier_groups(cand, tiers, linkage, rank), tiers, rows, rank)
-    sim = "cosine of the whitened search vectors" if whitened else "cosine of the search vectors"
+    what = "copy vectors (the model's own; search uses VLAD)" if copies else "search vectors"
+    sim = f"cosine of the whitened {what}" if whitened else f"cosine of the {what}"
     sim += " (or perceptual hash distance)" if use_hash else ""
     if phash and not use_hash:
         sim += " (perceptual hashes were not used: unrelated images here have near-identical hashes)"
     return NearDuplicates(tiers, groups, k, method, len(ids), len(cand.i), time.perf_counter() - t0, sim)
 
 
-def _distinct_vectors(engine: Engine, method: str, whitened: bool):
-    """(ids, vectors to compare, raw vectors, index to find neighbours with or None, method) of
-    the indexed images that are not byte-identical copies (those are the exact section's)."""
+def _distinct_vectors(engine: Engine, method: str, whitened: bool, scan: Scan | None):
+    """(ids, vectors to compare, raw search vectors, index to find neighbours with or None, method)
+    of the indexed images that are not byte-identical copies (those are the exact section's).
+
+    With a `scan` that has copy vectors, those are compared, and images it could not decode
+    (changed or gone since they were indexed) are left out."""
     snap = engine.snapshot()
     store_ids = snap.vectors.ids()  # ascending; from the flat store or the generation's segments
     ids = store_ids[np.isin(store_ids, canonical_ids(engine))]
+    copies = None
+    if scan is not None and scan.vectors is not None:
+        where = np.searchsorted(scan.ids, ids).clip(0, max(len(scan.ids) - 1, 0))
+        found = (scan.ids[where] == ids) if len(scan.ids) else np.zeros(len(ids), dtype=bool)
+        ids, copies = ids[found], scan.vectors[where[found]]
     raw = snap.vectors.get(ids)  # one copy, of the distinct images' vectors only
     approximate = snap.manifest.index_type != "flat" and snap.search.ntotal == len(store_ids)
     if method == "auto":
@@ -280,7 +296,12 @@ def _distinct_vectors(engine: Engine, method: str, whitened: bool):
     index = snap.search if method == "index" else None
     if index is not None:
         method = f"index ({snap.manifest.index_type})"
-    return ids, (whiten(raw) if whitened else raw), raw, index, method
+    if copies is not None and len(copies):
+        # centred as the model's own vector is when it is the search vector (the "centre"
+        # calibration, here fitted on the images compared), so the report sees what it was tuned on
+        copies = fit_calibration(copies, "centre").apply(copies)
+    compared = raw if copies is None else copies
+    return ids, (whiten(compared) if whitened else compared), raw, index, method
 
 
 def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -26,8 +26,12 @@ Detail thumbnails: the picture (padding left out) in grey, averaged down to 16x1
 admits must also agree in this finer detail (:mod:`.detail`): stamps drawn as variants of one
 another (a dreidel with another letter) hash within 2-6 bits of each other.
 
-The cache table is ``scan_v3``; a cache written before thumbnails existed (``scan_v2``) is
-ignored and its images scanned again.
+Copy vectors: when the search vector is VLAD, the model's own vector too
+(:meth:`encoder.Encoder.copy_vectors`), which the near-duplicate report compares instead (copies of
+one picture keep it far better than VLAD).
+
+The cache table is ``scan_v4``; a cache written before copy vectors (``scan_v3``) or thumbnails
+(``scan_v2``) existed is ignored and its images scanned again.
 
 Mirror images are left out on purpose: a mirror hash (the same DCT, odd horizontal
 frequencies negated) lifted mirror recall from 0.08 to 0.47-0.58 on that benchmark but
@@ -238,18 +242,19 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d
 
 
-#: A scan result: (outlier score, perceptual hash, crop hashes, detail thumbnail).
-ScanRow = tuple[float, int, np.ndarray, np.ndarray]
+#: A scan result: (outlier score, perceptual hash, crop hashes, detail thumbnail, copy vector or None).
+ScanRow = tuple[float, int, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class ScanCache:
-    """(content hash, model id) -> (score, perceptual hash, crop hashes, detail thumbnail), in
-    a small SQLite file.
+    """(content hash, model id) -> (score, perceptual hash, crop hashes, detail thumbnail, copy
+    vector), in a small SQLite file. The copy vector is float32 bytes, empty for a model without one.
 
-    The table is versioned by name: a cache written before crop hashes (``scan_v1``) or detail
-    thumbnails (``scan_v2``) existed is ignored (its images are scanned again), never misread."""
+    The table is versioned by name: a cache written before crop hashes (``scan_v1``), detail
+    thumbnails (``scan_v2``) or copy vectors (``scan_v3``) existed is ignored (its images are
+    scanned again), never misread."""
 
-    TABLE = "scan_v3"
+    TABLE = "scan_v4"
 
     def __init__(self, path: Path | str) -> None:
         self.conn: sqlite3.Connection | None = None
@@ -258,6 +263,7 @@ class ScanCache:
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.TABLE} (content_hash TEXT NOT NULL, model_id TEXT NOT NULL, "
                 "score REAL NOT NULL, phash INTEGER NOT NULL, crops BLOB NOT NULL, detail BLOB NOT NULL, "
+                "vector BLOB NOT NULL, "
                 "PRIMARY KEY (content_hash, model_id))"
             )
             self.conn.commit()
@@ -265,7 +271,8 @@ class ScanCache:
             log.debug("scan cache unavailable (%s): results are not kept", exc)
             self.conn = None
 
-    def get(self, model_id: str, hashes: Sequence[str]) -> dict[str, ScanRow]:
+    def get(self, model_id: str, hashes: Sequence[str], dim: int = 0) -> dict[str, ScanRow]:
+        """Rows kept for `hashes`; `dim`: the copy vectors' length (0: the model has none)."""
         out: dict[str, ScanRow] = {}
         if self.conn is None:
             return out
@@ -273,14 +280,16 @@ class ScanCache:
             chunk = list(part)
             marks = ",".join("?" * len(chunk))
             q = (
-                f"SELECT content_hash, score, phash, crops, detail FROM {self.TABLE} "
+                f"SELECT content_hash, score, phash, crops, detail, vector FROM {self.TABLE} "
                 f"WHERE model_id = ? AND content_hash IN ({marks})"
             )
-            for h, s, p, c, t in self.conn.execute(q, [model_id, *chunk]):
+            for h, s, p, c, t, v in self.conn.execute(q, [model_id, *chunk]):
                 crops = np.frombuffer(c, dtype="<i8")
                 thumb = np.frombuffer(t, dtype=np.uint8)
-                if len(crops) == CROP_HASHES and len(thumb) == DETAIL_SIDE**2:  # another layout: scan again
-                    out[h] = (s, p, crops.astype(np.int64), thumb.reshape(DETAIL_SIDE, DETAIL_SIDE).copy())
+                vec = np.frombuffer(v, dtype="<f4")
+                if len(crops) == CROP_HASHES and len(thumb) == DETAIL_SIDE**2 and len(vec) == dim:  # else scan again
+                    thumb = thumb.reshape(DETAIL_SIDE, DETAIL_SIDE).copy()
+                    out[h] = (s, p, crops.astype(np.int64), thumb, vec.astype(np.float32) if dim else None)
         return out
 
     def put(self, model_id: str, rows: dict[str, ScanRow]) -> None:
@@ -288,10 +297,10 @@ class ScanCache:
             return
         try:
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (h, model_id, s, p, np.asarray(c, "<i8").tobytes(), np.asarray(t, np.uint8).tobytes())
-                    for h, (s, p, c, t) in rows.items()
+                    (h, model_id, s, p, _bytes(c, "<i8"), _bytes(t, np.uint8), b"" if v is None else _bytes(v, "<f4"))
+                    for h, (s, p, c, t, v) in rows.items()
                 ],
             )
             self.conn.commit()
@@ -303,10 +312,15 @@ class ScanCache:
             self.conn.close()
 
 
+def _bytes(a: np.ndarray, dtype) -> bytes:
+    return np.asarray(a, dtype).tobytes()
+
+
 @dataclass
 class Scan:
     """Per distinct image (ids sorted): reconstruction error, perceptual hash, crop hashes
-    (:func:`crop_hashes`) and detail thumbnail (:func:`.detail.detail_thumbnails`); what failed."""
+    (:func:`crop_hashes`), detail thumbnail (:func:`.detail.detail_thumbnails`) and copy vector
+    (:meth:`encoder.Encoder.copy_vectors`, when the model has them); what failed."""
 
     ids: np.ndarray
     scores: np.ndarray
@@ -315,10 +329,12 @@ class Scan:
     model_id: str | None = None
     crops: np.ndarray | None = None  # (n, CROP_HASHES)
     details: np.ndarray | None = None  # (n, DETAIL_SIDE, DETAIL_SIDE) uint8 grey thumbnails
+    vectors: np.ndarray | None = None  # (n, D) float32 unit copy vectors; None: the search vectors serve
 
 
 def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int = 256, cache: bool = True) -> Scan:
-    """Score and hash every indexed image that is not a byte-identical copy of another."""
+    """Score and hash every indexed image that is not a byte-identical copy of another (and, where
+    the model has them, compute its copy vector)."""
     with engine.catalog.session() as s:
         q = select(ImageRecord.id, ImageRecord.path, ImageRecord.content_hash).where(
             ImageRecord.status == STATUS_OK, ImageRecord.duplicate_of.is_(None)
@@ -329,7 +345,8 @@ def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int =
     fresh: dict[int, ScanRow] = {}
     failed: list[dict] = []
     try:
-        known = store.get(enc.model_id, [h for _, _, h in rows if h])
+        dim = enc.model.embedding_dim if enc.has_copy_vectors else 0
+        known = store.get(enc.model_id, [h for _, _, h in rows if h], dim)
         todo = [r for r in rows if r[2] not in known]
         workers = workers if workers is not None else (1 if len(todo) < 64 else default_workers())
         files = [engine.root / p for _, p, _ in todo]
@@ -341,10 +358,11 @@ def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int =
                 sizes = [(d.info.width, d.info.height) if d.info else pixels.shape[2:0:-1] for d in good]
                 crops = crop_hashes(pixels, sizes)
                 thumbs = detail_thumbnails(pixels, [letterbox_box(w, h, pixels.shape[1]) for w, h in sizes])
+                vecs = enc.copy_vectors(pixels) if dim else [None] * len(good)
                 fresh.update(
                     {
-                        todo[d.index][0]: (float(e), int(h), c, t)
-                        for d, e, h, c, t in zip(good, errs, hashes, crops, thumbs, strict=True)
+                        todo[d.index][0]: (float(e), int(h), c, t, v)
+                        for d, e, h, c, t, v in zip(good, errs, hashes, crops, thumbs, vecs, strict=True)
                     }
                 )
             failed.extend(
@@ -362,4 +380,5 @@ def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int =
         enc.model_id,
         np.array([v[2] for _, v in got], dtype=np.int64).reshape(len(got), CROP_HASHES),
         np.array([v[3] for _, v in got], dtype=np.uint8).reshape(len(got), DETAIL_SIDE, DETAIL_SIDE),
+        np.array([v[4] for _, v in got], dtype=np.float32).reshape(len(got), dim) if dim else None,
     )
