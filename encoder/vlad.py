@@ -49,20 +49,27 @@ SAMPLE_IMAGES = 2048
 
 
 def local_descriptors(fmap: Tensor) -> Tensor:
-    """(B, C, h, w) stage output -> (B, h*w, C): every location's features, square-rooted, unit length."""
-    d = fmap.float().clamp_min(0).sqrt().flatten(2).transpose(1, 2)
-    return F.normalize(d, dim=2, eps=1e-6)
+    """(B, C, h, w) stage output -> (B, h*w, C): every location's features, square-rooted, unit length.
+
+    Computed as the square root of the features over their sum (the same thing: |sqrt(x)|^2 =
+    sum(x)), in the maps' own layout, where the sum over channels is a strided reduction instead
+    of one over a transposed view: half the time of the first stage's descriptors."""
+    x = fmap.float().clamp_min(0).flatten(2)  # (B, C, L)
+    return (x / x.sum(1, keepdim=True).clamp_min(1e-12)).sqrt().transpose(1, 2)
 
 
 def aggregate(desc: Tensor, words: Tensor) -> Tensor:
     """VLAD of (B, L, C) descriptors against (K, C) words -> (B, K*C), unit length."""
     b, _, c = desc.shape
     k = words.shape[0]
+    flat = desc.reshape(-1, c)  # (B*L, C), contiguous
     # nearest word by Euclidean distance: |w|^2 - 2 d.w (|d|^2 is the same for every word)
-    assign = ((words * words).sum(1) - 2 * desc @ words.T).argmin(dim=2)  # (B, L)
+    dist = torch.addmm((words * words).sum(1), flat, words.T, alpha=-2)
+    # NumPy's argmin along rows is ~1.7x torch's on a CPU, and this is the first stage's largest cost
+    nearest = torch.from_numpy(dist.numpy().argmin(1)) if dist.device.type == "cpu" else dist.argmin(1)
     # residuals summed per (image, word): sum of the descriptors minus count x word
-    slot = (assign + torch.arange(b, device=desc.device).unsqueeze(1) * k).flatten()
-    v = torch.zeros(b * k, c, dtype=desc.dtype, device=desc.device).index_add_(0, slot, desc.reshape(-1, c))
+    slot = (nearest.view(b, -1) + torch.arange(b, device=desc.device).unsqueeze(1) * k).flatten()
+    v = torch.zeros(b * k, c, dtype=desc.dtype, device=desc.device).index_add_(0, slot, flat)
     counts = torch.bincount(slot, minlength=b * k).to(desc.dtype).view(b, k, 1)
     v = v.view(b, k, c) - counts * words
     v = v.sign() * v.abs().sqrt()
