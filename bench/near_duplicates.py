@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from encoder.decoding import decode_to_array
     from indexer import build_index
     from search.engine import Engine
-    from search.reports import TIERS, near_duplicates, similar_pairs, whiten
+    from search.reports import TIERS, compared_vectors, near_duplicates, similar_pairs, whiten
     from search.reports.scan import hamming, scan_images
 
     workers = args.workers or os.cpu_count() or 1
@@ -328,7 +328,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     store_ids = snap.vectors.ids()
     ids = store_ids[np.isin(store_ids, canonical_ids(engine))]
-    vecs = snap.vectors.get(ids)
     recs = engine.catalog.get_images(ids.tolist())
     rel = [recs[int(i)].path for i in ids]
     family = np.array([truth[r][0] for r in rel])
@@ -370,8 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- the same signals on a grid, for calibration, on the vectors the report compares: the
     # scan's copy vectors where the model has them (a VLAD search vector), else the search vectors
     where = np.searchsorted(scan.ids, ids)
-    if scan.vectors is not None:
-        vecs = scan.vectors[where]
+    same, vecs, _ = compared_vectors(engine, scan, whitened=False)
+    assert np.array_equal(same, ids), "an image the scan could not decode"
     results["vectors"] = "copy vectors" if scan.vectors is not None else "search vectors"
     white = whiten(vecs)
     ci, cj, cs = similar_pairs(white, -1.0, args.k)

@@ -3,8 +3,8 @@
 Both are statistics of the training images, stored beside the weights (safetensors), and applied
 to every vector the :class:`~encoder.inference.Encoder` makes, queries included:
 
-- the pooling (``"mean"``: the model's own vector; ``"vlad"``: VLAD over words fitted on the
-  images, encoder/vlad.py);
+- the pooling (``"vlad"``, the default for a model with a convolutional trunk: VLAD over words
+  fitted on the images, encoder/vlad.py; ``"mean"``: the model's own vector);
 - then the calibration of those vectors (``"centre"``, ``"whiten"`` or ``"none"``,
   encoder/calibration.py).
 
@@ -27,21 +27,27 @@ from .errors import ConfigError
 from .model import Autoencoder, ConvTrunk
 from .vlad import VLAD_FILE, Vlad, fit_vlad, save_vlad
 
-#: How the search vector is pooled from the trunk (``TrainConfig.pooling``): "mean", the model's
-#: own vector (the default); "vlad", encoder/vlad.py: mAP@10 +0.03 to +0.18 on every labelled
-#: corpus measured, but near-duplicate recall of resized and recompressed copies 0.01 lower on Tux
-#: Paint edits, below issue 13's target, so not the default yet (docs/benchmarks.md).
-POOLINGS = ("mean", "vlad")
+#: How the search vector is pooled from the trunk (``TrainConfig.pooling``): "vlad",
+#: encoder/vlad.py, mAP@10 +0.03 to +0.18 over the mean pooling on every labelled corpus measured
+#: (docs/benchmarks.md, "VLAD over the trunk's local features"), at about half its embedding rate;
+#: "mean", the model's own vector (every stage averaged); "auto", the default: "vlad" for a model
+#: with a convolutional trunk, else "mean" (the dense autoencoder has no maps to pool). The
+#: near-duplicate report compares the model's own vectors either way (``Encoder.copy_vectors``).
+POOLINGS = ("auto", "mean", "vlad")
 
 
-def check_pooling(pooling: str, model: Autoencoder) -> None:
-    """Raise ConfigError unless `model` can have `pooling`."""
+def resolve_pooling(pooling: str, model: Autoencoder) -> str:
+    """The pooling `model` gets for `pooling` ("mean" or "vlad"); ConfigError if it cannot have it."""
     if pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}: {', '.join(POOLINGS)}")
-    if pooling == "vlad" and not isinstance(getattr(model, "trunk", None), ConvTrunk):
+    has_maps = isinstance(getattr(model, "trunk", None), ConvTrunk)
+    if pooling == "auto":
+        return "vlad" if has_maps else "mean"
+    if pooling == "vlad" and not has_maps:
         raise ConfigError(
             f"pooling 'vlad' pools a convolutional trunk's maps; model kind {model.config.kind!r} has none"
         )
+    return pooling
 
 
 def encode(model: Autoencoder, vlad: Vlad | None, x: Tensor) -> Tensor:
@@ -59,11 +65,11 @@ def fit_search_vector(
     out: Path,
     *,
     calibration: str = "centre",
-    pooling: str = "mean",
+    pooling: str = "auto",
 ) -> None:
     """Fit the pooling and the calibration on `cache` ((N, 3, S, S) uint8 images, as the encoder
     embeds them) and save them in `out`, beside the weights; remove stale ones."""
-    check_pooling(pooling, model)
+    pooling = resolve_pooling(pooling, model)
     (Path(out) / CALIBRATION).unlink(missing_ok=True)
     (Path(out) / VLAD_FILE).unlink(missing_ok=True)
     vlad = None
@@ -94,7 +100,7 @@ def refit_search_vector(
     model_dir: str | os.PathLike,
     pixels: np.ndarray,
     *,
-    pooling: str = "mean",
+    pooling: str = "auto",
     calibration: str = "centre",
     device: str | None = None,
 ) -> None:

@@ -35,7 +35,7 @@ from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
 from .registry import create_model
 from .resume import load_resume_state, save_resume_state
-from .search_vector import check_pooling, fit_search_vector
+from .search_vector import fit_search_vector, resolve_pooling
 from .siamese import Projector, vicreg_loss
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,13 @@ class TrainConfig:
     #: the same in every collection (unrelated images at about 0) and kept retrieval as it was
     #: (tuxpaint mAP@10 0.315 -> 0.318); whitening cost it there (0.250; docs/benchmarks.md).
     calibration: str = "centre"
-    #: How the trunk's feature maps become the search vector (encoder/search_vector.py): "mean",
-    #: the model's own vector (every stage average-pooled); "vlad", VLAD over words fitted on the
-    #: training images, projected to the same dimension (encoder/vlad.py; better retrieval on every
-    #: corpus measured, slightly lower near-duplicate recall: not the default yet, docs/benchmarks.md).
-    #: Fitted once training ends, before the calibration, which then calibrates the pooled vectors.
-    pooling: str = "mean"
+    #: How the trunk's feature maps become the search vector (encoder/search_vector.py): "vlad",
+    #: VLAD over words fitted on the training images, projected to the same dimension
+    #: (encoder/vlad.py; better retrieval on every corpus measured, half the embedding rate);
+    #: "mean", the model's own vector (every stage average-pooled); "auto" (the default): "vlad"
+    #: where the model has a convolutional trunk, else "mean". Fitted once training ends, before
+    #: the calibration, which then calibrates the pooled vectors.
+    pooling: str = "auto"
     #: Weight of the siamese term (encoder/siamese.py: VICReg on two augmented views' search
     #: vectors) next to reconstruction; 0 trains reconstruction alone. Needs an augmentation.
     siamese: float = 0.0
@@ -162,7 +163,7 @@ def train(
         raise ConfigError(f"siamese weight must be a finite number >= 0, not {cfg.siamese}")
     if cfg.siamese > 0 and cfg.augment == "none":
         raise ConfigError("the siamese term compares two augmented views: it needs augment 'flip' or 'invariant'")
-    check_pooling(cfg.pooling, create_model(mcfg))  # an impossible pooling fails before training
+    resolve_pooling(cfg.pooling, create_model(mcfg))  # an impossible pooling fails before training
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)

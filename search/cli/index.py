@@ -60,10 +60,10 @@ def train(
     ),
     pooling: str | None = typer.Option(
         None,
-        help="How the search vector is pooled from the encoder's feature maps: mean (each stage averaged) or "
-        "vlad (VLAD over local-feature words fitted on the folder: better retrieval on every collection "
-        "measured, slightly lower near-duplicate recall; models with a conv trunk; docs/benchmarks.md) "
-        "[default: mean].",
+        help="How the search vector is pooled from the encoder's feature maps: vlad (VLAD over local-feature "
+        "words fitted on the folder: better retrieval on every collection measured; models with a conv trunk) "
+        "or mean (each stage averaged: about twice the embedding rate; docs/benchmarks.md) "
+        "[default: vlad where the model has a conv trunk, else mean].",
     ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),

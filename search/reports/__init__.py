@@ -15,7 +15,15 @@ the benchmarks call these functions. One module a job:
 """
 
 from .build import build_report, write_report
-from .duplicates import EXACT_MAX, MIN_HASH_LIMIT, TIERS, exact_duplicates, near_duplicates, resolve_tiers
+from .duplicates import (
+    EXACT_MAX,
+    MIN_HASH_LIMIT,
+    TIERS,
+    compared_vectors,
+    exact_duplicates,
+    near_duplicates,
+    resolve_tiers,
+)
 from .members import canonical_ids
 from .model import FORMATS, SCHEMA, Group, Member, NearDuplicates, QueryResult, Report, ReportError, Tier
 from .outliers import OUTLIER_Z, Outlier, Outliers, outliers, robust_z
@@ -24,6 +32,7 @@ from .scan import CACHE_FILE, Scan, hamming, hash_distance_limit, perceptual_has
 from .sets import neighbours_of_folder, neighbours_of_ids
 
 __all__ = [
+    "compared_vectors",
     "CACHE_FILE",
     "DEFAULT_K",
     "EXACT_MAX",

@@ -209,10 +209,9 @@ def near_duplicates(
     if not tiers:
         raise ReportError("no near-duplicate tiers asked for")
     use_hash = phash and any(t.hamming is not None or t.crop_hamming is not None for t in tiers)
-    copies = engine.snapshot().encoder.has_copy_vectors  # VLAD search vectors: compare copy vectors
-    if scan is None and (use_hash or copies):
+    if scan is None and use_hash:
         scan = scan_images(engine)
-    ids, vecs, raw, index, method = _distinct_vectors(engine, method, whitened, scan if copies else None)
+    ids, vecs, raw, index, method = _distinct_vectors(engine, method, whitened, scan)
     floor = -1.0 if use_hash else tiers[-1].threshold  # with hashes, every neighbour is a candidate
     crowd = np.empty(len(ids), dtype=np.float32)  # each image's k-th neighbour's cosine (rules.cosine_rule)
     i, j, s = similar_pairs(vecs, floor, k, index=index, ids=ids, queries=raw, batch_size=batch_size, crowd=crowd)
@@ -265,6 +264,7 @@ def near_duplicates(
     degree = np.bincount(np.concatenate([cand.i[central], cand.j[central]]), minlength=len(cand.ids))
     rank = _keeper_rank(cand.ids, rows, degree)
     groups = _describe(cand, _tier_groups(cand, tiers, linkage, rank), tiers, rows, rank)
+    copies = engine.snapshot().encoder.has_copy_vectors
     what = "copy vectors (the model's own; search uses VLAD)" if copies else "search vectors"
     sim = f"cosine of the whitened {what}" if whitened else f"cosine of the {what}"
     sim += " (or perceptual hash distance)" if use_hash else ""
@@ -273,22 +273,41 @@ def near_duplicates(
     return NearDuplicates(tiers, groups, k, method, len(ids), len(cand.i), time.perf_counter() - t0, sim)
 
 
-def _distinct_vectors(engine: Engine, method: str, whitened: bool, scan: Scan | None):
-    """(ids, vectors to compare, raw search vectors, index to find neighbours with or None, method)
-    of the indexed images that are not byte-identical copies (those are the exact section's).
+def compared_vectors(engine: Engine, scan: Scan | None = None, *, whitened: bool = True):
+    """(ids, vectors compared, raw search vectors) of the indexed images that are not byte-identical
+    copies (those are the exact section's): what the near-duplicate report's cosines are of.
 
-    With a `scan` that has copy vectors, those are compared, and images it could not decode
-    (changed or gone since they were indexed) are left out."""
-    snap = engine.snapshot()
+    The search vectors, unless the model has copy vectors (a VLAD search vector:
+    :meth:`encoder.Encoder.copy_vectors`); then the scan's (`scan`, or a new one), centred on these
+    images' mean as the model's own vector is when it is the search vector (the "centre"
+    calibration), so the report sees the vector its tiers were tuned on; images the scan could not
+    decode (changed or gone since they were indexed) are left out. Whitened (:func:`whiten`)
+    unless `whitened` is False."""
+    return _compared(engine, engine.snapshot(), scan, whitened)
+
+
+def _compared(engine: Engine, snap, scan: Scan | None, whitened: bool):
     store_ids = snap.vectors.ids()  # ascending; from the flat store or the generation's segments
     ids = store_ids[np.isin(store_ids, canonical_ids(engine))]
     copies = None
-    if scan is not None and scan.vectors is not None:
-        where = np.searchsorted(scan.ids, ids).clip(0, max(len(scan.ids) - 1, 0))
-        found = (scan.ids[where] == ids) if len(scan.ids) else np.zeros(len(ids), dtype=bool)
-        ids, copies = ids[found], scan.vectors[where[found]]
+    if snap.encoder.has_copy_vectors:
+        scan = scan if scan is not None else scan_images(engine)
+        if scan.vectors is not None:
+            where = np.searchsorted(scan.ids, ids).clip(0, max(len(scan.ids) - 1, 0))
+            found = (scan.ids[where] == ids) if len(scan.ids) else np.zeros(len(ids), dtype=bool)
+            ids, copies = ids[found], scan.vectors[where[found]]
+            if len(copies):
+                copies = fit_calibration(copies, "centre").apply(copies)
     raw = snap.vectors.get(ids)  # one copy, of the distinct images' vectors only
-    approximate = snap.manifest.index_type != "flat" and snap.search.ntotal == len(store_ids)
+    compared = raw if copies is None else copies
+    return ids, (whiten(compared) if whitened else compared), raw
+
+
+def _distinct_vectors(engine: Engine, method: str, whitened: bool, scan: Scan | None):
+    """:func:`compared_vectors`, the index to find neighbours with (None: exact kNN) and the method."""
+    snap = engine.snapshot()  # one generation for the vectors and the index
+    ids, vecs, raw = _compared(engine, snap, scan, whitened)
+    approximate = snap.manifest.index_type != "flat" and snap.search.ntotal == len(snap.vectors.ids())
     if method == "auto":
         method = "index" if approximate and len(ids) > EXACT_MAX else "exact"
     if method not in ("exact", "index"):
@@ -296,12 +315,7 @@ def _distinct_vectors(engine: Engine, method: str, whitened: bool, scan: Scan | 
     index = snap.search if method == "index" else None
     if index is not None:
         method = f"index ({snap.manifest.index_type})"
-    if copies is not None and len(copies):
-        # centred as the model's own vector is when it is the search vector (the "centre"
-        # calibration, here fitted on the images compared), so the report sees what it was tuned on
-        copies = fit_calibration(copies, "centre").apply(copies)
-    compared = raw if copies is None else copies
-    return ids, (whiten(compared) if whitened else compared), raw, index, method
+    return ids, vecs, raw, index, method
 
 
 def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

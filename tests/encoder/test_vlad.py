@@ -149,6 +149,25 @@ def test_vlad_pooling_is_refused_for_a_model_without_a_conv_trunk(tmp_path: Path
         )
 
 
+def test_the_default_pooling_is_vlad_where_the_model_has_maps_and_the_mean_where_not(tmp_path: Path) -> None:
+    from conftest import TINY_CONFIG, fill_folder
+
+    from encoder import ModelConfig, TrainConfig, create_model, train
+    from encoder.search_vector import resolve_pooling
+
+    assert TrainConfig().pooling == "auto"
+    conv = create_model(ModelConfig(**TINY_CONFIG))
+    dense = create_model(ModelConfig(kind="dense", image_size=32, latent_dim=8))
+    assert resolve_pooling("auto", conv) == "vlad" and resolve_pooling("mean", conv) == "mean"
+    assert resolve_pooling("auto", dense) == "mean"
+    folder = fill_folder(tmp_path / "images", 1)
+    cfg = TrainConfig(epochs=1, batch_size=4, init_from=None)
+    train(folder, tmp_path / "dense", ModelConfig(kind="dense", image_size=32, latent_dim=8), cfg, progress=False)
+    assert not (tmp_path / "dense" / VLAD_FILE).exists()  # trained with the default: the mean pooling
+    train(folder, tmp_path / "conv", ModelConfig(**TINY_CONFIG), cfg, progress=False)
+    assert (tmp_path / "conv" / VLAD_FILE).exists()
+
+
 def test_refit_gives_a_trained_model_the_other_pooling_without_touching_its_weights(
     tmp_path: Path, torch_one_thread
 ) -> None:

@@ -101,17 +101,22 @@ def test_the_cache_keeps_crop_hashes_and_ignores_another_layout(tmp_path: Path) 
     store = ScanCache(path)
     crops = np.arange(CROP_HASHES, dtype=np.int64) - 3
     thumb = np.arange(DETAIL_SIDE**2, dtype=np.uint8).reshape(DETAIL_SIDE, DETAIL_SIDE)
-    store.put("m", {"h1": (0.5, 7, crops, thumb)})
+    vec = np.linspace(-1, 1, 5, dtype=np.float32)
+    store.put("m", {"h1": (0.5, 7, crops, thumb, vec)})
     store.close()
-    with sqlite3.connect(path) as conn:  # rows written with another number of windows, or of pixels
-        conn.execute(f"INSERT INTO {ScanCache.TABLE} VALUES ('h2', 'm', 0.1, 1, ?, ?)", (b"\0" * 16, thumb.tobytes()))
-        conn.execute(f"INSERT INTO {ScanCache.TABLE} VALUES ('h3', 'm', 0.1, 1, ?, ?)", (crops.tobytes(), b"\0" * 64))
+    with sqlite3.connect(path) as conn:  # rows written with another number of windows, pixels or dimensions
+        row = f"INSERT INTO {ScanCache.TABLE} VALUES (?, 'm', 0.1, 1, ?, ?, ?)"
+        conn.execute(row, ("h2", b"\0" * 16, thumb.tobytes(), vec.tobytes()))
+        conn.execute(row, ("h3", crops.tobytes(), b"\0" * 64, vec.tobytes()))
+        conn.execute(row, ("h4", crops.tobytes(), thumb.tobytes(), vec[:4].tobytes()))
     store = ScanCache(path)
-    got = store.get("m", ["h1", "h2", "h3"])
+    got = store.get("m", ["h1", "h2", "h3", "h4"], dim=5)
+    without = store.get("m", ["h1"])  # asked for no copy vectors: a row that has one is another layout
     store.close()
-    assert list(got) == ["h1"]
-    score, phash, back, back_thumb = got["h1"]
+    assert list(got) == ["h1"] and without == {}
+    score, phash, back, back_thumb, back_vec = got["h1"]
     assert (score, phash) == (0.5, 7) and (back == crops).all() and (back_thumb == thumb).all()
+    assert back_vec is not None and np.array_equal(back_vec, vec)
 
 
 def test_a_cache_from_before_detail_thumbnails_is_scanned_again(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def test_a_model_with_the_mean_pooling_scans_no_copy_vectors(tmp_path: Path) -> 
 
     root = fill_folder(tmp_path / "images", 2)
     model = tmp_path / "model"
-    train(root, model, TINY, TrainConfig(epochs=1, batch_size=4, seed=0), progress=False)
+    train(root, model, TINY, TrainConfig(epochs=1, batch_size=4, seed=0, pooling="mean"), progress=False)
     build_index(root, tmp_path / "index", model, progress=False, workers=1)
     with Engine(tmp_path / "index") as engine:
         assert not engine.snapshot().encoder.has_copy_vectors

@@ -30,7 +30,6 @@ from search.reports import (
     outliers,
     robust_z,
     similar_pairs,
-    whiten,
     write_report,
 )
 from search.reports.scan import hamming, perceptual_hash
@@ -222,10 +221,9 @@ def test_no_member_sits_below_its_tier_to_the_keeper(engine: Engine, linkage: st
     """At a threshold just above the least similar pair, connected components join the whole
     collection; groups must not: every member passes the tier's rule against the keeper (the
     member a user would keep), and with complete linkage against every other member too."""
-    from search.reports import canonical_ids, whiten
+    from search.reports import compared_vectors
 
-    ids = canonical_ids(engine)  # what the report compares: byte-identical copies count once
-    white = whiten(engine.snapshot().vectors.get(ids))
+    ids, white, _ = compared_vectors(engine)  # what the report compares: byte-identical copies count once
     sims = white @ white.T
     loosest = float(sims.min()) + 0.05
     i, j, _ = similar_pairs(white, loosest, k=len(ids))
@@ -253,11 +251,10 @@ def test_a_crowd_margin_keeps_only_matches_that_stand_out_from_their_neighbours(
     """At a tier with a crowd margin, a member the cosine alone admits sits at least the margin
     above both its own and the keeper's k-th neighbour; a stricter tier's threshold lets a pair
     through whatever its crowd (the tiers nest)."""
-    from search.reports import canonical_ids
+    from search.reports import compared_vectors
 
     k = 6
-    ids = canonical_ids(engine)
-    white = whiten(engine.snapshot().vectors.get(ids))
+    ids, white, _ = compared_vectors(engine)
     sims = white @ white.T
     crowd = -np.sort(-sims, axis=1)[:, k - 1]  # each image's k-th neighbour, itself counted
     row = {int(i): n for n, i in enumerate(ids)}
