@@ -26,7 +26,8 @@ need CUDA or a missing package are reported as skipped, with the reason.
 Each part has a time budget (a share of --budget-s), so the whole run stays under 8 minutes
 on one H200. The JSON (written after every part, "complete" once all ran) holds the machine,
 every figure, and the issue's targets with pass/fail. The model is an untrained default-config
-one unless --model is given: speed does not depend on the weights.
+one unless --model is given (speed does not depend on the weights), with the default search vector
+(VLAD, then centring) fitted on generated JPEGs as training would fit it: the vector users get.
 
 Top-level imports stay light (stdlib + bench/common.py): JPEG generation and decoding
 workers are started with ``spawn`` and re-import this file.
@@ -77,6 +78,7 @@ def settings(cuda: bool, quick: bool) -> dict[str, Any]:
             "index_batch": 8,
             "queries": 8,
             "faiss_queries": 20,
+            "fit_images": 16,
             "caps": {"training": 30, "generate": 30, "pipeline": 20, "build_index": 60, "query": 30},
         }
     if cuda:
@@ -87,6 +89,7 @@ def settings(cuda: bool, quick: bool) -> dict[str, Any]:
             "index_batch": 256,
             "queries": 300,
             "faiss_queries": 300,
+            "fit_images": 512,
             "caps": {"training": 60, "generate": 90, "pipeline": 40, "build_index": 120, "query": 30},
         }
     return {
@@ -96,6 +99,7 @@ def settings(cuda: bool, quick: bool) -> dict[str, Any]:
         "index_batch": 64,
         "queries": 50,
         "faiss_queries": 100,
+        "fit_images": 256,
         "caps": {"training": 60, "generate": 60, "pipeline": 40, "build_index": 120, "query": 30},
     }
 
@@ -276,11 +280,26 @@ def jpeg_paths(folder: Path) -> list[Path]:
 # ---------------------------------------------------------------- 2. indexing pipelines
 
 
-def make_model(model_dir: Path) -> Path:
-    """An untrained model of the default ModelConfig (indexing and query speed do not depend on weights)."""
+def make_model(model_dir: Path, fit_images: int = 0) -> Path:
+    """An untrained model of the default ModelConfig (indexing and query speed do not depend on the
+    weights); with `fit_images`, its default search vector (the pooling and centring a trained model
+    gets, VLAD for this configuration) fitted on that many generated JPEGs, so every part measures the
+    vector users get. Without, the model's own (mean-pooled) vector."""
     from encoder import ModelConfig, create_model, save_model
 
     save_model(create_model(ModelConfig()), model_dir, {"note": "untrained, for bench/gpu_bench.py"})
+    if fit_images:
+        from encoder.decoding import decode_to_array
+        from encoder.search_vector import refit_search_vector
+
+        fit = model_dir / "fit-jpegs"
+        fit.mkdir()
+        paths = [fit / f"{i}.jpg" for i in range(fit_images)]
+        for i, p in enumerate(paths):
+            _make_jpeg((str(p), 10**6 + i))  # seeds apart from the measured folder's
+        pixels, _, _ = decode_to_array(paths, ModelConfig().image_size)
+        refit_search_vector(model_dir, pixels, pooling="auto")
+        shutil.rmtree(fit)
     return model_dir
 
 
@@ -358,7 +377,7 @@ def embed_tensor(enc: Any, x: Any) -> Any:
     import torch
 
     with torch.inference_mode():
-        z = torch.nn.functional.normalize(enc.model.encode(x).float(), dim=1).cpu().numpy()
+        z = torch.nn.functional.normalize(enc.encode_tensor(x), dim=1).cpu().numpy()
     z = z.astype(np.float32, copy=False)
     return z if enc.calibration is None else enc.calibration.apply(z)
 
@@ -384,7 +403,8 @@ def nvjpeg_pipeline(enc: Any, paths: list[Path], batch: int, readers: int, cap: 
                 pending.append(pool.submit(read, chunks[k + 4]))
             with autocast(enc.device):
                 decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=enc.device)
-                embed_tensor(enc, gpu_letterbox(decoded, enc.image_size))
+                x = gpu_letterbox(decoded, enc.image_size)
+            embed_tensor(enc, x)  # autocast as the Encoder sets it: the trunk in bf16, a VLAD pooling in fp32
             done += len(data)
             if time.perf_counter() - t0 > cap:
                 stopped = done < len(paths)
@@ -396,7 +416,7 @@ def nvjpeg_pipeline(enc: Any, paths: list[Path], batch: int, readers: int, cap: 
         "status": "ok",
         "decode": f"torchvision.io.decode_jpeg(device='{enc.device.type}') in batches, bytes read in {readers} threads",
         "resize": f"on {enc.device.type}: antialiased bilinear + white letterbox",
-        "embed": "model.encode" + (", bf16 autocast, channels-last" if enc.device.type == "cuda" else ""),
+        "embed": "Encoder.encode_tensor" + (", bf16 autocast, channels-last" if enc.device.type == "cuda" else ""),
         "batch": batch,
         "images": done,
         "stopped_at_cap": stopped,
@@ -709,11 +729,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="lookalike-gpu-bench-") as tmp:
         tmpdir = Path(tmp)
-        model_dir = args.model.resolve() if args.model else make_model(tmpdir / "model")
+        model_dir = args.model.resolve() if args.model else make_model(tmpdir / "model", cfg["fit_images"])
+        from encoder import Encoder
         from encoder.checkpoint import read_config
 
         size = read_config(model_dir)[0].image_size
-        results["model"] = {"dir": str(model_dir) if args.model else "untrained, default ModelConfig", "size": size}
+        pooling = "vlad" if Encoder(model_dir, "cpu").vlad is not None else "mean"
+        what = str(model_dir) if args.model else f"untrained, default ModelConfig, {pooling} pooling"
+        if not args.model and cfg["fit_images"]:
+            what += f" fitted on {cfg['fit_images']} generated JPEGs"
+        results["model"] = {"dir": what, "size": size, "pooling": pooling}
         folder = tmpdir / "jpegs"
         paths: list[Path] = []
 

@@ -77,13 +77,15 @@ class Encoder:
         """(N, S, S, 3) uint8 letterboxed images -> (N, D) float32, unit length."""
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if self.fast_cuda:
-            z = torch.cat([self._encode_fast(x) for x in self._batches(pixels)])
-        else:
-            out = [encode(self.model, self.vlad, x) for x in self._batches(pixels)]
-            z = torch.cat(out)
+        z = torch.cat([self.encode_tensor(x) for x in self._batches(pixels)])
         z = torch.nn.functional.normalize(z, dim=1).cpu().numpy().astype(np.float32, copy=False)
         return z if self.calibration is None else self.calibration.apply(z)
+
+    def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [0, 1] on this encoder's device -> (B, D) float32 search vectors
+        before normalisation and calibration: what :meth:`embed_pixels` does to each batch, for
+        callers that prepared the batch on the device themselves (bench/gpu_bench.py's nvJPEG path)."""
+        return self._encode_fast(x) if self.fast_cuda else encode(self.model, self.vlad, x)
 
     def _encode_fast(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) on CUDA -> (B, D) float32: bf16 autocast, channels-last (see ``fast_cuda``)."""

@@ -63,6 +63,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     _ok(r["training"], "images_per_s")
     assert r["training"]["size"] == 128 and r["training"]["steps"] >= 1
 
+    assert r["model"]["pooling"] == "vlad"  # the default search vector, fitted as training fits it
     ix = r["indexing"]
     assert ix["corpus"]["usable"] > 0 and ix["corpus"]["size"] == [640, 480]
     _ok(ix["pillow_threads"], "images_per_s")
@@ -163,3 +164,16 @@ def test_torchvision_pipeline_and_letterbox_match_pillow(tmp_path: Path, gpu_ben
     assert np.allclose(got[:, 0], 1.0)  # 640x480 in a square: white bars above and below
     cos = (enc.embed_pixels((ref * 255).round().astype(np.uint8)) * gpu_bench.embed_tensor(enc, x)).sum(axis=1)
     assert cos.min() > 0.99
+
+
+def test_the_bench_model_has_the_default_search_vector_and_the_device_path_uses_it(
+    tmp_path: Path, gpu_bench, torch_one_thread
+) -> None:
+    """make_model fits VLAD as training would; embed_tensor (the nvJPEG path) gives Encoder.embed_pixels' vectors."""
+    import torch
+
+    enc = gpu_bench.load_encoder(gpu_bench.make_model(tmp_path / "model", fit_images=8), torch.device("cpu"))
+    assert enc.vlad is not None and not (tmp_path / "model" / "fit-jpegs").exists()
+    pixels = np.random.default_rng(0).integers(0, 256, (3, enc.image_size, enc.image_size, 3), dtype=np.uint8)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+    assert np.allclose(gpu_bench.embed_tensor(enc, x), enc.embed_pixels(pixels), atol=1e-5)
