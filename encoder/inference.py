@@ -94,7 +94,7 @@ class Encoder:
             if self.vlad is None:
                 return self.model.encode(x).float()
             maps = self.model.trunk.maps(x)
-        return self.vlad([m.float() for m in maps])  # words and residuals in float32
+        return self.vlad([m.float() for m in self.vlad.stages(x, maps)])  # words and residuals in float32
 
     @property
     def has_copy_vectors(self) -> bool:

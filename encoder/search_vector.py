@@ -25,7 +25,7 @@ from torch import Tensor
 from .calibration import CALIBRATION, fit_calibration, save_calibration
 from .errors import ConfigError
 from .model import Autoencoder, ConvTrunk
-from .vlad import VLAD_FILE, Vlad, fit_vlad, save_vlad
+from .vlad import VLAD_FILE, Vlad, colour_map, fit_vlad, save_vlad
 
 #: How the search vector is pooled from the trunk (``TrainConfig.pooling``): "vlad",
 #: encoder/vlad.py, mAP@10 +0.03 to +0.18 over the mean pooling on every labelled corpus measured
@@ -55,7 +55,7 @@ def encode(model: Autoencoder, vlad: Vlad | None, x: Tensor) -> Tensor:
     calibration: the model's own vector, or the VLAD of its trunk's maps."""
     if vlad is None:
         return model.encode(x).float()
-    return vlad([m.float() for m in model.trunk.maps(x)])
+    return vlad([m.float() for m in vlad.stages(x, model.trunk.maps(x))])
 
 
 def fit_search_vector(
@@ -79,9 +79,9 @@ def fit_search_vector(
         def maps_of(idx: np.ndarray) -> list[torch.Tensor]:
             with torch.no_grad():
                 x = cache[torch.from_numpy(idx)].to(device).float().div(255.0)
-                return [m.float().cpu() for m in trunk.maps(x)]
+                return [m.float().cpu() for m in (colour_map(x), *trunk.maps(x))]
 
-        vlad = fit_vlad(maps_of, len(cache), model.embedding_dim)
+        vlad = fit_vlad(maps_of, len(cache), model.embedding_dim, colour=True)
         save_vlad(vlad, out)
         vlad = vlad.to(device)
     if calibration == "none":

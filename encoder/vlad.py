@@ -77,6 +77,13 @@ def aggregate(desc: Tensor, words: Tensor) -> Tensor:
     return F.normalize(v.reshape(b, k * c), dim=1, eps=1e-6)
 
 
+def colour_map(x: Tensor) -> Tensor:
+    """(B, 3, S, S) images in [0, 1] -> (B, 3, S/2, S/2): the picture's own colours, averaged over
+    2 x 2 pixels (the first trunk stage's resolution). As a VLAD stage its descriptors
+    (:func:`local_descriptors`: square root over the sum) are chromaticities, whatever the brightness."""
+    return F.avg_pool2d(x.float(), 2)
+
+
 @dataclass(frozen=True)
 class Vlad:
     """Stage maps -> the projected VLAD search vector (unit length before the model's calibration)."""
@@ -84,10 +91,17 @@ class Vlad:
     words: tuple[Tensor, ...]  # per stage, (K, C_stage) float32
     mean: Tensor  # (sum K*C,) the fitted VLAD mean
     projection: Tensor  # (sum K*C, D) principal axes
+    #: Whether the first stage is the picture's colours (:func:`colour_map`), before the trunk's
+    #: stages (:meth:`stages`). False for poolings fitted before it existed.
+    colour: bool = False
 
     @property
     def dim(self) -> int:
         return int(self.projection.shape[1])
+
+    def stages(self, x: Tensor, trunk_maps: list[Tensor]) -> list[Tensor]:
+        """The maps this pooling describes, for images `x` whose trunk gave `trunk_maps`."""
+        return [colour_map(x), *trunk_maps] if self.colour else list(trunk_maps)
 
     def raw(self, maps: list[Tensor]) -> Tensor:
         """(B, sum K*C) float32: each stage's VLAD, concatenated, unit length."""
@@ -99,7 +113,8 @@ class Vlad:
         return (self.raw(maps) - self.mean) @ self.projection
 
     def to(self, device: torch.device | str) -> Vlad:
-        return Vlad(tuple(w.to(device) for w in self.words), self.mean.to(device), self.projection.to(device))
+        words = tuple(w.to(device) for w in self.words)
+        return Vlad(words, self.mean.to(device), self.projection.to(device), self.colour)
 
 
 def _kmeans(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -114,12 +129,13 @@ def _kmeans(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
     return centres.astype(np.float32)
 
 
-def fit_vlad(maps_of, n_images: int, dim: int, *, words: int = WORDS, seed: int = 0) -> Vlad:
+def fit_vlad(maps_of, n_images: int, dim: int, *, words: int = WORDS, seed: int = 0, colour: bool = False) -> Vlad:
     """Fit the words and the projection on `n_images` images.
 
-    `maps_of(index_array)` returns the stage maps (a list of (b, C, h, w) tensors) of those images;
-    it is called in batches of at most 256, on at most ``WORD_IMAGES`` images for the words and
-    ``SAMPLE_IMAGES`` for the projection.
+    `maps_of(index_array)` returns the stage maps (a list of (b, C, h, w) tensors) of those images
+    (:meth:`Vlad.stages`: with `colour`, the first is their :func:`colour_map`); it is called in
+    batches of at most 256, on at most ``WORD_IMAGES`` images for the words and ``SAMPLE_IMAGES``
+    for the projection.
     """
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -141,7 +157,7 @@ def fit_vlad(maps_of, n_images: int, dim: int, *, words: int = WORDS, seed: int 
         torch.from_numpy(_kmeans(np.concatenate(parts), words, seed + s)) for s, parts in enumerate(samples)
     )
     # 2. the projection: principal axes of the VLAD vectors of up to SAMPLE_IMAGES images
-    probe = Vlad(word_sets, torch.zeros(1), torch.zeros(1, 1))
+    probe = Vlad(word_sets, torch.zeros(1), torch.zeros(1, 1), colour)
     chosen = np.sort(rng.choice(n_images, min(n_images, SAMPLE_IMAGES), replace=False))
     raw = torch.cat([probe.raw(maps_of(chosen[s : s + 256])) for s in range(0, len(chosen), 256)])
     mean = raw.double().mean(0)
@@ -154,7 +170,7 @@ def fit_vlad(maps_of, n_images: int, dim: int, *, words: int = WORDS, seed: int 
     var, u = var.flip(0)[:keep], u.flip(1)[:, :keep]
     axes = torch.zeros(x.shape[1], dim, dtype=x.dtype)
     axes[:, :keep] = (x.T @ u) / var.sqrt()  # unit columns; the rest zero, so the dimension is fixed
-    return Vlad(word_sets, mean.float(), axes.float())
+    return Vlad(word_sets, mean.float(), axes.float(), colour)
 
 
 def save_vlad(vlad: Vlad, directory: Path) -> None:
@@ -165,7 +181,8 @@ def save_vlad(vlad: Vlad, directory: Path) -> None:
     tensors = {f"words.{i}": w.contiguous() for i, w in enumerate(vlad.words)}
     tensors["mean"] = vlad.mean.contiguous()
     tensors["projection"] = vlad.projection.contiguous()
-    atomic_write_via(Path(directory) / VLAD_FILE, lambda tmp: save_file(tensors, tmp))
+    meta = {"colour": "1" if vlad.colour else "0"}
+    atomic_write_via(Path(directory) / VLAD_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_vlad(directory: Path) -> Vlad | None:
@@ -183,9 +200,12 @@ def load_vlad(directory: Path) -> Vlad | None:
             stages = sorted(int(k.split(".")[1]) for k in keys if k.startswith("words."))
             words = tuple(f.get_tensor(f"words.{i}").float() for i in stages)
             mean, projection = f.get_tensor("mean").float(), f.get_tensor("projection").float()
+            colour = (f.metadata() or {}).get("colour") == "1"  # absent: fitted before the colour stage
     except Exception as exc:  # safetensors raises its own types; any failure is a bad checkpoint
         raise CheckpointError(f"{path}: unreadable VLAD pooling ({exc})") from None
     raw_dim = sum(w.shape[0] * w.shape[1] for w in words)
     if stages != list(range(len(stages))) or mean.shape != (raw_dim,) or projection.shape[0] != raw_dim:
         raise CheckpointError(f"{path}: VLAD words, mean and projection do not fit together")
-    return Vlad(words, mean, projection)
+    if colour and words[0].shape[1] != 3:
+        raise CheckpointError(f"{path}: the colour stage's words are not colours")
+    return Vlad(words, mean, projection, colour)

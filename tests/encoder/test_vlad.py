@@ -98,6 +98,32 @@ def test_save_and_load_round_trip_and_damage(tmp_path: Path) -> None:
     save_vlad(bad, tmp_path)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_vlad(tmp_path)
+    save_vlad(Vlad(vlad.words, vlad.mean, vlad.projection, colour=True), tmp_path)  # 4-channel "colours"
+    with pytest.raises(CheckpointError, match="not colours"):
+        load_vlad(tmp_path)
+
+
+def test_the_colour_stage_sees_chromaticity_and_older_files_have_none(tmp_path: Path) -> None:
+    """The colour stage's descriptors do not change with brightness and do with hue; a pooling
+    saved before the stage existed (no metadata) loads without it and pools the trunk's maps alone."""
+    from safetensors.torch import save_file
+
+    from encoder.vlad import colour_map
+
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.random((2, 3, 8, 8), dtype=np.float32)) * 0.9 + 0.05
+    d = local_descriptors(colour_map(x))
+    assert d.shape == (2, 16, 3)
+    assert torch.allclose(d, local_descriptors(colour_map(x * 0.5)), atol=1e-6)  # a darker copy: same colours
+    assert not torch.allclose(d, local_descriptors(colour_map(x.flip(1))), atol=1e-2)  # red and blue swapped
+    vlad = fit_vlad(_maps_source(40), 40, dim=8, words=4)
+    assert not vlad.colour and vlad.stages(x, ["trunk"]) == ["trunk"]
+    tensors = {f"words.{i}": w for i, w in enumerate(vlad.words)}
+    save_file({**tensors, "mean": vlad.mean, "projection": vlad.projection}, str(tmp_path / VLAD_FILE))
+    old = load_vlad(tmp_path)
+    assert old is not None and not old.colour
+    coloured = Vlad(vlad.words, vlad.mean, vlad.projection, colour=True)
+    assert len(coloured.stages(x, ["trunk"])) == 2 and coloured.stages(x, ["trunk"])[0].shape == (2, 3, 4, 4)
 
 
 def test_a_model_trained_with_vlad_pooling_embeds_with_it(tmp_path: Path, torch_one_thread) -> None:
@@ -112,6 +138,7 @@ def test_a_model_trained_with_vlad_pooling_embeds_with_it(tmp_path: Path, torch_
     assert (tmp_path / "m" / VLAD_FILE).exists()
     enc = Encoder(tmp_path / "m", device="cpu")
     assert enc.vlad is not None and enc.dim == 24  # the mean pooling's dimension: 8 + 16 channels
+    assert enc.vlad.colour and [w.shape[1] for w in enc.vlad.words] == [3, 8, 16]  # colours, then the stages
     paths = sorted(folder.rglob("*.png"))
     vecs = enc.embed(paths)
     assert vecs.shape == (12, 24) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
