@@ -19,7 +19,6 @@ from .duplicates import (
     EXACT_MAX,
     MIN_HASH_LIMIT,
     TIERS,
-    compared_vectors,
     exact_duplicates,
     near_duplicates,
     resolve_tiers,
@@ -30,6 +29,7 @@ from .outliers import OUTLIER_Z, Outlier, Outliers, outliers, robust_z
 from .pairs import DEFAULT_K, connected_components, similar_pairs, whiten
 from .scan import CACHE_FILE, Scan, hamming, hash_distance_limit, perceptual_hash, scan_images
 from .sets import neighbours_of_folder, neighbours_of_ids
+from .vectors import compared_vectors
 
 __all__ = [
     "compared_vectors",

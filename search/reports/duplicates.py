@@ -49,7 +49,6 @@ from dataclasses import replace
 import numpy as np
 from sqlalchemy import func, select
 
-from encoder.calibration import fit_calibration
 from indexer import ImageRecord
 from indexer.catalog import STATUS_OK
 
@@ -57,7 +56,7 @@ from ..engine import Engine
 from .detail import DETAIL_LIMIT, Details, detail_distance
 from .detail import SIDE as DETAIL_SIDE
 from .grouping import Rule, attach_to_keepers, complete_groups, star_groups
-from .members import canonical_ids, member_rows
+from .members import member_rows
 from .model import (
     Group,
     Member,
@@ -65,9 +64,10 @@ from .model import (
     ReportError,
     Tier,
 )
-from .pairs import DEFAULT_K, hash_pairs, similar_pairs, union_pairs, whiten
+from .pairs import DEFAULT_K, hash_pairs, similar_pairs, union_pairs
 from .rules import Candidates, any_tier, tier_mask
 from .scan import CROP_HASH_MARGIN, CROP_HASHES, NO_HASH, Scan, crop_distance, hamming, hash_distance_limit, scan_images
+from .vectors import compared_in_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -273,40 +273,10 @@ def near_duplicates(
     return NearDuplicates(tiers, groups, k, method, len(ids), len(cand.i), time.perf_counter() - t0, sim)
 
 
-def compared_vectors(engine: Engine, scan: Scan | None = None, *, whitened: bool = True):
-    """(ids, vectors compared, raw search vectors) of the indexed images that are not byte-identical
-    copies (those are the exact section's): what the near-duplicate report's cosines are of.
-
-    The search vectors, unless the model has copy vectors (a VLAD search vector:
-    :meth:`encoder.Encoder.copy_vectors`); then the scan's (`scan`, or a new one), centred on these
-    images' mean as the model's own vector is when it is the search vector (the "centre"
-    calibration), so the report sees the vector its tiers were tuned on; images the scan could not
-    decode (changed or gone since they were indexed) are left out. Whitened (:func:`whiten`)
-    unless `whitened` is False."""
-    return _compared(engine, engine.snapshot(), scan, whitened)
-
-
-def _compared(engine: Engine, snap, scan: Scan | None, whitened: bool):
-    store_ids = snap.vectors.ids()  # ascending; from the flat store or the generation's segments
-    ids = store_ids[np.isin(store_ids, canonical_ids(engine))]
-    copies = None
-    if snap.encoder.has_copy_vectors:
-        scan = scan if scan is not None else scan_images(engine)
-        if scan.vectors is not None:
-            where = np.searchsorted(scan.ids, ids).clip(0, max(len(scan.ids) - 1, 0))
-            found = (scan.ids[where] == ids) if len(scan.ids) else np.zeros(len(ids), dtype=bool)
-            ids, copies = ids[found], scan.vectors[where[found]]
-            if len(copies):
-                copies = fit_calibration(copies, "centre").apply(copies)
-    raw = snap.vectors.get(ids)  # one copy, of the distinct images' vectors only
-    compared = raw if copies is None else copies
-    return ids, (whiten(compared) if whitened else compared), raw
-
-
 def _distinct_vectors(engine: Engine, method: str, whitened: bool, scan: Scan | None):
     """:func:`compared_vectors`, the index to find neighbours with (None: exact kNN) and the method."""
     snap = engine.snapshot()  # one generation for the vectors and the index
-    ids, vecs, raw = _compared(engine, snap, scan, whitened)
+    ids, vecs, raw = compared_in_snapshot(engine, snap, scan, whitened)
     approximate = snap.manifest.index_type != "flat" and snap.search.ntotal == len(snap.vectors.ids())
     if method == "auto":
         method = "index" if approximate and len(ids) > EXACT_MAX else "exact"
