@@ -25,11 +25,12 @@ from torch import Tensor
 from .calibration import CALIBRATION, fit_calibration, save_calibration
 from .errors import ConfigError
 from .model import Autoencoder, ConvTrunk
-from .vlad import VLAD_FILE, Vlad, colour_map, fit_vlad, save_vlad
+from .vlad import VLAD_FILE, Vlad, fit_vlad, save_vlad, stage_maps
 
 #: How the search vector is pooled from the trunk (``TrainConfig.pooling``): "vlad",
-#: encoder/vlad.py, mAP@10 +0.03 to +0.18 over the mean pooling on every labelled corpus measured
-#: (docs/benchmarks.md, "VLAD over the trunk's local features"), at about half its embedding rate;
+#: encoder/vlad.py, with its colour stage mAP@10 +0.03 to +0.21 over the mean pooling on every
+#: labelled corpus measured (docs/benchmarks.md, "VLAD over the trunk's local features" and "A
+#: colour stage in the VLAD"), at about half its embedding rate;
 #: "mean", the model's own vector (every stage averaged); "auto", the default: "vlad" for a model
 #: with a convolutional trunk, else "mean" (the dense autoencoder has no maps to pool). The
 #: near-duplicate report compares the model's own vectors either way (``Encoder.copy_vectors``).
@@ -79,7 +80,7 @@ def fit_search_vector(
         def maps_of(idx: np.ndarray) -> list[torch.Tensor]:
             with torch.no_grad():
                 x = cache[torch.from_numpy(idx)].to(device).float().div(255.0)
-                return [m.float().cpu() for m in (colour_map(x), *trunk.maps(x))]
+                return [m.float().cpu() for m in stage_maps(x, trunk.maps(x), colour=True)]
 
         vlad = fit_vlad(maps_of, len(cache), model.embedding_dim, colour=True)
         save_vlad(vlad, out)

@@ -1,20 +1,25 @@
 """A search vector that keeps the distribution of the trunk's local features: VLAD over learned words.
 
-The default search vector averages each encoder stage over the whole image, which keeps the mean
-of the local features and drops their distribution. The hand-crafted baseline that beats it
-(HOG + colour histogram) is a pair of *histograms*. VLAD (Jegou et al., 2010, "Aggregating local
-descriptors into a compact image representation") is the learned counterpart: every location's
+The model's own vector averages each encoder stage over the whole image, which keeps the mean
+of the local features and drops their distribution; this is the default search vector instead.
+The hand-crafted baseline that beat it (HOG + colour histogram) is a pair of *histograms*.
+VLAD (Jegou et al., 2010, "Aggregating local descriptors into a compact image representation")
+is the learned counterpart: every location's
 feature vector of every stage (a local descriptor) is assigned to the nearest of K "words", k-means
 centres fitted on the folder's own descriptors, and the residuals to each word are summed. The
 result keeps which kinds of local pattern the image holds and how they deviate from their word,
 wherever they are, so it survives crops and resizing as a histogram does.
 
+Before the trunk's stages comes one more: the picture's own colours, 2 x 2-averaged
+(:func:`colour_map`), whose descriptors are chromaticities (the baseline that beat the trunk on
+photographs is half a colour histogram; docs/benchmarks.md, "A colour stage in the VLAD").
+
 Per stage: descriptors square-rooted and unit length (Hellinger, as HOG's are); K = 64 words;
 residuals summed per word, signed square root, each word's block unit length (intra-normalisation,
 Arandjelovic and Zisserman 2013), the stage's block unit length. The stages are concatenated
-(64 x 240 = 15,360-d for the default trunk) and projected on their first principal components,
-fitted on the training images, to the dimension of the default vector (240): the index stays the
-same size. All of it is fitted once after training and stored beside the weights as safetensors.
+(64 x (3 + 240) = 15,552-d for the default trunk) and projected on their first principal
+components, fitted on the training images, to the dimension of the model's own vector (240): the
+index stays the same size. All of it is fitted once after training and stored beside the weights as safetensors.
 
 Fitted statistics that behave on 100 images and on a million: the words are fitted on at most
 ``SAMPLE_DESCRIPTORS`` descriptors drawn evenly across at most ``WORD_IMAGES`` images (a 64-px
@@ -84,6 +89,12 @@ def colour_map(x: Tensor) -> Tensor:
     return F.avg_pool2d(x.float(), 2)
 
 
+def stage_maps(x: Tensor, trunk_maps: list[Tensor], colour: bool) -> list[Tensor]:
+    """The maps a pooling with (or without) the colour stage describes, in its order: the picture's
+    colours first (:func:`colour_map`), then the trunk's stages."""
+    return [colour_map(x), *trunk_maps] if colour else list(trunk_maps)
+
+
 @dataclass(frozen=True)
 class Vlad:
     """Stage maps -> the projected VLAD search vector (unit length before the model's calibration)."""
@@ -101,7 +112,7 @@ class Vlad:
 
     def stages(self, x: Tensor, trunk_maps: list[Tensor]) -> list[Tensor]:
         """The maps this pooling describes, for images `x` whose trunk gave `trunk_maps`."""
-        return [colour_map(x), *trunk_maps] if self.colour else list(trunk_maps)
+        return stage_maps(x, trunk_maps, self.colour)
 
     def raw(self, maps: list[Tensor]) -> Tensor:
         """(B, sum K*C) float32: each stage's VLAD, concatenated, unit length."""
