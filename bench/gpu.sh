@@ -8,13 +8,14 @@
 #   GPU_BENCH_QUICK=1 bash bench/gpu.sh    # a tiny smoke run (seconds; what the tests run, on the CPU)
 #
 # A bare GPU machine has torch and torchvision but not faiss, sqlalchemy, fastapi... and no
-# network. The bench needs only faiss-cpu and sqlalchemy (for build_index and the faiss search);
-# carry them as wheels in .whl/ (ignored by git). Fill it on a machine with internet, for the
+# network. The bench needs only faiss-cpu and sqlalchemy (for build_index and the faiss search)
+# and SciPy (to fit the default search vector's VLAD words); carry them as wheels in .whl/
+# (ignored by git). Fill it on a machine with internet, for the
 # GPU machine's Python (3.12 on the lent H200s; check with `python3 -V` there):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl faiss-cpu sqlalchemy
+#     -d .whl faiss-cpu sqlalchemy scipy
 #
 # (their other needs, numpy, packaging and typing-extensions, are already there). Without the
 # wheels, the parts that need them are skipped with a line saying so; the rest still runs.
@@ -64,7 +65,7 @@ fi
 
 # ---- the project's missing dependencies, from carried wheels, with no network
 missing=()
-for pair in faiss:faiss-cpu sqlalchemy:sqlalchemy; do
+for pair in faiss:faiss-cpu sqlalchemy:sqlalchemy scipy:scipy; do
     mod=${pair%%:*}
     pkg=${pair#*:}
     if "$PY" -c "import $mod" 2>/dev/null; then

@@ -729,15 +729,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="lookalike-gpu-bench-") as tmp:
         tmpdir = Path(tmp)
-        model_dir = args.model.resolve() if args.model else make_model(tmpdir / "model", cfg["fit_images"])
+        no_scipy = have("scipy", without)  # the VLAD words are fitted with SciPy's k-means
+        fit_images = 0 if no_scipy else cfg["fit_images"]
+        model_dir = args.model.resolve() if args.model else make_model(tmpdir / "model", fit_images)
         from encoder import Encoder
         from encoder.checkpoint import read_config
 
         size = read_config(model_dir)[0].image_size
         pooling = "vlad" if Encoder(model_dir, "cpu").vlad is not None else "mean"
         what = str(model_dir) if args.model else f"untrained, default ModelConfig, {pooling} pooling"
-        if not args.model and cfg["fit_images"]:
-            what += f" fitted on {cfg['fit_images']} generated JPEGs"
+        if not args.model and fit_images:
+            what += f" fitted on {fit_images} generated JPEGs"
+        elif not args.model:
+            what += f" (not the default VLAD: {no_scipy})"
         results["model"] = {"dir": what, "size": size, "pooling": pooling}
         folder = tmpdir / "jpegs"
         paths: list[Path] = []

@@ -105,7 +105,7 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
 def test_missing_modules_skip_their_parts_with_a_reason(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     cmd = [sys.executable, str(BENCH / "gpu_bench.py"), "--quick", "--parts", "indexing,query", "--images", "6"]
-    cmd += ["--without", "faiss,sqlalchemy", "--out", str(out)]
+    cmd += ["--without", "faiss,sqlalchemy,scipy", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -114,6 +114,8 @@ def test_missing_modules_skip_their_parts_with_a_reason(tmp_path: Path) -> None:
     assert r["indexing"]["build_index"]["status"] == "skipped"
     assert "faiss" in r["indexing"]["build_index"]["reason"]
     assert r["query"]["faiss_flat"]["status"] == "skipped"
+    # without SciPy no VLAD words can be fitted: the model's own vector, and the JSON says why
+    assert r["model"]["pooling"] == "mean" and "scipy" in r["model"]["dir"]
     _ok(r["indexing"]["pillow_threads"], "images_per_s")
     _ok(r["query"]["embed_one"], "p50_ms")
     assert r["targets"]["indexing_images_per_s"]["figure"] == "indexing.pillow_threads.images_per_s"
