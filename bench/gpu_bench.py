@@ -731,7 +731,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmpdir = Path(tmp)
         no_scipy = have("scipy", without)  # the VLAD words are fitted with SciPy's k-means
         fit_images = 0 if no_scipy else cfg["fit_images"]
-        model_dir = args.model.resolve() if args.model else make_model(tmpdir / "model", fit_images)
+        if args.model:
+            model_dir = args.model.resolve()
+        else:
+            try:
+                model_dir = make_model(tmpdir / "model", fit_images)
+            except ImportError as exc:  # SciPy there but unusable (a wheel for another NumPy, say)
+                no_scipy, fit_images = f"the VLAD fit failed: {exc}", 0
+                shutil.rmtree(tmpdir / "model", ignore_errors=True)
+                model_dir = make_model(tmpdir / "model")
         from encoder import Encoder
         from encoder.checkpoint import read_config
 
