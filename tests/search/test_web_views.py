@@ -203,6 +203,8 @@ def test_search_shows_the_query_and_filters(open_page, writer: Server, web: tupl
     assert f"indexed image #{ids[NEAR[0]]}" in text and NEAR[0] in text and "left out of the results" in text
     assert ids[NEAR[0]] not in tile_ids(page, "#results")
     assert page.eval_on_selector("#query img", "i => i.getBoundingClientRect().width") >= 150  # a useful size
+    meaning = page.get_attribute("#results .result .sim", "title")  # what the number means, on hover
+    assert meaning and "unrelated" in meaning and "same picture" in meaning
     page.wait_for_function(SETTLED, arg="#results")
     shot(page, tmp_path, "search.png")
 
