@@ -16,6 +16,14 @@ from .serve import bind, serve_index, server_settings
 _MODEL = ModelConfig()  # the defaults the help shows
 
 
+POOLING_HELP = (
+    "How the search vector is pooled from the encoder's feature maps: vlad (VLAD over local-feature "
+    "words fitted on the folder: better retrieval on every collection measured; models with a conv trunk) "
+    "or mean (each stage averaged: about twice the embedding rate; docs/benchmarks.md) "
+    "[default: vlad where the model has a conv trunk, else mean]."
+)
+
+
 def model_config_from_options(options: dict[str, Any]) -> Any:
     """The default ModelConfig with every option the user gave (None = not given) applied."""
     from encoder import ModelConfig, list_models
@@ -58,13 +66,7 @@ def train(
         "[default: the base model when the model asked for is its configuration (the default one), else random "
         "weights].",
     ),
-    pooling: str | None = typer.Option(
-        None,
-        help="How the search vector is pooled from the encoder's feature maps: vlad (VLAD over local-feature "
-        "words fitted on the folder: better retrieval on every collection measured; models with a conv trunk) "
-        "or mean (each stage averaged: about twice the embedding rate; docs/benchmarks.md) "
-        "[default: vlad where the model has a conv trunk, else mean].",
-    ),
+    pooling: str | None = typer.Option(None, help=POOLING_HELP),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, mps [default: best available]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch's checkpoint in OUT."),
@@ -159,9 +161,11 @@ def index(
         help="Merge the vector segments into one before publishing (otherwise merged when more than 16, "
         "or a quarter of their rows deleted or replaced).",
     ),
+    pooling: str | None = typer.Option(None, help=POOLING_HELP + " Used when this run trains the model."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Index a folder: add new images, re-embed changed ones, follow moves, drop deleted ones."""
+    from encoder import TrainConfig
     from indexer import build_index
     from indexer.distribute import use_distributor
     from indexer.layout import default_index_dir
@@ -189,6 +193,7 @@ def index(
             checkpoint_every_s=checkpoint_every,
             neighbours=neighbours,
             merge=merge,
+            train_config=TrainConfig(pooling=pooling, device=device) if pooling else None,
         )
     if as_json:
         import json
@@ -250,6 +255,7 @@ def up(
     device: str | None = typer.Option(None, help="cpu, cuda, mps [default: best available]."),
     port: int | None = typer.Option(None, help="Port to serve on [default: 8000]."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Train and index only."),
+    pooling: str = typer.Option("auto", help=POOLING_HELP + " Used when this run trains the model."),
 ) -> None:
     """The main job: train a model on FOLDER (if it has none yet), index it and serve it."""
     from encoder import TrainConfig
@@ -261,7 +267,8 @@ def up(
         sock = bind(settings.host, settings.port)
     typer.echo(f"indexing {folder} (the first run trains a model on it first) ...")
     try:
-        summary = build_index(folder, device=device, train_config=TrainConfig(seed=seed, device=device))
+        train_config = TrainConfig(seed=seed, device=device, pooling=pooling)
+        summary = build_index(folder, device=device, train_config=train_config)
     except BaseException:
         if sock is not None:
             sock.close()

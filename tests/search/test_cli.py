@@ -100,6 +100,28 @@ def test_train_with_vlad_pooling_then_index_and_query(tiny_folder: Path, tmp_pat
     assert res.exit_code == 2 and "unknown pooling" in res.output and "Traceback" not in res.output
 
 
+def test_index_and_up_pass_the_pooling_to_the_training_they_start(
+    tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`index --pooling` and `up --pooling` reach the TrainConfig of the model they train (the
+    training itself is the 500-step default here, too long for this suite: the call is recorded)."""
+    import indexer
+
+    seen = []
+
+    def record(*args, train_config=None, **kw):
+        seen.append(train_config)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(indexer, "build_index", record)
+    assert runner.invoke(app, ["index", str(tiny_folder), "--pooling", "mean"]).exit_code == 3
+    assert runner.invoke(app, ["index", str(tiny_folder)]).exit_code == 3
+    assert runner.invoke(app, ["up", str(tiny_folder), "--no-serve", "--pooling", "mean"]).exit_code == 3
+    assert runner.invoke(app, ["up", str(tiny_folder), "--no-serve"]).exit_code == 3
+    assert seen[0].pooling == "mean" and seen[1] is None  # None: build_index's own default training
+    assert seen[2].pooling == "mean" and seen[3].pooling == "auto"
+
+
 def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
     import json
 
