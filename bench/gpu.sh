@@ -9,13 +9,14 @@
 #
 # A bare GPU machine has torch and torchvision but not faiss, sqlalchemy, fastapi... and no
 # network. The bench needs only faiss-cpu and sqlalchemy (for build_index and the faiss search)
-# and SciPy (to fit the default search vector's VLAD words); carry them as wheels in .whl/
-# (ignored by git). Fill it on a machine with internet, for the
+# and SciPy (to fit the default search vector's VLAD words; the lent machines' image has it);
+# carry the missing ones as wheels in .whl/ (ignored by git; the working tree and what is carried
+# must stay under 64 MiB together, which a SciPy wheel, 35 MB, would break). Fill it on a machine with internet, for the
 # GPU machine's Python (3.12 on the lent H200s; check with `python3 -V` there):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl faiss-cpu sqlalchemy scipy
+#     -d .whl faiss-cpu sqlalchemy            # (and scipy, only for a machine without it)
 #
 # (their other needs, numpy, packaging and typing-extensions, are already there). Without the
 # wheels, the parts that need them are skipped with a line saying so; the rest still runs.
