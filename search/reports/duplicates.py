@@ -277,7 +277,7 @@ def _distinct_vectors(engine: Engine, method: str, whitened: bool, scan: Scan | 
     """:func:`compared_vectors`, the index to find neighbours with (None: exact kNN) and the method."""
     snap = engine.snapshot()  # one generation for the vectors and the index
     ids, vecs, raw = compared_in_snapshot(engine, snap, scan, whitened)
-    approximate = snap.manifest.index_type != "flat" and snap.search.ntotal == len(snap.vectors.ids())
+    approximate = snap.manifest.index_type != "flat" and snap.search.ntotal == len(snap.vectors)
     if method == "auto":
         method = "index" if approximate and len(ids) > EXACT_MAX else "exact"
     if method not in ("exact", "index"):
@@ -296,14 +296,12 @@ def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.
     codes = np.full(len(ids), NO_HASH, dtype=np.int64)
     crops = np.full((len(ids), CROP_HASHES), NO_HASH, dtype=np.int64)
     thumbs = None if scan.details is None else np.full((len(ids), DETAIL_SIDE, DETAIL_SIDE), 128, dtype=np.uint8)
-    if len(scan.ids):
-        where = np.searchsorted(scan.ids, ids).clip(0, len(scan.ids) - 1)
-        found = scan.ids[where] == ids
-        codes[found] = scan.phashes[where[found]]
-        if scan.crops is not None:
-            crops[found] = scan.crops[where[found]]
-        if thumbs is not None and scan.details is not None:
-            thumbs[found] = scan.details[where[found]]
+    where, found = scan.locate(ids)
+    codes[found] = scan.phashes[where[found]]
+    if scan.crops is not None:
+        crops[found] = scan.crops[where[found]]
+    if thumbs is not None and scan.details is not None:
+        thumbs[found] = scan.details[where[found]]
     return codes, crops, thumbs
 
 

@@ -331,6 +331,14 @@ class Scan:
     details: np.ndarray | None = None  # (n, DETAIL_SIDE, DETAIL_SIDE) uint8 grey thumbnails
     vectors: np.ndarray | None = None  # (n, D) float32 unit copy vectors; None: the search vectors serve
 
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(where, found): for each of the catalog `ids`, its row here and whether it has one (an
+        image that failed to decode, or was not scanned, has none)."""
+        if not len(self.ids):
+            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+        where = np.searchsorted(self.ids, ids).clip(0, len(self.ids) - 1)
+        return where, self.ids[where] == ids
+
 
 def scan_images(engine: Engine, *, workers: int | None = None, batch_size: int = 256, cache: bool = True) -> Scan:
     """Score and hash every indexed image that is not a byte-identical copy of another (and, where

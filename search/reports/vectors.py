@@ -36,8 +36,7 @@ def compared_in_snapshot(engine: Engine, snap, scan: Scan | None, whitened: bool
     if snap.encoder.has_copy_vectors:
         scan = scan if scan is not None else scan_images(engine)
         if scan.vectors is not None:
-            where = np.searchsorted(scan.ids, ids).clip(0, max(len(scan.ids) - 1, 0))
-            found = (scan.ids[where] == ids) if len(scan.ids) else np.zeros(len(ids), dtype=bool)
+            where, found = scan.locate(ids)
             ids, copies = ids[found], scan.vectors[where[found]]
             if len(copies):
                 copies = fit_calibration(copies, "centre").apply(copies)
