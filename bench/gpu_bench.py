@@ -740,11 +740,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 no_scipy, fit_images = f"the VLAD fit failed: {exc}", 0
                 shutil.rmtree(tmpdir / "model", ignore_errors=True)
                 model_dir = make_model(tmpdir / "model")
-        from encoder import Encoder
         from encoder.checkpoint import read_config
+        from encoder.vlad import VLAD_FILE
 
         size = read_config(model_dir)[0].image_size
-        pooling = "vlad" if Encoder(model_dir, "cpu").vlad is not None else "mean"
+        pooling = "vlad" if (model_dir / VLAD_FILE).exists() else "mean"
         what = str(model_dir) if args.model else f"untrained, default ModelConfig, {pooling} pooling"
         if not args.model and fit_images:
             what += f" fitted on {fit_images} generated JPEGs"
