@@ -75,14 +75,14 @@ def fit_search_vector(
     (Path(out) / VLAD_FILE).unlink(missing_ok=True)
     vlad = None
     if pooling == "vlad":
-        trunk = model.trunk
+        trunk, colour = model.trunk, True  # every new pooling has the colour stage
 
         def maps_of(idx: np.ndarray) -> list[torch.Tensor]:
             with torch.no_grad():
                 x = cache[torch.from_numpy(idx)].to(device).float().div(255.0)
-                return [m.float().cpu() for m in stage_maps(x, trunk.maps(x), colour=True)]
+                return [m.float().cpu() for m in stage_maps(x, trunk.maps(x), colour)]
 
-        vlad = fit_vlad(maps_of, len(cache), model.embedding_dim, colour=True)
+        vlad = fit_vlad(maps_of, len(cache), model.embedding_dim, colour=colour)
         save_vlad(vlad, out)
         vlad = vlad.to(device)
     if calibration == "none":
