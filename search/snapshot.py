@@ -25,6 +25,7 @@ from indexer.neighbours import read_neighbours
 from indexer.segments import SegmentError
 
 from .errors import EngineError
+from .pair_scale import PairScale, index_pair_scale
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Snapshot:
     neighbours: np.ndarray | None = None  # precomputed neighbours by id (memory-mapped), if published
     neighbour_ids: np.ndarray | None = None  # its id column, contiguous in memory (8 bytes an image)
     hit_rows: HitRows | LayeredHitRows | None = None  # path, width, height by id (memory-mapped), if published
+    #: Cosines of random pairs of this generation's vectors, for each hit's percentile (search/pair_scale.py).
+    pair_scale: PairScale | None = None
 
     @property
     def delta(self) -> DeltaIndex | None:
@@ -75,7 +78,7 @@ def open_generation(
     index_dir: Path, manifest: Manifest, previous: Snapshot | None, *, device: str | None, max_pixels: int
 ) -> Snapshot:
     """The generation `manifest` names, opened: its search index (with its delta), exact vectors,
-    model, precomputed neighbours and hit rows."""
+    model, precomputed neighbours and hit rows; and the scale of its pairs' similarities."""
     files = manifest.files(index_dir)  # the index directory itself for an index from before generations
     search = read_mapped(files / manifest.search_file, manifest.params)
     vectors = open_exact_vectors(files, manifest, search)
@@ -94,7 +97,8 @@ def open_generation(
         if neighbours is not None:
             neighbour_ids = np.ascontiguousarray(neighbours["id"])
     hit_rows = open_hit_rows(files, manifest)
-    return Snapshot(manifest, vectors, search, encoder, neighbours, neighbour_ids, hit_rows)
+    pair_scale = index_pair_scale(vectors)
+    return Snapshot(manifest, vectors, search, encoder, neighbours, neighbour_ids, hit_rows, pair_scale)
 
 
 def open_hit_rows(files: Path, manifest: Manifest) -> HitRows | LayeredHitRows | None:

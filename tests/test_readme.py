@@ -358,7 +358,9 @@ def check_output(args: list[str], result: Result, root: Path) -> None:
         if "--json" in args:
             assert json.loads(out)["results"], out
         else:
-            assert re.search(r"^\s+1\s+-?\d\.\d{4}\s+\d+\s+\S", out, re.M), out  # the first row of the table
+            assert re.search(r"^\s+1\s+-?\d\.\d{4}\s+top <?[\d.]+%\s+\d+\s+\S", out, re.M), (
+                out
+            )  # the first row of the table
         if "--grid" in args:
             with Image.open(root / args[args.index("--grid") + 1]) as grid:
                 assert grid.width > 0

@@ -10,7 +10,12 @@ from pydantic import BaseModel, Field
 class HitOut(BaseModel):
     id: int
     path: str
-    similarity: float
+    similarity: float = Field(description="Cosine of the two search vectors: about 0 unrelated, 1 the same picture.")
+    percentile: float | None = Field(
+        description="The similarity's rank among random pairs of the index's images, in percent "
+        "(50: a typical pair; 99.9: closer than all but one pair in a thousand), the same meaning "
+        "in any collection; null for an index of fewer than two images."
+    )
     width: int | None
     height: int | None
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..pair_scale import top_share
 from .common import UsageError, index_for, user_errors
 
 
@@ -65,6 +66,7 @@ def query(
         total = engine.stats()["vectors"]
         typer.echo("no results: the index is empty" if not total else "no results (try a lower --min-similarity)")
         return
-    typer.echo(f"{'rank':>4}  {'similarity':>10}  {'id':>7}  path")
+    # "of pairs": the similarity's place among the pairs of indexed images, one meaning in any folder
+    typer.echo(f"{'rank':>4}  {'similarity':>10}  {'of pairs':>11}  {'id':>7}  path")
     for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank:>4}  {h.similarity:>10.4f}  {h.id:>7}  {h.path}")
+        typer.echo(f"{rank:>4}  {h.similarity:>10.4f}  {top_share(h.percentile):>11}  {h.id:>7}  {h.path}")

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from encoder.images import ImageSource, letterbox, open_image
 
 from ..engine import Engine, Hit
+from ..pair_scale import top_share
 
 TILE = 160
 #: Tiles a row: the grid wraps, so k=30 is a picture, not a 5,000-pixel strip.
@@ -45,7 +46,8 @@ def _short(text: str, width_px: int) -> str:
 
 def result_grid(engine: Engine, query: ImageSource | int, hits: Sequence[Hit], *, size: int = TILE) -> Image.Image:
     """The query (an image source, or the id of an indexed image), then each hit, `COLUMNS` a row,
-    captioned with rank, similarity and file name. Hits whose file has gone are drawn blank."""
+    captioned with rank, similarity (and its place among the index's pairs) and file
+    name. Hits whose file has gone are drawn blank."""
     tiles = [(_query_tile(engine, query, size), "query", f"id {query}" if isinstance(query, int) else "")]
     for rank, h in enumerate(hits, 1):
         try:
@@ -53,7 +55,7 @@ def result_grid(engine: Engine, query: ImageSource | int, hits: Sequence[Hit], *
                 tile = _tile_from_image(im.convert("RGB"), size)
         except Exception:  # noqa: BLE001 - a missing or undecodable file must not lose the whole picture
             tile = Image.new("RGB", (size, size), (90, 90, 90))
-        tiles.append((tile, f"#{rank}  {h.similarity:.3f}", os.path.basename(h.path)))
+        tiles.append((tile, f"#{rank}  {h.similarity:.3f}  {top_share(h.percentile)}", os.path.basename(h.path)))
     columns = min(COLUMNS, len(tiles))
     rows = -(-len(tiles) // columns)
     cell_h = size + CAPTION + PAD

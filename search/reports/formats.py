@@ -57,7 +57,8 @@ def write_json(report: Report, fh) -> None:
     a member is {id, path, width, height, size, similarity (cosine to the keeper), hamming
     (perceptual-hash bits that differ from the keeper's; at a tier with crop_hamming, the
     smaller of that and the crop distance; or null)}. A hit (neighbour) is
-    {id, path, similarity, width, height}; an outlier {id, path, score, z, flagged}.
+    {id, path, similarity, percentile (among the index's pairs, search/pair_scale.py), width, height};
+    an outlier {id, path, score, z, flagged}.
     """
     head = {
         "schema": SCHEMA,
@@ -111,6 +112,7 @@ CSV_COLUMNS = (
     "height",
     "size",
     "similarity",
+    "percentile",
     "score",
     "z",
     "flagged",

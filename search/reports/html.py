@@ -14,6 +14,7 @@ from typing import TextIO
 from encoder import ImageLoadError, open_image
 
 from ..engine import Engine, EngineError
+from ..pair_scale import top_share
 from .model import Group, Report
 from .outliers import Outliers
 
@@ -222,7 +223,10 @@ def write_html(
                 _card(
                     thumbs.of_id(h.id),
                     h.path,
-                    [esc(h.path), f'<span class="meta">#{h.id} · similarity {h.similarity:.4f}</span>'],
+                    [
+                        esc(h.path),
+                        f'<span class="meta">#{h.id} · similarity {h.similarity:.4f} {top_share(h.percentile)}</span>',
+                    ],
                 )
                 for h in q.neighbours
             ]

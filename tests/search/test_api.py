@@ -65,7 +65,7 @@ def test_page(client: TestClient) -> None:
         assert needle in r.text
 
 
-def test_search_upload(client: TestClient, corpus: Corpus, ids: dict[str, int]) -> None:
+def test_search_upload(client: TestClient, corpus: Corpus, engine: Engine, ids: dict[str, int]) -> None:
     data = (corpus.folder / BIRD).read_bytes()
     r = upload(client, data, "bird.png", k=5)
     assert r.status_code == 200, r.text
@@ -76,9 +76,16 @@ def test_search_upload(client: TestClient, corpus: Corpus, ids: dict[str, int]) 
     hits = body["results"]
     assert len(hits) == 5
     assert ids[BIRD] not in [h["id"] for h in hits]  # an upload of an indexed file is that image: excluded
-    assert set(hits[0]) == {"id", "path", "similarity", "width", "height"}
+    assert set(hits[0]) == {"id", "path", "similarity", "percentile", "width", "height"}
     sims = [h["similarity"] for h in hits]
     assert sims == sorted(sims, reverse=True) and all(-1 <= s <= 1 for s in sims)
+    # each similarity's place among the random pairs of the index's images: ordered with it, and
+    # the index's scale's reading of that similarity
+    ranks = [h["percentile"] for h in hits]
+    assert ranks == sorted(ranks, reverse=True) and all(0 <= p <= 100 for p in ranks)
+    scale = engine.snapshot().pair_scale
+    # (the similarities are rounded to 6 places in JSON: one sampled pair either way at most)
+    assert ranks == pytest.approx(scale.percentile(sims), abs=100 / scale.pairs + 1e-3)
     # the paging and filter parameters work on uploads too
     r = upload(client, data, k=2, offset=1, path_prefix="letters/", min_similarity=-1)
     assert r.status_code == 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,12 @@ def test_search_by_upload_click_and_id(page, server: Server, live: Corpus, tmp_p
     assert page.eval_on_selector("#query img", "i => i.complete && i.naturalWidth > 0")  # the query preview
     sims = page.eval_on_selector_all("#results .result", "els => els.map(e => +e.dataset.similarity)")
     assert sims == sorted(sims, reverse=True)
+    # each card says where its similarity stands among the collection's random pairs, as the CLI does
+    shares = page.eval_on_selector_all("#results .result .sim .share", "els => els.map(e => e.textContent)")
+    assert len(shares) == len(sims) and all(re.fullmatch(r"top <?[0-9.]+%", t) for t in shares), shares
+    assert page.get_attribute("#results .result .sim .share", "title").startswith(
+        "The share of pairs of indexed images"
+    )
     shot = screenshot(page, tmp_path, "results-upload.png")
     assert shot.stat().st_size > 10_000
 

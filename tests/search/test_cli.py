@@ -152,6 +152,11 @@ def test_index_then_query(tiny_folder: Path, tmp_path: Path) -> None:
     first = out["results"][0]
     res = runner.invoke(app, ["query", "--id", str(first["id"]), "--index", str(tiny_folder)])
     assert res.exit_code == 0 and "similarity" in res.output
+    # each row: rank, similarity, its share of the collection's random pairs ("top 8.3%"), id, path
+    rows = [line.split() for line in res.output.splitlines() if re.match(r"\s+\d+\s+-?\d\.\d{4}\s", line)]
+    assert len(rows) == 10 and all(r[2] == "top" and r[3].endswith("%") for r in rows)
+    shares = [float(r[3].strip("<%")) for r in rows]
+    assert shares == sorted(shares)  # the most similar first: the smallest share of pairs above it
     assert f"query: indexed image #{first['id']} ({first['path']})" in res.output  # names the query image
     res = runner.invoke(app, ["query", "--id", "99999", "--index", str(tiny_folder)])
     assert res.exit_code == 2 and "no indexed image" in res.output

@@ -440,3 +440,29 @@ def test_hits_show_the_rows_published_with_the_served_generation(tmp_path: Path,
         assert eng.get(first[0].id).path.startswith("renamed/")  # the catalog itself is read live
     finally:
         eng.close()
+
+
+def test_hits_carry_their_place_among_the_indexs_random_pairs(tmp_path: Path, search_model: Path) -> None:
+    """Each hit's percentile is its similarity read on the generation's pair scale, and a new
+    generation gets its own; an index of one image has no pairs: None (null in JSON)."""
+    folder = fill_folder(tmp_path / "images")
+    build_index(folder, model_dir=search_model, progress=False, workers=1)
+    with Engine(folder / ".lookalike", device="cpu", reload_check_s=0) as eng:
+        image_id = int(eng.snapshot().vectors.ids()[0])
+        hits = eng.search_id(image_id, k=5)
+        want = eng.snapshot().pair_scale.percentile([h.similarity for h in hits])
+        np.testing.assert_allclose([h.percentile for h in hits], want)
+        assert all(0 <= h.percentile <= 100 for h in hits) and hits[0].as_dict()["percentile"] is not None
+        before = eng.snapshot().pair_scale.pairs
+        for i in range(3):
+            write_jpeg(folder / "generated" / f"{i}.jpg", (64, 48), seed=500 + i)
+        build_index(folder, model_dir=search_model, progress=False, workers=1)
+        assert before == 66 and eng.snapshot().pair_scale.pairs == 15 * 14 // 2
+
+    one = tmp_path / "one"
+    write_jpeg(one / "a.jpg", (64, 48), seed=1)
+    build_index(one, model_dir=search_model, progress=False, workers=1)
+    with Engine(one / ".lookalike", device="cpu") as eng:
+        assert eng.snapshot().pair_scale is None
+        (hit,) = eng.search_vector(eng.vector(int(eng.snapshot().vectors.ids()[0])), k=3)
+        assert hit.percentile is None and hit.as_dict()["percentile"] is None

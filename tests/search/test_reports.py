@@ -338,6 +338,9 @@ def test_json_report_parses_back_with_every_section(full_report, tmp_path: Path)
     q = {Path(x["query"]["path"]).name: x for x in data["neighbours"]["queries"]}
     assert set(q) == {"same.png", "smaller.jpg"} and all(len(x["neighbours"]) == 3 for x in q.values())
     assert q["same.png"]["exact_match_id"] is not None  # the same bytes are indexed
+    # each neighbour also says where its similarity stands among the index's pairs, ordered with it
+    ranks = [h["percentile"] for h in q["smaller.jpg"]["neighbours"]]
+    assert all(0 <= r <= 100 for r in ranks) and ranks == sorted(ranks, reverse=True)
     assert data["outliers"]["top"][0]["path"] == "odd/noise.png"
     assert data["outliers"]["rule"]["threshold_z"] == 3.5
 
@@ -354,6 +357,8 @@ def test_csv_report_has_one_row_per_image(full_report, tmp_path: Path) -> None:
     assert len(near) == sum(len(g.members) for g in rep.near.groups["loose"])
     top = [r for r in rows if r["section"] == "outliers"]
     assert top[0]["path"] == "odd/noise.png" and float(top[0]["score"]) > float(top[1]["score"])
+    neighbours = [r for r in rows if r["role"] == "neighbour"]
+    assert neighbours and all(0 <= float(r["percentile"]) <= 100 for r in neighbours)
 
 
 def test_html_report_is_self_contained(full_report, tmp_path: Path) -> None:
