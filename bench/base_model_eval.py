@@ -28,6 +28,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,17 @@ CORPORA: dict[str, tuple[Path, str | None, int | None]] = {
     "gnome": (CORPORA_DIR / "gnome", "label", None),
     "elementary": (CORPORA_DIR / "elementary", "label", None),
 }
+
+
+def corpus_runs(corpora: str, seeds: str) -> Iterator[tuple[str, int]]:
+    """(corpus, seed) for each seed, then each corpus, of comma-separated `corpora` and `seeds`;
+    a corpus whose folder is missing is skipped with a line saying how to build it."""
+    for seed in (int(s) for s in seeds.split(",")):
+        for name in corpora.split(","):
+            if not CORPORA[name][0].exists():
+                print(f"{name}: {CORPORA[name][0]} missing (bench/icon_corpora.py builds the icon corpora); skipped")
+                continue
+            yield name, seed
 
 
 def frozen_model(base: Path, folder: Path, paths: list[Path], out: Path) -> Path:

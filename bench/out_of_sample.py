@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from base_model_eval import CORPORA  # noqa: E402
+from base_model_eval import CORPORA, corpus_runs  # noqa: E402
 
 K = 10
 
@@ -86,16 +86,10 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            for name in args.corpora.split(","):
-                if not CORPORA[name][0].exists():
-                    print(
-                        f"{name}: {CORPORA[name][0]} missing (bench/icon_corpora.py builds the icon corpora); skipped"
-                    )
-                    continue
-                weights = Path(args.models.format(corpus=name, seed=seed))
-                rows.append(run_one(name, seed, weights, Path(work)))
-                print(f"{name} s{seed}: " + " ".join(f"{k} {rows[-1][k]:.3f}" for k in ("in", "out", "hog", "pca")))
+        for name, seed in corpus_runs(args.corpora, args.seeds):
+            weights = Path(args.models.format(corpus=name, seed=seed))
+            rows.append(run_one(name, seed, weights, Path(work)))
+            print(f"{name} s{seed}: " + " ".join(f"{k} {rows[-1][k]:.3f}" for k in ("in", "out", "hog", "pca")))
     print("\n| corpus | seed | fitted on all | fitted on A only | out - in | HOG + colour | PCA | out / HOG + colour |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from base_model_eval import CORPORA  # noqa: E402
+from base_model_eval import CORPORA, corpus_runs  # noqa: E402
 
 TRANSFORMS = ("resize", "jpeg", "crop", "brightness", "flip")
 
@@ -128,13 +128,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for name in args.corpora.split(","):
-            if not CORPORA[name][0].exists():
-                print(f"{name}: {CORPORA[name][0]} missing (bench/icon_corpora.py builds the icon corpora); skipped")
-                continue
-            rows.append(run_one(name, seed, Path(args.models.format(corpus=name, seed=seed)), args.work, args.queries))
-            print(f"{name} s{seed} done", flush=True)
+    for name, seed in corpus_runs(args.corpora, args.seeds):
+        rows.append(run_one(name, seed, Path(args.models.format(corpus=name, seed=seed)), args.work, args.queries))
+        print(f"{name} s{seed} done", flush=True)
     cols = " | ".join(TRANSFORMS)
     print("\nMedian similarity (and the share of the folder's pairs at least as high, 'top X%'):\n")
     print(f"| corpus | seed | {cols} | best other image | best same label | new image and folder image |")

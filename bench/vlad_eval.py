@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from base_model_eval import CORPORA, frozen_model  # noqa: E402
+from base_model_eval import CORPORA, corpus_runs, frozen_model  # noqa: E402
 
 
 def run_one(name: str, seed: int, model: Path, out: Path) -> dict[str, Any]:
@@ -86,20 +86,16 @@ def main() -> None:
 
     torch.set_num_threads(2)
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for name in args.corpora.split(","):
-            if not CORPORA[name][0].exists():
-                print(f"{name}: {CORPORA[name][0]} missing (bench/icon_corpora.py builds the icon corpora); skipped")
-                continue
-            model = Path("base") if args.models == "base" else Path(args.models.format(corpus=name, seed=seed))
-            row = run_one(name, seed, model, args.out)
-            rows.append(row)
-            m = row["map_at_10"]
-            print(
-                f"{name} s{seed}: mean {m['mean']:.3f} vlad {m['vlad']:.3f} | pixels {m['pixels']:.3f} "
-                f"PCA {m['pca']:.3f} HOG+colour {m['hog']:.3f} (fit {row['fit_seconds']} s)",
-                flush=True,
-            )
+    for name, seed in corpus_runs(args.corpora, args.seeds):
+        model = Path("base") if args.models == "base" else Path(args.models.format(corpus=name, seed=seed))
+        row = run_one(name, seed, model, args.out)
+        rows.append(row)
+        m = row["map_at_10"]
+        print(
+            f"{name} s{seed}: mean {m['mean']:.3f} vlad {m['vlad']:.3f} | pixels {m['pixels']:.3f} "
+            f"PCA {m['pca']:.3f} HOG+colour {m['hog']:.3f} (fit {row['fit_seconds']} s)",
+            flush=True,
+        )
     print(
         "\n| corpus | seed | mean (the default) | VLAD | VLAD - mean | raw pixels | PCA | HOG + colour |"
         " VLAD / HOG+colour | VLAD / PCA |"
