@@ -458,6 +458,8 @@ class Engine:
                 "dim": snap.encoder.dim,
             },
             "root": str(self.root),
+            # what similarity it takes to stand out among this index's pairs (search/pair_scale.py)
+            "pair_scale": None if snap.pair_scale is None else snap.pair_scale.summary(),
         }
 
     def thumbnail(self, image_id: int, size: int = 256) -> bytes:

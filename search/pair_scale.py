@@ -48,6 +48,16 @@ class PairScale:
     def pairs(self) -> int:
         return int(len(self.cosines))
 
+    def similarity_at(self, percentile: float) -> float:
+        """The similarity a pair needs to reach `percentile` (0-100): the scale read backwards."""
+        return float(np.quantile(self.cosines, percentile / 100.0))
+
+    def summary(self) -> dict[str, float | int]:
+        """What similarity it takes to stand out in this collection: the median pair, and the top
+        10%, 1% and 0.1% of pairs (for ``/stats``)."""
+        at = {"median": 50.0, "top_10_percent": 90.0, "top_1_percent": 99.0, "top_0_1_percent": 99.9}
+        return {"pairs": self.pairs, **{k: round(self.similarity_at(p), 4) for k, p in at.items()}}
+
     def percentile(self, similarities: np.ndarray | list[float]) -> np.ndarray:
         """The share of the sampled pairs that score strictly lower than each similarity, in
         percent: 0 below every pair, 100 above every pair. (N,) float64."""

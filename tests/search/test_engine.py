@@ -195,6 +195,11 @@ def test_stats(engine: Engine, ids: dict[str, int]) -> None:
     assert s["count"] == s["vectors"] == len(ids)
     assert s["model"]["dim"] == 8 + 16 and s["model"]["image_size"] == 32  # pooled (8, 16)-channel stages
     assert s["generation"] >= 1 and s["index_type"]
+    # the similarity it takes to stand out here: read back on the scale, each at its percentile
+    scale, ps = engine.snapshot().pair_scale, s["pair_scale"]
+    assert ps["pairs"] == len(ids) * (len(ids) - 1) // 2
+    assert ps["median"] <= ps["top_10_percent"] <= ps["top_1_percent"] <= ps["top_0_1_percent"] <= 1
+    assert abs(scale.percentile([ps["top_10_percent"] + 1e-4])[0] - 90) <= 100 / ps["pairs"] + 0.5
 
 
 def test_hot_reload_sees_a_new_generation(tmp_path: Path, make_index: Callable[[Path], Path]) -> None:

@@ -92,3 +92,16 @@ def test_top_share_reads_as_people_read_it() -> None:
         "top <0.01%",
         "top <0.01%",
     ]
+
+
+def test_summary_reads_the_scale_backwards() -> None:
+    scale = PairScale(np.linspace(-1, 1, 2001, dtype=np.float32))
+    assert scale.summary() == {
+        "pairs": 2001,
+        "median": 0.0,
+        "top_10_percent": 0.8,
+        "top_1_percent": 0.98,
+        "top_0_1_percent": 0.998,
+    }
+    for p in (10.0, 50.0, 99.0):
+        assert abs(scale.percentile([scale.similarity_at(p) + 1e-6])[0] - p) < 0.1
