@@ -266,7 +266,9 @@ class Engine:
         missing = must_exist - rows.keys()
         if missing:
             raise NotFound(f"no indexed image with id {min(missing)}")
-        scale = snap.pair_scale  # ~3.5 us a page of 10: a few per cent of a by-id request in the fast lane
+        # ~4.5 us a page of 10 (23 -> 27.5 us for engine.precomputed; a binary search per hit in
+        # Python instead saved 0.8 of them, not worth a second way to compute it)
+        scale = snap.pair_scale
         ranks = scale.percentile([s for _, s in pairs]).tolist() if pairs and scale is not None else None
         # A vector with no row is skipped (with rows from the catalog: deleted or failed since).
         return [
