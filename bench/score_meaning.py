@@ -28,6 +28,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,6 @@ def main() -> None:
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--queries", type=int, default=60)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/score_meaning"))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "score_meaning.json")
     args = ap.parse_args()
     import torch
@@ -129,7 +129,8 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     for name, seed in corpus_runs(args.corpora, args.seeds):
-        rows.append(run_one(name, seed, Path(args.models.format(corpus=name, seed=seed)), args.work, args.queries))
+        with tempfile.TemporaryDirectory() as work:  # the refitted model copies are not kept
+            rows.append(run_one(name, seed, Path(args.models.format(corpus=name, seed=seed)), Path(work), args.queries))
         print(f"{name} s{seed} done", flush=True)
     cols = " | ".join(TRANSFORMS)
     print("\nMedian similarity (and the share of the folder's pairs at least as high, 'top X%'):\n")
