@@ -122,22 +122,34 @@ def test_missing_modules_skip_their_parts_with_a_reason(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gpu_bench():
-    """bench/gpu_bench.py as a module (it imports bench/common.py beside it)."""
+def bench_on_path():
+    """bench/ on sys.path, as when bench/gpu_bench.py runs as a script: its gpu_*.py modules import
+    each other and bench/common.py beside them."""
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("gpu_bench", BENCH / "gpu_bench.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
+        yield
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def gpu_corpus(bench_on_path):
+    """bench/gpu_corpus.py: the generated JPEGs and the bench's model."""
+    return importlib.import_module("gpu_corpus")
+
+
+@pytest.fixture(scope="module")
+def gpu_indexing(bench_on_path):
+    """bench/gpu_indexing.py: the indexing pipelines."""
+    return importlib.import_module("gpu_indexing")
 
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec; the GPU machine's 0.26
 # does not, and nvJPEG through torchvision is what the bench measures there.
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
-def test_torchvision_pipeline_and_letterbox_match_pillow(tmp_path: Path, gpu_bench, torch_one_thread) -> None:
+def test_torchvision_pipeline_and_letterbox_match_pillow(
+    tmp_path: Path, gpu_corpus, gpu_indexing, torch_one_thread
+) -> None:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -146,36 +158,36 @@ def test_torchvision_pipeline_and_letterbox_match_pillow(tmp_path: Path, gpu_ben
     paths = []
     for i in range(5):
         p = tmp_path / f"{i}.jpg"
-        gpu_bench._make_jpeg((str(p), i))
+        gpu_corpus._make_jpeg((str(p), i))
         paths.append(p)
-    enc = gpu_bench.load_encoder(gpu_bench.make_model(tmp_path / "model"), torch.device("cpu"))
+    enc = gpu_indexing.load_encoder(gpu_corpus.make_model(tmp_path / "model"), torch.device("cpu"))
 
-    res = gpu_bench.nvjpeg_pipeline(enc, paths, batch=2, readers=2, cap=60)
+    res = gpu_indexing.nvjpeg_pipeline(enc, paths, batch=2, readers=2, cap=60)
     assert res["status"] == "ok" and res["images"] == 5 and res["images_per_s"] > 0
 
     imgs = [
         decode_jpeg(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8), mode=ImageReadMode.RGB)
         for p in paths
     ]
-    x = gpu_bench.gpu_letterbox(imgs, enc.image_size)
+    x = gpu_indexing.gpu_letterbox(imgs, enc.image_size)
     assert x.shape == (5, 3, enc.image_size, enc.image_size)
     assert x.is_contiguous(memory_format=torch.channels_last)
     ref = np.stack([load_image(str(p), enc.image_size) for p in paths]).astype(np.float32) / 255
     got = x.permute(0, 2, 3, 1).numpy()
     assert np.abs(got - ref).mean() < 0.01  # bilinear on the GPU vs Pillow's draft + bicubic
     assert np.allclose(got[:, 0], 1.0)  # 640x480 in a square: white bars above and below
-    cos = (enc.embed_pixels((ref * 255).round().astype(np.uint8)) * gpu_bench.embed_tensor(enc, x)).sum(axis=1)
+    cos = (enc.embed_pixels((ref * 255).round().astype(np.uint8)) * gpu_indexing.embed_tensor(enc, x)).sum(axis=1)
     assert cos.min() > 0.99
 
 
 def test_the_bench_model_has_the_default_search_vector_and_the_device_path_uses_it(
-    tmp_path: Path, gpu_bench, torch_one_thread
+    tmp_path: Path, gpu_corpus, gpu_indexing, torch_one_thread
 ) -> None:
     """make_model fits VLAD as training would; embed_tensor (the nvJPEG path) gives Encoder.embed_pixels' vectors."""
     import torch
 
-    enc = gpu_bench.load_encoder(gpu_bench.make_model(tmp_path / "model", fit_images=8), torch.device("cpu"))
+    enc = gpu_indexing.load_encoder(gpu_corpus.make_model(tmp_path / "model", fit_images=8), torch.device("cpu"))
     assert enc.vlad is not None and not (tmp_path / "model" / "fit-jpegs").exists()
     pixels = np.random.default_rng(0).integers(0, 256, (3, enc.image_size, enc.image_size, 3), dtype=np.uint8)
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
-    assert np.allclose(gpu_bench.embed_tensor(enc, x), enc.embed_pixels(pixels), atol=1e-5)
+    assert np.allclose(gpu_indexing.embed_tensor(enc, x), enc.embed_pixels(pixels), atol=1e-5)
