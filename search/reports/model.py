@@ -26,10 +26,11 @@ class Tier:
     other (a small crop, anywhere).
 
     `crowd_margin`: a pair that passes on its cosine alone, below every stricter tier's
-    threshold, must also stand out from the images around it: its cosine at least
-    `crowd_margin` above each end's crowd, the cosine of that image's k-th nearest neighbour
-    (:func:`.pairs.similar_pairs`). In a dense region (MNIST's "1"s: a few strokes every "1" shares)
-    a cosine that elsewhere means "another picture of the same thing" only means "one of many".
+    threshold (or vetoed by the stricter tier on its detail), must also stand out from the
+    images around it: its cosine at least `crowd_margin` above each end's crowd, the cosine of
+    that image's k-th nearest neighbour (:func:`.pairs.similar_pairs`). In a dense region
+    (MNIST's "1"s: a few strokes every "1" shares) a cosine that elsewhere means "another
+    picture of the same thing" only means "one of many".
 
     `detail_veto`: two files on one canvas (the same pixel size and format) whose whole-picture
     hashes line up but whose detail differs are two pictures, whatever their cosine

@@ -38,7 +38,7 @@ class Candidates:
     method: str
     by_vectors: np.ndarray  # (p,) True: a pair the vectors' kNN proposed, False: only the hashes'
     crowd: np.ndarray  # (n,) each image's crowd: its k-th neighbour's cosine (:func:`.pairs.similar_pairs`)
-    stricter: dict[str, float]  # per tier, the loosest stricter tier's cosine threshold (if any)
+    stricter: dict[str, Tier]  # per tier, the loosest stricter tier (if any)
     canvas: np.ndarray | None  # (n,) equal: the same pixel size and file format (:func:`.duplicates.canvases`)
 
     def same_canvas(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -46,30 +46,50 @@ class Candidates:
             return np.zeros(len(a), dtype=bool)
         return self.canvas[a] == self.canvas[b]
 
-    def cosine_passes(self, tier: Tier, s: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Which pairs (a, b) with cosines `s` the tier admits on their cosine (:func:`cosine_rule`)."""
-        return cosine_rule(tier, s, self.crowd[a], self.crowd[b], self.stricter.get(tier.name))
+    def cosine_passes(
+        self, tier: Tier, s: np.ndarray, a: np.ndarray, b: np.ndarray, vetoed: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Which pairs (a, b) with cosines `s` the tier admits on their cosine (:func:`cosine_rule`);
+        `vetoed`: those the stricter tier's detail veto turns away (:func:`veto_candidates`)."""
+        up = self.stricter.get(tier.name)
+        return cosine_rule(tier, s, self.crowd[a], self.crowd[b], None if up is None else up.threshold, vetoed)
+
+    def stricter_vetoed(self, tier: Tier) -> np.ndarray | None:
+        """Of the candidate pairs, those the stricter tier's detail veto turns away."""
+        maybe = veto_candidates(self.stricter.get(tier.name), self.s, self.d, self.dc, self.same_canvas(self.i, self.j))
+        return None if maybe is None else maybe & (self.dd > DETAIL_LIMIT)
 
     def passes(self, tier: Tier) -> Rule:
         """The tier's rule between one image and several, computed from vectors and hashes."""
+        up = self.stricter.get(tier.name)
+        crops_used = any(t is not None and t.crop_hamming is not None for t in (tier, up))
 
         def rule(node: int, others: np.ndarray) -> np.ndarray:
-            ok = self.cosine_passes(tier, self.vecs[others] @ self.vecs[node], np.full(len(others), node), others)
+            nodes = np.full(len(others), node)
+            s = self.vecs[others] @ self.vecs[node]
             whole = np.zeros(len(others), dtype=bool)
             crop = None
-            if tier.crop_hamming is not None and self.crops is not None:
-                mine = np.broadcast_to(self.crops[node], (len(others), self.crops.shape[1]))
-                crop = crop_distance(self.crops[others], mine)
-            if tier.hamming is not None and self.codes is not None:
+            if crops_used and self.crops is not None:
+                crop = crop_distance(
+                    self.crops[others], np.broadcast_to(self.crops[node], (len(others), self.crops.shape[1]))
+                )
+            if tier.hamming is None or self.codes is None:
+                ok = self.cosine_passes(tier, s, nodes, others)
+            else:
                 d = hamming(self.codes[others], np.full(len(others), self.codes[node]))
+                same = self.same_canvas(nodes, others)
                 whole = whole_pictures(tier, d, crop)
-                canvas = whole & self.same_canvas(np.full(len(others), node), others) & tier.detail_veto
-                # cosine-admitted pairs need a second look only on one canvas (:func:`tier_mask`)
-                check = np.flatnonzero(whole & (~ok | canvas))
+                canvas = whole & same & tier.detail_veto
+                maybe = veto_candidates(up, s, d, crop, same)
+                maybe = np.zeros(len(others), dtype=bool) if maybe is None else maybe
+                # detail decides a hash match the cosine does not pass (it may rescue it), and a
+                # cosine match on one canvas (this tier's veto, or the stricter tier's)
+                check = np.flatnonzero((whole & (~self.cosine_passes(tier, s, nodes, others) | canvas)) | maybe)
                 differs = np.zeros(len(others), dtype=bool)
                 if len(check) and self.details is not None:
-                    far = detail_distance(self.details, np.full(len(check), node), others[check], limit=DETAIL_LIMIT)
+                    far = detail_distance(self.details, nodes[check], others[check], limit=DETAIL_LIMIT)
                     differs[check] = far > DETAIL_LIMIT
+                ok = self.cosine_passes(tier, s, nodes, others, vetoed=maybe & differs)
                 ok &= ~(canvas & differs)
                 ok |= whole & ~differs
             if crop is not None and tier.crop_hamming is not None:
@@ -85,19 +105,44 @@ class Candidates:
 
 
 def cosine_rule(
-    tier: Tier, s: np.ndarray, crowd_a: np.ndarray, crowd_b: np.ndarray, stricter: float | None = None
+    tier: Tier,
+    s: np.ndarray,
+    crowd_a: np.ndarray,
+    crowd_b: np.ndarray,
+    stricter: float | None = None,
+    vetoed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which pairs with cosines `s` `tier` admits on their cosine: at or above its threshold and,
     at a tier with a `crowd_margin`, at least that far above both ends' crowds (their k-th
     neighbour's cosine, :func:`.pairs.similar_pairs`), unless the `stricter` tier's threshold admits the
-    pair anyway: a pair a stricter tier passes passes every looser one, so the tiers nest."""
+    pair anyway: a pair a stricter tier passes passes every looser one, so the tiers nest.
+
+    `vetoed` (where given) are pairs the stricter tier turns away whatever their cosine (its
+    detail veto, :func:`veto_candidates`): the stricter tier does not pass them, so nesting asks
+    nothing for them, and they must stand out from their crowds like any other cosine match. Without
+    this, Tux Paint's dreidel with another letter (cosine 0.955 to its lettered twin, vetoed at the
+    near-duplicate tier) still joined their family at the similar tier, on a cosine that its crowd
+    of 0.69-0.73 (the family's own copies) shows is not unusual there (docs/benchmarks.md, "The
+    18-epoch base model ships")."""
     ok = s >= tier.threshold
     if tier.crowd_margin is None:
         return ok
     stands_out = s - np.maximum(crowd_a, crowd_b) >= tier.crowd_margin
     if stricter is not None:
-        stands_out |= s >= stricter
+        above = s >= stricter
+        stands_out |= above if vetoed is None else above & ~vetoed
     return ok & stands_out
+
+
+def veto_candidates(
+    up: Tier | None, s: np.ndarray, d: np.ndarray, dc: np.ndarray | None, same: np.ndarray
+) -> np.ndarray | None:
+    """Pairs that `up` (a stricter tier) would admit on their cosine but may veto on their detail:
+    on one canvas (`same`), their whole pictures hashing alike at `up` (:func:`tier_mask`). Which of
+    them it does veto is their detail distance's call. None: `up` vetoes nothing."""
+    if up is None or not up.detail_veto or up.hamming is None:
+        return None
+    return (s >= up.threshold) & whole_pictures(up, d, dc) & same
 
 
 def tier_mask(

@@ -164,3 +164,32 @@ def test_on_one_canvas_different_detail_overrules_the_cosine(
     finally:
         engine.close()
     assert any(ids["resize50"] in g for g in groups[("T", "L", "bright125", "resize50")])  # by its cosine
+
+
+def test_a_pair_the_stricter_tier_vetoes_must_stand_out_from_its_crowd_at_a_looser_one(
+    drawings: dict[str, Path], tmp_path: Path, make_index: Callable[[Path], Path]
+) -> None:
+    """Tiers nest: a pair the stricter tier passes passes a looser one whatever its crowd. A
+    pair the stricter tier *vetoes* (one canvas, different detail) is not passed there, so at
+    the looser tier it is a cosine match like any other and must stand out from its crowd (here
+    a margin no cosine can reach): the two variants are not grouped, the T drawing and its
+    brightened copy still are (passed by the stricter tier)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = ("T", "L", "bright125")
+    for name in names:
+        (folder / drawings[name].name).write_bytes(drawings[name].read_bytes())
+    engine = Engine(make_index(folder))
+    try:
+        ids = {n: engine.get_by_path(drawings[n].name).id for n in names}
+        scan = scan_images(engine, workers=1, cache=False)
+        strict = Tier("strict", -0.99, hamming=8, detail_veto=True)
+        loose = Tier("loose", -1.0, hamming=8, crowd_margin=2.0)
+        near = near_duplicates(engine, (strict, loose), scan=scan)
+        assert [{m.id for m in g.members} for g in near.groups["strict"]] == [{ids["T"], ids["bright125"]}]
+        assert near.groups["loose"] == []  # nothing added: the variant stays out
+        # no margin at the looser tier: its cosine admits the variant, as a similar picture
+        near = near_duplicates(engine, (strict, Tier("loose", -1.0, hamming=8)), scan=scan)
+        assert [{m.id for m in g.members} for g in near.groups["loose"]] == [set(ids.values())]
+    finally:
+        engine.close()

@@ -18,7 +18,7 @@ from search.reports import (
     similar_pairs,
     whiten,
 )
-from search.reports.rules import cosine_rule
+from search.reports.rules import cosine_rule, veto_candidates
 
 
 def test_connected_components_matches_a_plain_union_find() -> None:
@@ -130,6 +130,22 @@ def test_the_crowd_rule() -> None:
     assert cosine_rule(tier, s, crowd_a, crowd_b).tolist() == [False, True, False, False, False]
     plain = Tier("similar", 0.8)
     assert cosine_rule(plain, s, crowd_a, crowd_b).tolist() == [True, True, True, True, False]
+    # a pair the stricter tier vetoes gets no pass from its cosine: its crowd decides
+    vetoed = np.array([False, False, False, True, False])
+    assert cosine_rule(tier, s, crowd_a, crowd_b, 0.9, vetoed).tolist() == [False, True, False, False, False]
+    quiet = np.zeros(5)
+    assert cosine_rule(tier, s, quiet, quiet, 0.9, vetoed).tolist() == [True, True, True, True, False]
+
+
+def test_veto_candidates_are_the_stricter_tiers_cosine_matches_on_one_canvas_that_hash_alike() -> None:
+    up = Tier("near-duplicate", 0.9, hamming=8, crop_hamming=8, detail_veto=True)
+    s = np.array([0.95, 0.95, 0.95, 0.85, 0.95])
+    d = np.array([2, 2, 12, 2, 6])  # hash distances of the whole pictures
+    dc = np.array([20, 20, 20, 20, 4])  # ... and of the best crop window (the last: a crop)
+    same = np.array([True, False, True, True, True])
+    assert veto_candidates(up, s, d, dc, same).tolist() == [True, False, False, False, False]
+    assert veto_candidates(Tier("near-duplicate", 0.9, hamming=8), s, d, dc, same) is None
+    assert veto_candidates(None, s, d, dc, same) is None
 
 
 def test_a_store_of_synthetic_vectors_round_trips() -> None:
