@@ -41,7 +41,7 @@ def provenance_md(corpus: Path, model_dir: Path) -> str:
     if start is None and train.get("init_from") not in (None, "none"):
         # trained by a version of this script that did not record its start: say what is unknown
         began = f"Started from `init_from={train.get('init_from')!r}` (not recorded which model that was)."
-    elif start is None:
+    elif start is None or start.get("init_from") == "none":
         began = "Started from random weights."
     else:
         began = f"Started from {start['what']}, not from random weights."
@@ -74,17 +74,16 @@ def provenance_md(corpus: Path, model_dir: Path) -> str:
 
 
 def describe_start(init_from: str) -> str:
-    """One sentence on the model `init_from` names, for PROVENANCE.md: for the installed base
-    model, the training line of its own PROVENANCE.md (which says where *it* started)."""
+    """One sentence on the model `init_from` names, for PROVENANCE.md, with the training line of
+    that model's own PROVENANCE.md where it has one (which says where *it* started)."""
     if init_from == "none":
         return "random weights"
     where = BASE_DIR if init_from == "base" else Path(init_from)
     prov = where / "PROVENANCE.md"
     lines = prov.read_text().splitlines() if prov.exists() else []
     line = next((x for x in lines if x.startswith("Training:")), None)
-    if line is None:
-        return f"the model in `{where}`"
-    return f"the base model installed before it ({line[len('Training: ') :].rstrip('.')})"
+    what = "the base model installed before it" if init_from == "base" else f"the model in `{where}`"
+    return what if line is None else f"{what} ({line[len('Training: ') :].rstrip('.')})"
 
 
 def main() -> None:
