@@ -9,6 +9,7 @@ version and its licence).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from .checkpoint import WEIGHTS, load_model, read_config
@@ -61,3 +62,14 @@ def start_config(given: ModelConfig | None, start_from: Path | None) -> ModelCon
 def load_start_weights(model: Autoencoder, start_from: Path) -> None:
     """Copy the starting model's weights (BatchNorm statistics included) into `model`."""
     model.load_state_dict(load_model(start_from).state_dict(), strict=True)
+
+
+def start_record(start_from: Path | None) -> dict[str, str] | None:
+    """What a trained model's metadata says it started from (None: random weights): "base" or the
+    directory, and the starting weights' SHA-256, since "auto" and "base" name whichever base
+    model was installed at the time (one was once trained further from the base before it while
+    its description said "from random weights")."""
+    if start_from is None:
+        return None
+    where = "base" if start_from.resolve() == BASE_MODEL_DIR else str(start_from.resolve())
+    return {"model": where, "weights_sha256": hashlib.sha256((start_from / WEIGHTS).read_bytes()).hexdigest()}

@@ -24,7 +24,7 @@ import torch
 from . import variants  # noqa: F401  (importing it registers every model kind)
 from .atomic import atomic_write_json
 from .augment import augment_batch
-from .base import load_start_weights, resolve_init, start_config
+from .base import load_start_weights, resolve_init, start_config, start_record
 from .checkpoint import save_model
 from .config import ModelConfig
 from .decoding import decode_to_array
@@ -174,6 +174,7 @@ def train(
     run = _start_run(mcfg, cfg, data, device)
     if start_from is not None:
         load_start_weights(run.model, start_from)
+        run.started_from = start_record(start_from)
     if resume:
         _resume_run(run, out_dir / RESUME_DIR)
     _run_epochs(run, out_dir, progress)
@@ -259,6 +260,7 @@ class _Run:
     seen_total: int = 0
     train_time_total: float = 0.0
     projector: torch.nn.Module | None = None  # the siamese term's (training only, not saved)
+    started_from: dict[str, str] | None = None  # :func:`.base.start_record`, kept in the model's metadata
 
     @property
     def cuda(self) -> bool:
@@ -327,7 +329,8 @@ class _Run:
         score = val_loss if val_loss is not None else train_loss
         if score < self.best_val - 1e-6:
             self.best_val, self.best_epoch, self.stale = score, epoch + 1, 0
-            save_model(self.model, out_dir, meta=_meta(self.cfg, self.data.root, self.data.n, epoch + 1, score))
+            meta = _meta(self.cfg, self.data.root, self.data.n, epoch + 1, score, self.started_from)
+            save_model(self.model, out_dir, meta=meta)
         else:
             self.stale += 1
         self.history.append(
@@ -449,9 +452,10 @@ def _run_epochs(run: _Run, out_dir: Path, progress: bool) -> None:
 # ---------------------------------------------------------------- 4. outputs
 
 
-def _meta(cfg: TrainConfig, root: Path, n: int, epoch: int, val: float) -> dict[str, Any]:
+def _meta(cfg: TrainConfig, root: Path, n: int, epoch: int, val: float, start: dict | None) -> dict[str, Any]:
     return {
         "trained_on": str(root.resolve()),
+        "started_from": start,
         "images": n,
         "epoch": epoch,
         "val_loss": val,

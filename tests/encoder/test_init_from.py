@@ -3,6 +3,8 @@ configuration it keeps, the refusals, and the shipped base model when there is o
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from conftest import TINY_CONFIG, fill_folder
@@ -33,6 +35,10 @@ def test_training_starts_from_the_given_weights(tmp_path, start, torch_one_threa
     fresh = train(folder, tmp_path / "fresh", ModelConfig(**TINY_CONFIG), TrainConfig(epochs=1, batch_size=4, lr=0.0))
     c = load_model(fresh.out).state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in weights)
+    # the model says what it started from: that directory and its weights' hash; fresh: nothing
+    sha = hashlib.sha256((start / "model.safetensors").read_bytes()).hexdigest()
+    assert read_config(out)[1]["started_from"] == {"model": str(start.resolve()), "weights_sha256": sha}
+    assert read_config(fresh.out)[1]["started_from"] is None
 
 
 def test_the_start_decides_the_model_configuration(tmp_path, start, torch_one_thread) -> None:

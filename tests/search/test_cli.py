@@ -45,6 +45,7 @@ def test_train_from_the_shipped_base_model(tiny_folder: Path, tmp_path: Path) ->
         return
     assert res.exit_code == 0, res.output
     assert read_config(out)[0] == read_config(BASE_MODEL_DIR)[0]  # the base model's configuration, fine-tuned
+    assert read_config(out)[1]["started_from"]["model"] == "base"
     # another configuration cannot start from it: one line, no traceback
     res = runner.invoke(
         app, ["train", str(tiny_folder), "--out", str(tmp_path / "m2"), "--init-from", "base", "--image-size", "32"]
