@@ -452,7 +452,7 @@ def _run_epochs(run: _Run, out_dir: Path, progress: bool) -> None:
 # ---------------------------------------------------------------- 4. outputs
 
 
-def _meta(cfg: TrainConfig, root: Path, n: int, epoch: int, val: float, start: dict | None) -> dict[str, Any]:
+def _meta(cfg: TrainConfig, root: Path, n: int, epoch: int, val: float, start: dict[str, str] | None) -> dict[str, Any]:
     return {
         "trained_on": str(root.resolve()),
         "started_from": start,

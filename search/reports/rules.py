@@ -84,12 +84,14 @@ class Candidates:
                 maybe = np.zeros(len(others), dtype=bool) if maybe is None else maybe
                 # detail decides a hash match the cosine does not pass (it may rescue it), and a
                 # cosine match on one canvas (this tier's veto, or the stricter tier's)
-                check = np.flatnonzero((whole & (~self.cosine_passes(tier, s, nodes, others) | canvas)) | maybe)
+                ok = self.cosine_passes(tier, s, nodes, others)
+                check = np.flatnonzero((whole & (~ok | canvas)) | maybe)
                 differs = np.zeros(len(others), dtype=bool)
                 if len(check) and self.details is not None:
                     far = detail_distance(self.details, nodes[check], others[check], limit=DETAIL_LIMIT)
                     differs[check] = far > DETAIL_LIMIT
-                ok = self.cosine_passes(tier, s, nodes, others, vetoed=maybe & differs)
+                if (maybe & differs).any():  # the stricter tier vetoes some: they lose its pass
+                    ok = self.cosine_passes(tier, s, nodes, others, vetoed=maybe & differs)
                 ok &= ~(canvas & differs)
                 ok |= whole & ~differs
             if crop is not None and tier.crop_hamming is not None:

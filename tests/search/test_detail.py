@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from encoder.images import letterbox_box, load_image_with_info
 from search.engine import Engine
-from search.reports import Tier, near_duplicates
+from search.reports import NearDuplicates, Tier, near_duplicates
 from search.reports.detail import DETAIL_LIMIT, SIDE, Details, detail_distance, detail_thumbnails
 from search.reports.scan import hamming, perceptual_hash, scan_images
 
@@ -77,6 +77,17 @@ def _prepared(paths: list[Path]) -> tuple[np.ndarray, Details]:
     return perceptual_hash(stack), Details(thumbs, np.array([min(s) for s in sizes]))
 
 
+def _copy_in(folder: Path, drawings: dict[str, Path], names: tuple[str, ...]) -> None:
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / drawings[name].name).write_bytes(drawings[name].read_bytes())
+
+
+def _members(near: NearDuplicates, tier: str) -> list[set[int]]:
+    """Each group of `tier` as the set of its members' ids."""
+    return [{m.id for m in g.members} for g in near.groups[tier]]
+
+
 def test_variants_that_hash_alike_differ_in_detail_and_edits_do_not(drawings: dict[str, Path]) -> None:
     names = list(drawings)
     codes, details = _prepared([drawings[n] for n in names])
@@ -114,9 +125,7 @@ def test_the_report_groups_copies_but_not_the_variant(
     drawings: dict[str, Path], tmp_path: Path, make_index: Callable[[Path], Path]
 ) -> None:
     folder = tmp_path / "images"
-    folder.mkdir()
-    for name in ("T", "L", "resize50", "jpeg60"):
-        (folder / drawings[name].name).write_bytes(drawings[name].read_bytes())
+    _copy_in(folder, drawings, ("T", "L", "resize50", "jpeg60"))
     engine = Engine(make_index(folder))
     try:
         ids = {n: engine.get_by_path(drawings[n].name).id for n in ("T", "L", "resize50", "jpeg60")}
@@ -124,7 +133,7 @@ def test_the_report_groups_copies_but_not_the_variant(
         assert scan.details is not None and scan.details.shape == (4, SIDE, SIDE)
         tier = Tier("t", 1.01, hamming=8)  # no cosine passes 1.01: the hashes alone decide
         near = near_duplicates(engine, (tier,), scan=scan)
-        groups = [{m.id for m in g.members} for g in near.groups["t"]]
+        groups = _members(near, "t")
         assert groups == [{ids["T"], ids["resize50"], ids["jpeg60"]}]
     finally:
         engine.close()
@@ -139,17 +148,15 @@ def test_on_one_canvas_different_detail_overrules_the_cosine(
     canvas too); the T drawing and that copy agree in detail and are grouped, and a 50% copy
     (another canvas, never the keeper) is left to the cosine."""
     folder = tmp_path / "images"
-    folder.mkdir()
     groups = {}
     for names in (("T", "L", "bright125"), ("T", "L", "bright125", "resize50")):
-        for name in names:
-            (folder / drawings[name].name).write_bytes(drawings[name].read_bytes())
+        _copy_in(folder, drawings, names)
         engine = Engine(make_index(folder))
         try:
             ids = {n: engine.get_by_path(drawings[n].name).id for n in names}
             scan = scan_images(engine, workers=1, cache=False)
             near = near_duplicates(engine, (Tier("t", -1.0, hamming=8, detail_veto=True),), scan=scan)
-            groups[names] = found = [{m.id for m in g.members} for g in near.groups["t"]]
+            groups[names] = found = _members(near, "t")
             assert any({ids["T"], ids["bright125"]} <= g for g in found), found
             for g in found:
                 assert not {ids["T"], ids["L"]} <= g and not {ids["L"], ids["bright125"]} <= g, found
@@ -160,7 +167,7 @@ def test_on_one_canvas_different_detail_overrules_the_cosine(
     engine = Engine(make_index(folder))
     try:
         near = near_duplicates(engine, (Tier("t", -1.0, hamming=8),), scan=scan_images(engine, workers=1, cache=False))
-        assert [{m.id for m in g.members} for g in near.groups["t"]] == [set(ids.values())]
+        assert _members(near, "t") == [set(ids.values())]
     finally:
         engine.close()
     assert any(ids["resize50"] in g for g in groups[("T", "L", "bright125", "resize50")])  # by its cosine
@@ -175,10 +182,8 @@ def test_a_pair_the_stricter_tier_vetoes_must_stand_out_from_its_crowd_at_a_loos
     a margin no cosine can reach): the two variants are not grouped, the T drawing and its
     brightened copy still are (passed by the stricter tier)."""
     folder = tmp_path / "images"
-    folder.mkdir()
     names = ("T", "L", "bright125")
-    for name in names:
-        (folder / drawings[name].name).write_bytes(drawings[name].read_bytes())
+    _copy_in(folder, drawings, names)
     engine = Engine(make_index(folder))
     try:
         ids = {n: engine.get_by_path(drawings[n].name).id for n in names}
@@ -186,10 +191,10 @@ def test_a_pair_the_stricter_tier_vetoes_must_stand_out_from_its_crowd_at_a_loos
         strict = Tier("strict", -0.99, hamming=8, detail_veto=True)
         loose = Tier("loose", -1.0, hamming=8, crowd_margin=2.0)
         near = near_duplicates(engine, (strict, loose), scan=scan)
-        assert [{m.id for m in g.members} for g in near.groups["strict"]] == [{ids["T"], ids["bright125"]}]
+        assert _members(near, "strict") == [{ids["T"], ids["bright125"]}]
         assert near.groups["loose"] == []  # nothing added: the variant stays out
         # no margin at the looser tier: its cosine admits the variant, as a similar picture
         near = near_duplicates(engine, (strict, Tier("loose", -1.0, hamming=8)), scan=scan)
-        assert [{m.id for m in g.members} for g in near.groups["loose"]] == [set(ids.values())]
+        assert _members(near, "loose") == [set(ids.values())]
     finally:
         engine.close()
