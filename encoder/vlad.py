@@ -72,11 +72,13 @@ def aggregate(desc: Tensor, words: Tensor) -> Tensor:
     dist = torch.addmm((words * words).sum(1), flat, words.T, alpha=-2)
     # NumPy's argmin along rows is ~1.7x torch's on a CPU, and this is the first stage's largest cost
     nearest = torch.from_numpy(dist.numpy().argmin(1)) if dist.device.type == "cpu" else dist.argmin(1)
-    # residuals summed per (image, word): sum of the descriptors minus count x word
+    # residuals summed per (image, word). Each descriptor's residual is taken before the sum: the
+    # sum of a word's descriptors less count x word loses the small residual of a flat area to
+    # float32 cancellation, and the intra-normalisation below blew that rounding up to a unit block
     slot = (nearest.view(b, -1) + torch.arange(b, device=desc.device).unsqueeze(1) * k).flatten()
-    v = torch.zeros(b * k, c, dtype=desc.dtype, device=desc.device).index_add_(0, slot, flat)
-    counts = torch.bincount(slot, minlength=b * k).to(desc.dtype).view(b, k, 1)
-    v = v.view(b, k, c) - counts * words
+    residuals = flat - words.index_select(0, nearest.to(desc.device))
+    v = torch.zeros(b * k, c, dtype=desc.dtype, device=desc.device).index_add_(0, slot, residuals)
+    v = v.view(b, k, c)
     v = v.sign() * v.abs().sqrt()
     v = F.normalize(v, dim=2, eps=1e-6)
     return F.normalize(v.reshape(b, k * c), dim=1, eps=1e-6)

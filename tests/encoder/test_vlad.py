@@ -39,6 +39,26 @@ def test_aggregate_is_vlad_term_by_term() -> None:
         assert np.allclose(got[i], _reference_vlad(desc[i].numpy().astype(np.float64), words.numpy()), atol=1e-5)
 
 
+def test_a_flat_area_keeps_its_small_residual_exact() -> None:
+    """A white background is a thousand identical descriptors next to a word a rounding away from
+    them (k-means centres are fitted in float64, stored in float32). Their residuals sum to ~1e-4;
+    summing the descriptors first and subtracting count x word loses that to float32 cancellation,
+    and the intra-normalisation turned the rounding noise into a unit block in a direction that
+    changed with the count (stop 32: 61 of 4,096 blocks of 64 Tux Paint stamps)."""
+    grey = np.full((1, 3, 32, 32), 0.8, dtype=np.float32)
+    grey[:, :, 12:16, 12:16] = np.random.default_rng(2).random((1, 3, 4, 4), dtype=np.float32)
+    desc = local_descriptors(torch.from_numpy(grey))
+    white = desc[0, 0].numpy()
+    near = np.nextafter(np.nextafter(white, np.float32(1)), np.float32(1))  # two roundings away
+    near[1] = np.nextafter(white[1], np.float32(0))
+    words = np.stack([near, *np.random.default_rng(3).random((4, 3), dtype=np.float32)])
+    for count in (1000, 1003, 997):  # the same background, a few pixels more or less of it
+        d = desc[:, :count] if count <= 1000 else torch.cat([desc, desc[:, : count - 1024 + 24]], 1)
+        got = aggregate(d, torch.from_numpy(words)).numpy()[0]
+        want = _reference_vlad(d[0].numpy().astype(np.float64), words.astype(np.float64))
+        assert np.allclose(got, want, atol=1e-4), count
+
+
 def test_where_things_are_does_not_matter_what_they_are_does() -> None:
     """The aggregation is orderless: a flipped or shuffled map gives the same vector; other content does not."""
     rng = np.random.default_rng(1)
