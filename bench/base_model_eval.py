@@ -46,6 +46,8 @@ CORPORA: dict[str, tuple[Path, str | None, int | None]] = {
     "oxygen": (CORPORA_DIR / "oxygen", "label", None),
     "gnome": (CORPORA_DIR / "gnome", "label", None),
     "elementary": (CORPORA_DIR / "elementary", "label", None),
+    "nuovext": (CORPORA_DIR / "nuovext", "label", None),
+    "yaru": (CORPORA_DIR / "yaru", "label", None),
 }
 
 

@@ -1,6 +1,6 @@
 """Labelled icon corpora from Debian icon themes, for ``lookalike evaluate`` (issue 18 item 1).
 
-    .venv/bin/python bench/icon_corpora.py [--corpora oxygen,gnome,elementary] [--out DIR]
+    .venv/bin/python bench/icon_corpora.py [--corpora oxygen,gnome,elementary,nuovext,yaru] [--out DIR]
         [--debs DIR] [--max-images 3000] [--min-per-label 10] [--seed 0]
 
 Each corpus is one icon theme, in its own artistic style, labelled by the icon's
@@ -62,7 +62,8 @@ class Theme:
     style: str
 
 
-#: Three styles: KDE's glossy Oxygen, GNOME 2's Tango-style theme, Xfce's flat elementary.
+#: Five styles: KDE's glossy Oxygen, GNOME 2's Tango-style theme, Xfce's flat elementary, LXDE's
+#: glossy nuoveXT, Ubuntu's flat Yaru.
 THEMES: dict[str, Theme] = {
     "oxygen": Theme(
         "oxygen-icon-theme", "usr/share/icons/oxygen/base", "48x48", "KDE Oxygen: glossy, photo-like shading"
@@ -73,6 +74,9 @@ THEMES: dict[str, Theme] = {
     "elementary": Theme(
         "elementary-xfce-icon-theme", "usr/share/icons/elementary-xfce", "48", "elementary (Xfce): flat, rounded"
     ),
+    # nuovext and yaru: added in stop 32 as corpora never looked at before, to confirm a change chosen on the others
+    "nuovext": Theme("lxde-icon-theme", "usr/share/icons/nuoveXT2", "48x48", "LXDE nuoveXT 2: bright, glossy, rounded"),
+    "yaru": Theme("yaru-theme-icon", "usr/share/icons/Yaru", "48x48", "Ubuntu's Yaru: flat, Suru-style"),
 }
 
 SIZE_DIR = re.compile(r"^\d+(x\d+)?(@\d+x?)?$")
