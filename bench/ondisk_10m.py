@@ -264,12 +264,12 @@ def serve(
 ) -> dict:
     """What a server process does: open (mmap), answer single queries at the tuned `effort`
     ((nprobe, rerank); shards: nprobe on the ladder at the default depth). With `pread`, the re-rank
-    reads its rows with pread as an advised SegmentStore does (indexer.segments.pread_rows), not
+    reads its rows with pread as an advised SegmentStore does (indexer.rowio.pread_rows), not
     through the mapping."""
     import faiss
 
     from indexer import ondisk
-    from indexer.segments import advise_random, pread_rows, prefetch_rows
+    from indexer.rowio import advise_random, pread_rows, prefetch_rows
     from indexer.vectors import NPROBE_LADDER, RECALL_TARGET
 
     faiss.omp_set_num_threads(1)  # as the engine: one thread a query

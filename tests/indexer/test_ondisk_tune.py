@@ -15,7 +15,8 @@ from indexer import Manifest, ondisk, ondisk_tune, plan_index
 from indexer.exact import SegmentVectors
 from indexer.layout import SEARCH, SEGMENTS
 from indexer.publish import publish
-from indexer.segments import PREFETCH_ROWS, SegmentStore
+from indexer.rowio import PREFETCH_ROWS
+from indexer.segments import SegmentStore
 from indexer.vectors import NPROBE_LADDER, RECALL_TARGET, IndexPlan
 from search.engine import Engine
 

@@ -353,7 +353,7 @@ def test_a_servers_row_reads_match_the_mapping_and_leave_its_resident_set_alone(
     mapping, in any order, repeated, across segments, without mapping the file's pages into the
     process. Read through the mapping, the same reads make those pages resident (the contrast that
     shows the measurement can fail)."""
-    from indexer.segments import pread_rows
+    from indexer.rowio import pread_rows
 
     dim, n = 256, 20_000  # 20 MB of vectors: 5,000 pages
     rng = np.random.default_rng(0)
