@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=REPO / "bench" / "results" / "corpora" / "pretrain")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--siamese", type=float, default=0.01)
+    ap.add_argument("--augment", default="invariant", help="TrainConfig.augment [default: invariant]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     ap.add_argument(
@@ -109,6 +110,7 @@ def main() -> None:
         cfg = TrainConfig(
             epochs=args.epochs,
             siamese=args.siamese,
+            augment=args.augment,
             patience=10**6,
             seed=args.seed,
             device=args.device,

@@ -2,6 +2,8 @@
 
 "invariant" shows the encoder a randomly cropped, shifted, brighter or darker view while the
 decoder must still produce the clean image, which teaches the code to ignore those changes.
+"strong" (measured for pretraining, not a default: docs/benchmarks.md, stop 32) also crops
+harder, jitters saturation and greys one view in five, as SimCLR's and VICReg's views do.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+
+#: The augmentation modes (``TrainConfig.augment``).
+AUGMENTS = ("none", "flip", "invariant", "strong")
 
 
 def _random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float, min_scale: float) -> torch.Tensor:
@@ -34,10 +39,16 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> tuple[tor
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if mode == "flip":
         return x, x
-    if mode != "invariant":
+    if mode not in ("invariant", "strong"):
         raise ConfigError(f"unknown augment mode {mode!r}")
-    view = _random_affine(x, gen, max_shift=0.08, min_scale=0.85)
+    strong = mode == "strong"
+    view = _random_affine(x, gen, max_shift=0.12 if strong else 0.08, min_scale=0.6 if strong else 0.85)
     b = x.shape[0]
+    if strong:  # saturation jitter, and one view in five grey (SimCLR's colour distortions, no hue)
+        grey = (view * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        sat = torch.empty(b, 1, 1, 1, device=x.device).uniform_(0.5, 1.5, generator=gen)
+        sat = torch.where(torch.rand(b, 1, 1, 1, device=x.device, generator=gen) < 0.2, torch.zeros_like(sat), sat)
+        view = (grey + (view - grey) * sat).clamp(0, 1)
     gain = torch.empty(b, 1, 1, 1, device=x.device).uniform_(0.75, 1.25, generator=gen)
     bias = torch.empty(b, 1, 1, 1, device=x.device).uniform_(-0.12, 0.12, generator=gen)
     mean = view.mean(dim=(1, 2, 3), keepdim=True)

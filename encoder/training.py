@@ -23,7 +23,7 @@ import torch
 
 from . import variants  # noqa: F401  (importing it registers every model kind)
 from .atomic import atomic_write_json
-from .augment import augment_batch
+from .augment import AUGMENTS, augment_batch
 from .base import load_start_weights, resolve_init, start_config, start_record
 from .checkpoint import save_model
 from .config import ModelConfig
@@ -63,7 +63,8 @@ class TrainConfig:
     device: str | None = None
     #: "none"; "flip" (random horizontal flips); "invariant": flips, and the encoder
     #: also sees a jittered view (crop/shift, brightness, contrast) while the decoder
-    #: must still produce the un-jittered image, which teaches the latent to ignore them.
+    #: must still produce the un-jittered image, which teaches the latent to ignore them;
+    #: "strong": harder crops, saturation jitter and greyscale too (a pretraining experiment).
     augment: str = "invariant"
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -161,8 +162,10 @@ def train(
         raise TrainError(f"{root}: not a folder")
     if not (cfg.siamese >= 0 and math.isfinite(cfg.siamese)):
         raise ConfigError(f"siamese weight must be a finite number >= 0, not {cfg.siamese}")
+    if cfg.augment not in AUGMENTS:  # before any decoding, not at the first batch
+        raise ConfigError(f"unknown augment mode {cfg.augment!r}: {', '.join(AUGMENTS)}")
     if cfg.siamese > 0 and cfg.augment == "none":
-        raise ConfigError("the siamese term compares two augmented views: it needs augment 'flip' or 'invariant'")
+        raise ConfigError("the siamese term compares two augmented views: it needs an augmentation, not 'none'")
     resolve_pooling(cfg.pooling, create_model(mcfg))  # an impossible pooling fails before training
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)

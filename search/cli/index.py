@@ -58,7 +58,7 @@ def train(
     ),
     batch_size: int | None = typer.Option(None, help="Images per step [default: 32]."),
     lr: float | None = typer.Option(None, help="Peak learning rate (AdamW) [default: 2e-3]."),
-    augment: str | None = typer.Option(None, help="none, flip or invariant [default: invariant]."),
+    augment: str | None = typer.Option(None, help="none, flip, invariant or strong [default: invariant]."),
     init_from: str | None = typer.Option(
         None,
         help="Start from these weights: a model directory, 'base' for the base model shipped with lookalike "

@@ -34,6 +34,8 @@ def test_a_bad_weight_or_no_augmentation_is_refused(tmp_path) -> None:
         train(tmp_path, tmp_path / "m", config=TrainConfig(siamese=-1.0))
     with pytest.raises(ConfigError, match="augment"):
         train(tmp_path, tmp_path / "m", config=TrainConfig(siamese=0.1, augment="none"))
+    with pytest.raises(ConfigError, match="unknown augment mode 'fancy'"):  # before any image is read
+        train(tmp_path, tmp_path / "m", config=TrainConfig(augment="fancy"))
 
 
 def test_training_with_the_term_runs_and_pulls_views_together(tmp_path, torch_one_thread) -> None:

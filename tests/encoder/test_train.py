@@ -103,6 +103,21 @@ def test_invariant_augmentation_keeps_target_clean() -> None:
         assert torch.equal(target[i], x[i]) or torch.equal(target[i], x[i].flip(-1))
 
 
+def test_strong_augmentation_distorts_colour_and_keeps_target_clean() -> None:
+    """'strong' (a pretraining experiment, docs/benchmarks.md stop 32): larger crops, saturation
+    jitter and one view in five grey; the decoder's target is still the clean image."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 3, 16, 16)
+    inp, target = augment_batch(x, "strong", gen)
+    for i in range(200):
+        assert torch.equal(target[i], x[i]) or torch.equal(target[i], x[i].flip(-1))
+    chroma = (inp - inp.mean(1, keepdim=True)).abs().amax(dim=(1, 2, 3))
+    grey = int((chroma < 1e-5).sum())
+    assert 20 <= grey <= 60  # about one in five; a random colour image is never grey by chance
+    _, plain = augment_batch(x, "invariant", torch.Generator().manual_seed(0))
+    assert (plain - plain.mean(1, keepdim=True)).abs().amax(dim=(1, 2, 3)).min() > 0.1  # 'invariant' keeps colour
+
+
 def test_the_step_budget_grows_with_the_square_root_of_the_folder() -> None:
     from encoder.training import planned_steps
 
