@@ -11,7 +11,6 @@ snapshot it started with, so nothing fails mid-flight.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import threading
@@ -21,12 +20,9 @@ from typing import NamedTuple
 
 import faiss
 import numpy as np
-from PIL import Image
 from sqlalchemy import func, select
 
 from encoder import DEFAULT_MAX_PIXELS, ImageSource
-from encoder.atomic import atomic_write_bytes
-from encoder.images import open_image
 from indexer import Catalog, ImageRecord, ondisk
 from indexer.catalog import STATUS_OK, bytes_hash
 from indexer.layout import MANIFEST, THUMBNAILS
@@ -34,6 +30,7 @@ from indexer.neighbours import lookup
 
 from .errors import EngineError, NotFound
 from .snapshot import Snapshot, open_current
+from .thumbnails import Thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +108,7 @@ class Engine:
         self._snapshot = self._open()
         root = self.catalog.get_meta("root")
         self.root = Path(root) if root else self.index_dir.parent
-        self.thumb_dir = self.index_dir / THUMBNAILS
+        self.thumbnails = Thumbnails(self.index_dir / THUMBNAILS, max_pixels)
 
     # ---------------------------------------------------------------- snapshots
 
@@ -465,33 +462,8 @@ class Engine:
         }
 
     def thumbnail(self, image_id: int, size: int = 256) -> bytes:
-        """A JPEG of an indexed image at most `size` pixels a side. Made on demand and cached by
-        content at the sizes of :data:`THUMBNAIL_SIZES` only: any other size is scaled down from
-        the next cached one, so the cache holds a handful of files an image, not one per size asked."""
-        cached_size = next((s for s in THUMBNAIL_SIZES if s >= size), THUMBNAIL_SIZES[-1])
-        data = self._cached_thumbnail(image_id, cached_size)
-        if cached_size == size:
-            return data
-        with Image.open(io.BytesIO(data)) as img:
-            img.thumbnail((size, size))
-            return _jpeg(img)
-
-    def _cached_thumbnail(self, image_id: int, size: int) -> bytes:
-        rec = self.get(image_id)
-        key = rec.content_hash or f"id{rec.id}-{rec.size}-{rec.mtime_ns}"
-        cached = self.thumb_dir / f"{key}-{size}.jpg"
-        try:
-            return cached.read_bytes()
-        except FileNotFoundError:
-            pass
-        img, _ = open_image(self.file_path(image_id), max_pixels=self.max_pixels, draft_size=size)
-        img.thumbnail((size, size))
-        data = _jpeg(img)
-        try:
-            atomic_write_bytes(cached, data)
-        except OSError as exc:  # a read-only index still serves thumbnails, uncached
-            log.debug("thumbnail cache not written: %s", exc)
-        return data
+        """A JPEG of an indexed image at most `size` pixels a side (:mod:`search.thumbnails`)."""
+        return self.thumbnails.get(self.get(image_id), lambda: self.file_path(image_id), size)
 
     def __enter__(self) -> Engine:
         return self
@@ -503,16 +475,6 @@ class Engine:
         if self._reloader is not None:
             self._reloader.join(timeout=60)
         self.catalog.close()
-
-
-#: The thumbnail sizes kept on disk (the web page asks for 64-512; reports embed 128).
-THUMBNAIL_SIZES = (64, 128, 256, 512, 1024)
-
-
-def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=82, optimize=True)
-    return buf.getvalue()
 
 
 #: FAISS OpenMP threads per query. One: a query is a single vector, which gains little from
