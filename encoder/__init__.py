@@ -30,8 +30,8 @@ _LAZY = {
     "create_model": "registry",
     "list_models": "registry",
     "register": "registry",
-    "TrainConfig": "training",
-    "TrainResult": "training",
+    "TrainConfig": "train_config",
+    "TrainResult": "train_config",
     "train": "training",
 }
 
