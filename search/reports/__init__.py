@@ -17,12 +17,12 @@ the benchmarks call these functions. One module a job:
 from .build import build_report, write_report
 from .duplicates import (
     EXACT_MAX,
-    MIN_HASH_LIMIT,
     TIERS,
     exact_duplicates,
     near_duplicates,
     resolve_tiers,
 )
+from .hashes import MIN_HASH_LIMIT
 from .members import canonical_ids
 from .model import FORMATS, SCHEMA, Group, Member, NearDuplicates, QueryResult, Report, ReportError, Tier
 from .outliers import OUTLIER_Z, Outlier, Outliers, outliers, robust_z

@@ -45,7 +45,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 from sqlalchemy import func, select
@@ -55,8 +54,8 @@ from indexer.catalog import STATUS_OK
 
 from ..engine import Engine
 from .detail import DETAIL_LIMIT, Details, detail_distance
-from .detail import SIDE as DETAIL_SIDE
 from .grouping import Rule, attach_to_keepers, complete_groups, star_groups
+from .hashes import canvases, crop_distances, hash_codes, hash_tiers, picture_side
 from .members import member_rows
 from .model import (
     Group,
@@ -67,7 +66,7 @@ from .model import (
 )
 from .pairs import DEFAULT_K, hash_pairs, similar_pairs, union_pairs
 from .rules import Candidates, any_tier, tier_mask
-from .scan import CROP_HASH_MARGIN, CROP_HASHES, NO_HASH, Scan, crop_distance, hamming, hash_distance_limit, scan_images
+from .scan import NO_HASH, Scan, crop_distance, hamming, scan_images
 from .vectors import compared_in_snapshot
 
 log = logging.getLogger(__name__)
@@ -108,16 +107,6 @@ TIERS: tuple[Tier, ...] = (
         crowd_margin=CROWD_MARGIN,
     ),
 )
-#: Below this cap (1% of unrelated pairs within 17 bits) a hash says too little to use at
-#: all. Hash distances are almost always even (a hash has 32 of its 64 bits set unless DCT
-#: coefficients tie at their median, as on flat pictures), so the per-collection caps come
-#: in steps of 2. Measured over 20 (corpus, model) pairs of the cross-corpus benchmark (three
-#: corpus seeds, product and shared models): MNIST digits' caps were 2 or 4 (1% of unrelated
-#: digits within 14-16 bits; which one depended on the model), the photo and clip-art
-#: corpora's 6 to 10. A floor of 4 let MNIST in with one model (119 false groups, up to 6
-#: different digits); 6 is the step between the two. Crop hashes need at least that much
-#: room anyway: an image and its 8-10% crop are ~4 bits apart at the best window.
-MIN_HASH_LIMIT = 6
 #: How groups form (:mod:`.grouping`): "complete", every two members pass; "cores", those
 #: groups, then each image left out joins its closest group if it passes against the keeper;
 #: "star", every member passes against the keeper only. Chosen on the cross-corpus benchmark
@@ -195,7 +184,7 @@ def near_duplicates(
     """Near-duplicate groups of the indexed images, per tier. `method`: auto, exact or index.
 
     Stages: the distinct images' vectors (:func:`_distinct_vectors`); their kNN pairs
-    (:func:`similar_pairs`); perceptual hashes, capped per collection (:func:`_hash_tiers`),
+    (:func:`similar_pairs`); perceptual hashes, capped per collection (:func:`.hashes.hash_tiers`),
     and the hashes' own kNN pairs within the cap (:func:`hash_pairs`);
     groups per tier in which every two members pass the tier's rule (:func:`_tier_groups`,
     :mod:`.grouping`); the groups as the catalog describes them (:func:`_describe`).
@@ -223,8 +212,8 @@ def near_duplicates(
     codes = crops = thumbs = None
     proposed = len(i)  # pairs [0, proposed) are the vectors'; any after them, the hashes'
     if use_hash:
-        codes, crops, thumbs = _hash_codes(engine, ids, scan)
-        tiers = _hash_tiers(tiers, codes, crops, vecs)
+        codes, crops, thumbs = hash_codes(engine, ids, scan)
+        tiers = hash_tiers(tiers, codes, crops, vecs)
         if any(t.hamming is not None for t in tiers):
             # the hashes' own nearest neighbours are candidates too: an edit the vectors place
             # far away (greyscale) can hash as the same picture (:func:`.pairs.hash_pairs`)
@@ -239,7 +228,7 @@ def near_duplicates(
     by_vectors = np.arange(len(i)) < proposed
     unhashed = np.full(len(i), 255, dtype=np.int16)
     d = hamming(codes[i], codes[j]) if codes is not None else unhashed
-    dc = _crop_distances(crops, i, j) if crops is not None else unhashed
+    dc = crop_distances(crops, i, j) if crops is not None else unhashed
     if linkage not in LINKAGES:
         raise ReportError(f"unknown linkage {linkage!r}: {', '.join(LINKAGES)}")
     keep = any_tier(tiers, s, d, dc, np.zeros(len(s)))  # before the detail check: a superset
@@ -247,7 +236,7 @@ def near_duplicates(
     rows, fmt = member_rows(engine, ids[np.unique(np.concatenate([i, j]))])  # every image a pair may group
     details, dd, canvas = None, np.zeros(len(s)), None
     if codes is not None and thumbs is not None:
-        sides = np.array([_side(rows.get(int(x))) for x in ids], dtype=np.int64)
+        sides = np.array([picture_side(rows.get(int(x))) for x in ids], dtype=np.int64)
         details = Details(thumbs, sides)
         canvas = canvases(ids, rows, fmt)
         # only pairs a hash could admit and the cosine does not already pass at every tier, or
@@ -290,77 +279,6 @@ def _distinct_vectors(engine: Engine, method: str, whitened: bool, scan: Scan | 
     if index is not None:
         method = f"index ({snap.manifest.index_type})"
     return ids, vecs, raw, index, method
-
-
-def _hash_codes(engine: Engine, ids: np.ndarray, scan: Scan | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The perceptual hash, crop hashes and detail thumbnail of each of `ids` (NO_HASH where an
-    image failed to decode; a flat grey thumbnail there, never compared since its hashes are
-    missing). Thumbnails are None when the scan has none."""
-    scan = scan if scan is not None else scan_images(engine)
-    codes = np.full(len(ids), NO_HASH, dtype=np.int64)
-    crops = np.full((len(ids), CROP_HASHES), NO_HASH, dtype=np.int64)
-    thumbs = None if scan.details is None else np.full((len(ids), DETAIL_SIDE, DETAIL_SIDE), 128, dtype=np.uint8)
-    where, found = scan.locate(ids)
-    codes[found] = scan.phashes[where[found]]
-    if scan.crops is not None:
-        crops[found] = scan.crops[where[found]]
-    if thumbs is not None and scan.details is not None:
-        thumbs[found] = scan.details[where[found]]
-    return codes, crops, thumbs
-
-
-def canvases(ids: np.ndarray, rows: dict[int, Member], fmt: dict[int, str | None]) -> np.ndarray:
-    """Per image a number, equal for two images of the same pixel size and file format; unique
-    where either is unknown (never one canvas then: images outside `rows` among them)."""
-    keys: dict[tuple, int] = {}
-    out = np.empty(len(ids), dtype=np.int64)
-    for n, x in enumerate(ids.tolist()):
-        m = rows.get(x)
-        known = m is not None and m.width and m.height and fmt.get(x)
-        key = (m.width, m.height, fmt[x]) if known else ("unknown", n)
-        out[n] = keys.setdefault(key, len(keys))
-    return out
-
-
-def _side(m: Member | None) -> int:
-    """A picture's smaller side in pixels (0 when unknown: compared at full detail)."""
-    return min(m.width or 0, m.height or 0) if m is not None else 0
-
-
-def _crop_distances(crops: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """:func:`.scan.crop_distance` of each pair, in chunks (n*k pairs x 18 comparisons)."""
-    out = np.empty(len(i), dtype=np.int16)
-    for a in range(0, len(i), chunk):
-        out[a : a + chunk] = crop_distance(crops[i[a : a + chunk]], crops[j[a : a + chunk]])
-    return out
-
-
-def _hash_tiers(tiers: tuple[Tier, ...], codes: np.ndarray, crops: np.ndarray, vecs: np.ndarray) -> tuple[Tier, ...]:
-    """The tiers with their hash distances capped at what this collection's hashes can tell
-    apart (:func:`.scan.hash_distance_limit`): judged on random pairs that neither hash calls
-    a candidate copy, for the whole-picture hashes and the crop hashes each (the best of 18
-    window comparisons is closer than one comparison for unrelated pictures too, so it gets
-    its own cap)."""
-    crop_pair = None if crops is None else (crops, crop_distance)
-    limit = hash_distance_limit(codes, vectors=vecs, also=crop_pair)
-    if limit is None:  # too few images to judge: the tiers as they are
-        return tiers
-    crop_limit = hash_distance_limit(
-        crops, vectors=vecs, distance=crop_distance, margin=CROP_HASH_MARGIN, also=(codes, hamming)
-    )
-    crop_limit = limit if crop_limit is None else crop_limit
-    off = limit < MIN_HASH_LIMIT
-    crops_off = off or crop_limit < MIN_HASH_LIMIT  # hashes that cannot tell pictures apart cannot tell crops
-    if off:
-        log.info("perceptual hashes do not tell images apart in this collection: vectors only")
-    return tuple(
-        replace(
-            t,
-            hamming=None if t.hamming is None or off else min(t.hamming, limit),
-            crop_hamming=None if t.crop_hamming is None or crops_off else min(t.crop_hamming, crop_limit),
-        )
-        for t in tiers
-    )
 
 
 def _tier_groups(

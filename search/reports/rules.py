@@ -39,7 +39,7 @@ class Candidates:
     by_vectors: np.ndarray  # (p,) True: a pair the vectors' kNN proposed, False: only the hashes'
     crowd: np.ndarray  # (n,) each image's crowd: its k-th neighbour's cosine (:func:`.pairs.similar_pairs`)
     stricter: dict[str, Tier]  # per tier, the loosest stricter tier (if any)
-    canvas: np.ndarray | None  # (n,) equal: the same pixel size and file format (:func:`.duplicates.canvases`)
+    canvas: np.ndarray | None  # (n,) equal: the same pixel size and file format (:func:`.hashes.canvases`)
 
     def same_canvas(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if self.canvas is None:
