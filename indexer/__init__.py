@@ -18,7 +18,7 @@ _LAZY = {
     "SCHEMA_VERSION": "catalog",
     "Catalog": "catalog",
     "CatalogError": "catalog",
-    "ImageRecord": "catalog",
+    "ImageRecord": "schema",
     "bytes_hash": "catalog",
     "content_hash": "catalog",
     "in_chunks": "catalog",

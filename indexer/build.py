@@ -38,7 +38,7 @@ from encoder.errors import LookalikeError
 from encoder.images import DEFAULT_MAX_PIXELS
 from encoder.training import RESUME_DIR
 
-from .catalog import STATUS_OK, STATUS_PENDING, Catalog, ImageRecord, in_chunks
+from .catalog import Catalog, in_chunks
 from .delta import HIT_ROWS_DELTA
 from .embed import add_copies, cpu_thread_budget, default_decode_workers, embed_files
 from .exact import generation_has_vectors
@@ -50,6 +50,7 @@ from .manifest import Manifest
 from .neighbours import read_neighbours
 from .publish import publish, republish_derived
 from .run import IndexRun, IndexSummary, RunOptions
+from .schema import STATUS_OK, STATUS_PENDING, ImageRecord
 from .segments import SegmentStore, has_segments, migrate_store
 from .vectors import plan_index
 from .walk import diff_folder

@@ -1,7 +1,8 @@
 """The catalog: one row per image file, in SQLite or PostgreSQL (any SQLAlchemy URL) through the ORM.
 
 It owns the images' identity: a file is known by its path, and its content by
-:func:`content_hash`, which recognises a renamed file and byte-identical copies.
+:func:`content_hash`, which recognises a renamed file and byte-identical copies. The tables
+themselves are :mod:`indexer.schema`.
 
 Schema changes go through numbered migrations (:data:`MIGRATIONS`); the
 version lives in the ``meta`` table, so an index written by an older release
@@ -20,17 +21,10 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
     create_engine,
     event,
     inspect,
@@ -41,17 +35,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from encoder.errors import LookalikeError
 
 from .layout import CATALOG, CATALOG_URL
+from .schema import (
+    STATUS_FAILED,
+    STATUS_OK,
+    Base,
+    ImageRecord,
+    Meta,
+    ModelRecord,
+    utcnow,
+)
 
 SCHEMA_VERSION = 2
-
-STATUS_OK = "ok"  # decoded, embedded, has a vector
-STATUS_FAILED = "failed"  # could not be decoded; `error` says why
-STATUS_PENDING = "pending"  # known, but its vector is missing (e.g. after a crash): embed it
 
 
 class CatalogError(LookalikeError):
@@ -96,81 +95,6 @@ def in_chunks(items: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]
     per item: SQLite limits the parameters of one statement (see :data:`SQL_CHUNK`)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-#: Catalog ids are FAISS keys (int64). SQLite's INTEGER is already 64-bit, and only the exact
-#: type INTEGER makes its primary key the rowid (and allows AUTOINCREMENT); elsewhere BIGINT.
-CatalogId = BigInteger().with_variant(Integer, "sqlite")
-#: A relative path, compared byte by byte as SQLite does: in PostgreSQL the "C" collation, so
-#: ORDER BY path is the walk's order whatever the server's locale, and the path index serves
-#: ``LIKE 'prefix%'``.
-PathString = String(4096).with_variant(String(4096, collation="C"), "postgresql")
-
-
-class Meta(Base):
-    __tablename__ = "meta"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
-class ModelRecord(Base):
-    """A model that made vectors: identified by a hash of its weights and config."""
-
-    __tablename__ = "models"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    config_json: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class ImageRecord(Base):
-    """One image file under the indexed root. `id` is also its vector's id in FAISS."""
-
-    __tablename__ = "images"
-    # Never reuse the id of a deleted row: ids are also FAISS keys, and a reused id
-    # could pair a stale vector with a new file after a crash.
-    __table_args__ = {"sqlite_autoincrement": True}
-    id: Mapped[int] = mapped_column(CatalogId, primary_key=True, autoincrement=True)
-    path: Mapped[str] = mapped_column(PathString, unique=True, index=True)  # relative, '/'-separated
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    width: Mapped[int | None] = mapped_column(Integer)
-    height: Mapped[int | None] = mapped_column(Integer)
-    format: Mapped[str | None] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    error: Mapped[str | None] = mapped_column(Text)
-    embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
-    #: For a byte-identical copy: the id of the first file with this content.
-    duplicate_of: Mapped[int | None] = mapped_column(CatalogId, index=True)
-    #: Sequence number of the store save that holds this row's vector; rows newer than the
-    #: last completed save (meta `store_seq`) lost their vector in a crash and are re-embedded.
-    vector_seq: Mapped[int] = mapped_column(Integer, default=0)
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "path": self.path,
-            "size": self.size,
-            "width": self.width,
-            "height": self.height,
-            "format": self.format,
-            "status": self.status,
-            "error": self.error,
-            "content_hash": self.content_hash,
-            "duplicate_of": self.duplicate_of,
-            "embedded_at": self.embedded_at.isoformat() if self.embedded_at else None,
-            "model_id": self.model_id,
-        }
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # ---------------------------------------------------------------- migrations

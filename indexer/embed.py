@@ -16,10 +16,11 @@ from sqlalchemy import select
 
 from encoder.images import ImageInfo
 
-from .catalog import STATUS_OK, STATUS_PENDING, ImageRecord, content_hash, upsert_failed
+from .catalog import content_hash, upsert_failed
 from .distribute import ShardResult, cpu_thread_budget, current_distributor, default_decode_workers, make_shards
 from .layout import SHARDS
 from .run import IndexRun
+from .schema import STATUS_OK, STATUS_PENDING, ImageRecord
 from .shard_file import ShardFile, ShardFileError, read_shard_file, spooled_names
 
 # cpu_thread_budget and default_decode_workers live with the local threads now; build.py imports them here.

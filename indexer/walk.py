@@ -14,8 +14,9 @@ from sqlalchemy import delete, select, update
 
 from encoder.images import iter_image_files
 
-from .catalog import STATUS_OK, STATUS_PENDING, ImageRecord, hash_or_error, in_chunks, upsert_failed, utcnow
+from .catalog import hash_or_error, in_chunks, upsert_failed
 from .run import IndexRun
+from .schema import STATUS_OK, STATUS_PENDING, ImageRecord, utcnow
 
 
 @dataclass
