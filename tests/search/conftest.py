@@ -227,3 +227,18 @@ def token_server(corpus: Corpus, engine: Engine) -> Iterator[Server]:
     yield Server(f"http://127.0.0.1:{port}", port, None)
     srv.should_exit = True
     thread.join(10)
+
+
+#: An id no catalog row has.
+MISSING = 987_654
+
+#: The multipart boundary of the raw and chunked uploads the tests write by hand.
+BOUNDARY = "lookalike-test-boundary"
+
+
+def multipart(data: bytes, name: str = "query.png") -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
