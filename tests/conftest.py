@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -14,6 +18,19 @@ pytest_plugins = ("postgres",)
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
+
+
+def bench_module(name: str) -> Iterator[ModuleType]:
+    """bench/<name>.py loaded as the module `name` (bench/ is scripts, not a package), for a
+    module-scoped fixture to yield; removed from ``sys.modules`` afterwards. It is registered while
+    it loads because dataclasses look their module up as the class is made."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(name, None)
 
 
 def sample_images(n_per_class: int = 4, classes: tuple[str, ...] = ("birds", "letters", "chess")) -> list[Path]:

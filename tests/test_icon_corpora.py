@@ -9,16 +9,14 @@ package, version and licence.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import bench_module
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
 COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 
 Files: *
@@ -36,12 +34,7 @@ License: LGPL-3+
 
 @pytest.fixture(scope="module")
 def ic():
-    spec = importlib.util.spec_from_file_location("icon_corpora", REPO / "bench" / "icon_corpora.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from bench_module("icon_corpora")
 
 
 def _png(path: Path, colour: tuple[int, int, int], size: int = 48) -> None:

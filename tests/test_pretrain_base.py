@@ -7,24 +7,16 @@ check the sentence for each start, from files alone (no training).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def pb():
-    spec = importlib.util.spec_from_file_location("pretrain_base", REPO / "bench" / "pretrain_base.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield from bench_module("pretrain_base")
 
 
 def _run(tmp_path: Path, init_from: str | None, start: dict | None) -> tuple[Path, Path]:

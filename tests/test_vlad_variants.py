@@ -7,26 +7,17 @@ changes nothing but the basis.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import bench_module
 
 from encoder.vlad import aggregate, local_descriptors
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def vv():
-    spec = importlib.util.spec_from_file_location("vlad_variants", REPO / "bench" / "vlad_variants.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    yield from bench_module("vlad_variants")
 
 
 def _desc_and_words(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
