@@ -1,7 +1,7 @@
 """Learned alone, hand-crafted alone, and the two combined, in one run (issue 18 item 2).
 
     .venv/bin/python bench/combined_features.py [--corpora tuxpaint,wallpapers,mnist,oxygen,gnome,elementary]
-        [--weights 0.5,1,2] [--seed 0] [--out bench/results/combined_features.json]
+        [--weights 0.5,1,2] [--seed 0] [--models DIR] [--out bench/results/combined_features.json]
 
 The issue allows hand-crafted signals next to the learned ones only if the same run shows
 learned alone, hand-crafted alone and combined. Per corpus (the corpora and label columns of
@@ -9,7 +9,10 @@ learned alone, hand-crafted alone and combined. Per corpus (the corpora and labe
 
 - ``learned``: the shipped base model's search vectors, centred on the corpus (its calibration
   fitted there, as ``bench/base_model_eval.py``'s ``frozen`` arm): no training, so the run is
-  minutes, and the question is whether HOG + colour adds to *a* learned vector;
+  minutes, and the question is whether HOG + colour adds to *a* learned vector; or, with
+  ``--models DIR``, the product's default: the model ``bench/base_model_eval.py --arms finetune
+  --out DIR`` fine-tuned on the corpus (``DIR/<corpus>/s<seed>/base-finetune``, its own
+  calibration), so the seed is the one that model was trained and sampled with;
 - ``hog``: HOG + colour histogram (``search.evaluation.fit_hog_colour``, the baseline of
   ``lookalike evaluate``);
 - ``pca``: PCA at the learned vector's dimension;
@@ -40,8 +43,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def run_corpus(name: str, weights: list[float], seed: int, work: Path) -> dict[str, float]:
-    """mAP@10 of each arm on corpus `name`."""
+def run_corpus(name: str, weights: list[float], seed: int, work: Path, models: Path | None) -> dict[str, float]:
+    """mAP@10 of each arm on corpus `name`; the learned arm from `models` (fine-tuned) when given."""
     from encoder import Encoder
     from encoder.base import base_model_dir
     from encoder.decoding import decode_to_array
@@ -50,7 +53,13 @@ def run_corpus(name: str, weights: list[float], seed: int, work: Path) -> dict[s
 
     folder, column, most = CORPORA[name]
     corpus = read_labelled_folder(folder, label_column=column, max_images=most, seed=seed)
-    enc = Encoder(frozen_model(base_model_dir(), folder, corpus.paths, work / name / f"s{seed}" / "frozen"))
+    if models is not None:
+        model_dir = models / name / f"s{seed}" / "base-finetune"
+        if not (model_dir / "train_log.json").exists():
+            raise SystemExit(f"{name}: no fine-tuned model at {model_dir} (bench/base_model_eval.py --out {models})")
+    else:
+        model_dir = frozen_model(base_model_dir(), folder, corpus.paths, work / name / f"s{seed}" / "frozen")
+    enc = Encoder(model_dir)
     pixels, _, failed = decode_to_array(corpus.paths, enc.image_size)
     if failed:
         raise SystemExit(f"{name}: {len(failed)} images failed to decode, e.g. {failed[0]}")
@@ -68,6 +77,7 @@ def main() -> None:
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--weights", default="0.5,1,2", help="learned part's weight against HOG + colour's")
     ap.add_argument("--seed", type=int, default=0, help="the sample of corpora cut to a size (mnist)")
+    ap.add_argument("--models", type=Path, default=None, help="fine-tuned models of base_model_eval.py --out DIR")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "combined_features")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "combined_features.json")
     args = ap.parse_args()
@@ -78,7 +88,7 @@ def main() -> None:
         if not CORPORA[name][0].exists():
             print(f"{name}: {CORPORA[name][0]} missing (bench/icon_corpora.py builds the icon corpora); skipped")
             continue
-        maps = run_corpus(name, weights, args.seed, args.work)
+        maps = run_corpus(name, weights, args.seed, args.work, args.models)
         rows.append(
             {"corpus": name, "seed": args.seed, "map_at_10": maps, "seconds": round(time.perf_counter() - t0, 1)}
         )
@@ -91,7 +101,8 @@ def main() -> None:
         best = max(v for k, v in m.items() if k.startswith("combined"))
         print(f"| {r['corpus']} | " + " | ".join(f"{m[a]:.3f}" for a in arms) + f" | {best / m['hog']:.2f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seed": args.seed, "weights": weights, "rows": rows}, indent=2) + "\n")
+    result = {"seed": args.seed, "weights": weights, "models": str(args.models), "rows": rows}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 
