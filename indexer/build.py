@@ -47,11 +47,12 @@ from .hit_rows import read_hit_rows
 from .index_model import IndexBuildError, prepare_model
 from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEGMENTS, SHARDS, STORE, default_index_dir
 from .manifest import Manifest
+from .migrate import migrate_store
 from .neighbours import read_neighbours
 from .publish import publish, republish_derived
 from .run import IndexRun, IndexSummary, RunOptions
 from .schema import STATUS_OK, STATUS_PENDING, ImageRecord
-from .segments import SegmentStore, has_segments, migrate_store
+from .segments import SegmentStore, has_segments
 from .vectors import plan_index
 from .walk import diff_folder
 

@@ -55,6 +55,18 @@ def segment_files(directory: Path) -> list[str]:
     return [f"{n}.{p}.npy" for n in names for p in PARTS] + [f"{n}.json" for n in names] + [SEGMENT_LIST]
 
 
+def write_list(directory: Path, dim: int, names: list[str]) -> None:
+    """Write ``list.json`` naming the live segments `names`, oldest first (atomically): the commit
+    point of a checkpoint, a merge or a migration."""
+    atomic_write_json(directory / SEGMENT_LIST, {"format": FORMAT, "dim": dim, "segments": names})
+
+
+def next_name(directory: Path) -> str:
+    """A segment name no file in `directory` uses yet (numbers only grow)."""
+    numbers = [int(p.name.split(".")[0]) for p in directory.iterdir() if p.name.split(".")[0].isdigit()]
+    return f"{max(numbers, default=0) + 1:08d}"
+
+
 def _write_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]) -> dict:
     """Stream `chunks` (row blocks, in order) into a ``.npy`` file and fsync it. Returns the
     header's record of it: its byte size and the CRC-32 of its data."""

@@ -48,20 +48,21 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from encoder.atomic import atomic_write_json, atomic_write_via, fsync_dir
+from encoder.atomic import atomic_write_via, fsync_dir
 
 from .generations import kill_point
 from .layout import SEGMENT_LIST
 from .rowio import PREFETCH_ROWS, advise_random, pread_rows, prefetch_rows
 from .segment_file import (
-    FORMAT,
     PARTS,
     Segment,
     SegmentError,
     has_segments,
     header_seq_min,
+    next_name,
     read_segment,
     segment_files,
+    write_list,
     write_segment,
 )
 
@@ -69,7 +70,6 @@ __all__ = [
     "SegmentError",
     "SegmentStore",
     "has_segments",
-    "migrate_store",
     "plan_merge",
     "segment_files",
 ]
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 MAX_SEGMENTS = 16
 #: More of the stored rows dead than this: merge everything.
 MAX_DEAD_FRACTION = 0.25
-_CHUNK_ROWS = 65_536  # rows copied at a time by a merge or migration: bounded memory at any size
+CHUNK_ROWS = 65_536  # rows copied at a time by a merge or migration: bounded memory at any size
 
 
 def plan_merge(rows: list[int], live: int) -> int | None:
@@ -99,8 +99,8 @@ def plan_merge(rows: list[int], live: int) -> int | None:
 
 def _rows(segment: Segment, rows: np.ndarray) -> Iterator[np.ndarray]:
     """The vectors at `rows` (sorted) of `segment`, a block at a time."""
-    for start in range(0, len(rows), _CHUNK_ROWS):
-        yield segment.vectors[rows[start : start + _CHUNK_ROWS]]
+    for start in range(0, len(rows), CHUNK_ROWS):
+        yield segment.vectors[rows[start : start + CHUNK_ROWS]]
 
 
 # ---------------------------------------------------------------- the store
@@ -373,8 +373,8 @@ class SegmentStore:
         use after a change: what flat search, neighbour tables and recall measurements search."""
         if self._index is None:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-            for start in range(0, len(self._ids), _CHUNK_ROWS * 4):
-                ids = self._ids[start : start + _CHUNK_ROWS * 4]
+            for start in range(0, len(self._ids), CHUNK_ROWS * 4):
+                ids = self._ids[start : start + CHUNK_ROWS * 4]
                 index.add_with_ids(self.get(ids), ids)
             self._index = index
         return self._index
@@ -404,8 +404,8 @@ class SegmentStore:
             pos = np.flatnonzero(new)
             pos = pos[np.argsort(self._where[pos])]  # in the order they were added
             rows = self._where[pos] - self._saved_rows
-            name = self._next_name()
-            chunks = (self._pending_vectors()[rows[i : i + _CHUNK_ROWS]] for i in range(0, len(rows), _CHUNK_ROWS))
+            name = next_name(self.directory)
+            chunks = (self._pending_vectors()[rows[i : i + CHUNK_ROWS]] for i in range(0, len(rows), CHUNK_ROWS))
             write_segment(self.directory, name, self.dim, self._ids[pos], chunks, tombs, (seq, seq), "segment")
             segment = read_segment(self.directory, name, self.dim, verify=False)
             names.append(name)
@@ -453,7 +453,7 @@ class SegmentStore:
             tombs = np.unique(np.concatenate([np.asarray(s.tombstones) for s in inputs]))
             tombs = tombs[np.isin(tombs, np.concatenate([np.asarray(s.ids) for s in older]))]
         seq = (min(s.seq_min for s in inputs), max(s.seq_max for s in inputs))
-        name = self._next_name()
+        name = next_name(self.directory)
         write_segment(self.directory, name, self.dim, self._ids[pos], chunks(), tombs, seq, "merge")
         merged = read_segment(self.directory, name, self.dim, verify=False)
         self._write_list([s.name for s in older] + [name])
@@ -472,13 +472,8 @@ class SegmentStore:
     # ---- files
 
     def _write_list(self, names: list[str]) -> None:
-        atomic_write_json(self.directory / SEGMENT_LIST, {"format": FORMAT, "dim": self.dim, "segments": names})
+        write_list(self.directory, self.dim, names)
         self._dirty = False
-
-    def _next_name(self) -> str:
-        """A segment name no file in the directory uses yet (numbers only grow)."""
-        numbers = [int(p.name.split(".")[0]) for p in self.directory.iterdir() if p.name.split(".")[0].isdigit()]
-        return f"{max(numbers, default=0) + 1:08d}"
 
     def _collect_garbage(self, live: list[str]) -> None:
         """Remove the files of segments the list does not name: inputs of a finished merge, and what
@@ -495,24 +490,3 @@ class SegmentStore:
     def _check_writable(self) -> None:
         if not self.writable:
             raise SegmentError(f"{self.directory}: opened read-only")
-
-
-def migrate_store(faiss_path: Path, directory: Path, *, seq: int) -> None:
-    """Turn a single-file store (``vectors.faiss``, before segments) into a first segment holding
-    saves 0..`seq`, then write the list: until then the old file stays the store (kill points
-    ``migrate:ids`` ... ``migrate:header``, ``migrate:list``)."""
-    index = faiss.read_index(os.fspath(faiss_path))
-    dim, n = index.d, int(index.ntotal)
-    ids = faiss.vector_to_array(index.id_map).astype(np.int64) if n else np.empty(0, np.int64)
-    flat = faiss.downcast_index(index.index)
-    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim) if n else np.empty((0, dim), np.float32)
-    _, last = np.unique(ids[::-1], return_index=True)  # an id stored twice: its newest vector
-    rows = np.sort(n - 1 - last)
-    directory.mkdir(parents=True, exist_ok=True)
-    store = SegmentStore(directory, dim, [])
-    name = store._next_name()
-    chunks = (vectors[rows[i : i + _CHUNK_ROWS]] for i in range(0, len(rows), _CHUNK_ROWS))
-    write_segment(directory, name, dim, ids[rows], chunks, np.empty(0, np.int64), (0, seq), "migrate")
-    store._write_list([name])
-    kill_point("migrate:list")
-    log.info("moved %d vectors from %s into segment %s", len(rows), faiss_path.name, name)

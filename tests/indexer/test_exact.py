@@ -82,7 +82,7 @@ def test_segment_and_flat_vectors_answer_alike(tmp_path: Path, monkeypatch: pyte
 
 
 def test_flat_vectors_read_the_newest_of_an_id_stored_twice() -> None:
-    """A store from before segments may hold an id twice (segments.migrate_store keeps the newest):
+    """A store from before segments may hold an id twice (migrate.migrate_store keeps the newest):
     FAISS's reconstruct answers the newest, and so must the flat reader."""
     store = VectorStore(DIM)
     store.add(np.array([4, 5]), unit(2, 1))
