@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -21,10 +22,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import REPO, fill_folder, train_tiny, write_jpeg
+from conftest import REPO, fill_folder, sample_images, train_tiny, write_jpeg
 from fastapi.testclient import TestClient
+from PIL import Image
 
+from encoder import ModelConfig, TrainConfig, train
 from indexer import build_index
 from search.api import Settings, create_app
 from search.engine import Engine
@@ -242,3 +246,43 @@ def multipart(data: bytes, name: str = "query.png") -> bytes:
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+# ---------------------------------------------------------------- the reports' folder
+
+
+#: The reports' model: small enough to train in seconds, enough to tell drawings from noise.
+REPORTS_MODEL = ModelConfig(image_size=32, channels=(8, 16), latent_dim=16)
+
+
+@pytest.fixture(scope="session")
+def reports_planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The reports' folder, indexed: 16 drawings from data/, a byte-identical copy, a resized JPEG copy
+    and a noise image (test_reports.py's findings, test_report_formats.py's formats, CLI and HTTP)."""
+    root = tmp_path_factory.mktemp("reports") / "images"
+    drawings = sample_images(8, ("birds", "chess"))
+    for src in drawings:
+        dst = root / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    rel = [f"{p.parent.name}/{p.name}" for p in drawings]
+    (root / "copies").mkdir()
+    shutil.copy(root / rel[0], root / "copies" / "same.png")
+    img = Image.open(root / rel[1]).convert("RGBA")
+    white = Image.new("RGBA", img.size, "white")
+    white.alpha_composite(img)
+    white.convert("RGB").resize((img.width * 4 // 5, img.height * 4 // 5)).save(
+        root / "copies" / "smaller.jpg", quality=85
+    )
+    (root / "odd").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # the model's size: no blur
+    Image.fromarray(noise).save(root / "odd" / "noise.png")
+    model = root.parent / "model"  # learns the drawings; the noise is unlike anything it saw
+    train_dir = root.parent / "train"
+    for p in drawings:
+        (train_dir / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, train_dir / p.parent.name / p.name)
+    train(train_dir, model, REPORTS_MODEL, TrainConfig(epochs=30, batch_size=4, seed=0), progress=False)
+    index = root.parent / "index"
+    build_index(root, index, model, progress=False, workers=1)
+    return {"root": root, "index": index, "original": rel[0], "resized_of": rel[1], "drawings": rel}
