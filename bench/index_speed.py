@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from encoder.checkpoint import read_config
     from encoder.decoding import default_backend, default_workers
-    from encoder.images import find_images
+    from encoder.image_files import find_images
 
     workdir = args.workdir.resolve()
     folder = workdir / f"jpegs-{args.n}"

@@ -141,7 +141,7 @@ def pooled_model(index_dir: Path, folder: Path, pooling: str) -> Path:
 
     from encoder import Encoder
     from encoder.decoding import decode_to_array
-    from encoder.images import find_images
+    from encoder.image_files import find_images
     from encoder.search_vector import refit_search_vector
     from indexer.layout import MODEL_DIR
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray
 
     from encoder.decoding import default_workers
-    from encoder.images import find_images
+    from encoder.image_files import find_images
     from indexer.distribute import ThreadDistributor
     from indexer.ray_embed import RayDistributor
 

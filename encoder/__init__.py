@@ -18,7 +18,7 @@ _LAZY = {
     "DEFAULT_MAX_PIXELS": "images",
     "ImageInfo": "images",
     "ImageSource": "images",
-    "find_images": "images",
+    "find_images": "image_files",
     "load_image": "images",
     "open_image": "images",
     "load_model": "checkpoint",

@@ -17,9 +17,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -36,11 +34,6 @@ DEFAULT_MAX_PIXELS = 64_000_000
 #: Transparent pixels are composited onto this colour, and letterbox padding
 #: uses it too, so a cut-out and its padding look the same to the model.
 BACKGROUND = (255, 255, 255)
-
-#: File name endings treated as images when walking a folder (lower case).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".ico"}
-)
 
 
 @dataclass(frozen=True)
@@ -401,44 +394,3 @@ def to_tensor_batch(arrays: np.ndarray):
 
     t = torch.from_numpy(np.ascontiguousarray(arrays))
     return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def is_image_name(path: str | os.PathLike) -> bool:
-    """True when the file name ends like an image we can try to decode."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def iter_image_files(
-    folder: str | os.PathLike, *, skip_dirs: tuple[str, ...] = ()
-) -> Iterator[tuple[Path, os.stat_result]]:
-    """Yield (path, stat) for every image-named file under `folder`, recursively.
-
-    Hidden files and folders are skipped, as are `skip_dirs`; symlinked folders
-    are not followed, so symlink loops cannot trap the walk. Unreadable folders
-    are skipped silently (their files cannot be indexed anyway).
-    """
-    skip = {os.path.realpath(d) for d in skip_dirs}
-    stack = [Path(folder)]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if os.path.realpath(entry.path) not in skip:
-                        stack.append(Path(entry.path))
-                elif is_image_name(entry.name) and entry.is_file(follow_symlinks=True):
-                    yield Path(entry.path), entry.stat(follow_symlinks=True)
-            except OSError:
-                continue
-
-
-def find_images(folder: str | os.PathLike, *, skip_dirs: tuple[str, ...] = ()) -> list[Path]:
-    """Every image-named file under `folder` (see :func:`iter_image_files`), sorted."""
-    return sorted(p for p, _ in iter_image_files(folder, skip_dirs=skip_dirs))

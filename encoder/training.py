@@ -30,7 +30,7 @@ from .config import ModelConfig
 from .decoding import decode_to_array
 from .device import pick_device
 from .errors import ConfigError, TrainError
-from .images import find_images
+from .image_files import find_images
 from .model import Autoencoder
 from .plots import image_grid, save_loss_curve, to_uint8_images
 from .registry import create_model

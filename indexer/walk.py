@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select, update
 
-from encoder.images import iter_image_files
+from encoder.image_files import iter_image_files
 
 from .catalog import hash_or_error, in_chunks, upsert_failed
 from .run import IndexRun

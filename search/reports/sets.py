@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from encoder.decoding import decode_batches, default_workers
-from encoder.images import find_images
+from encoder.image_files import find_images
 from indexer import ImageRecord
 from indexer.catalog import STATUS_OK, content_hash, in_chunks
 

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from encoder.errors import LoadFailure
+from encoder.image_files import find_images
 from encoder.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
-    find_images,
     letterbox,
     load_image,
     load_image_with_info,
