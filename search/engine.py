@@ -26,7 +26,6 @@ from encoder import DEFAULT_MAX_PIXELS, ImageSource
 from indexer import Catalog, ImageRecord, ondisk
 from indexer.catalog import STATUS_OK, bytes_hash
 from indexer.layout import MANIFEST, THUMBNAILS
-from indexer.neighbours import lookup
 
 from .errors import EngineError, NotFound
 from .snapshot import Snapshot, open_current
@@ -381,41 +380,11 @@ class Engine:
         if path_prefix or k < 1 or offset < 0:
             return None
         snap = self.snapshot()
-        pairs = self._precomputed(snap, image_id, offset + k)
+        pairs = snap.table_neighbours(image_id, offset + k)
         if pairs is None:
             return None
         # The check that the query id is indexed rides on the hits' rows lookup.
         return self._hits(snap, pairs, k, offset, min_similarity, frozenset({image_id}))
-
-    def _precomputed(self, snap: Snapshot, image_id: int, want: int) -> list[tuple[int, float]] | None:
-        """The first `want` neighbours of an indexed image from the published table, or None
-        when the table cannot answer (no table, a deeper page than it holds, an unknown id)."""
-        if snap.neighbours is None:
-            return None
-        row = lookup(snap.neighbours, image_id, snap.neighbour_ids)
-        if row is None:
-            return None
-        nbr, sim = row
-        delta = snap.delta
-        if delta is not None:
-            # The table is the base's: drop the neighbours changed or removed since, and merge in
-            # the delta's (exact) ones. What is left of the row is still the base's best, in order.
-            if delta.changed(image_id):
-                return None  # its own row describes its old vector, or it has none
-            live = ~delta.hidden(nbr)
-            nbr, sim = nbr[live], sim[live]
-            if len(nbr) < want:
-                return None
-            extra_sim, extra = delta.exact(snap.vectors.get(np.array([image_id], dtype=np.int64))[0], want)
-            both = sorted(
-                zip(nbr[:want].tolist() + extra.tolist(), sim[:want].tolist() + extra_sim.tolist(), strict=True),
-                key=lambda p: -p[1],
-            )
-            return both[:want]
-        # A short row is complete only if it lists every other image.
-        if len(nbr) < want and len(nbr) < snap.manifest.count - 1:
-            return None
-        return list(zip(nbr[:want].tolist(), sim[:want].tolist(), strict=True))
 
     def search_path(self, path: str, **kw) -> list[Hit]:
         """Images like the indexed image at `path` (relative to the root, or absolute)."""

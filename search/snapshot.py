@@ -21,7 +21,7 @@ from indexer.delta import DELTA, HIT_ROWS_DELTA, DeltaIndex, read_delta
 from indexer.exact import ExactVectors, open_exact_vectors, read_mapped
 from indexer.hit_rows import HitRows, LayeredHitRows, read_hit_rows
 from indexer.layout import HIT_ROWS, MANIFEST, NEIGHBOURS
-from indexer.neighbours import read_neighbours
+from indexer.neighbours import lookup, read_neighbours
 from indexer.segments import SegmentError
 
 from .errors import EngineError
@@ -51,6 +51,36 @@ class Snapshot:
     def delta(self) -> DeltaIndex | None:
         """The search index as a base and a delta (indexer/delta.py), or None."""
         return self.search if isinstance(self.search, DeltaIndex) else None
+
+    def table_neighbours(self, image_id: int, want: int) -> list[tuple[int, float]] | None:
+        """The first `want` neighbours of an indexed image from the published table, or None
+        when the table cannot answer (no table, a deeper page than it holds, an unknown id)."""
+        if self.neighbours is None:
+            return None
+        row = lookup(self.neighbours, image_id, self.neighbour_ids)
+        if row is None:
+            return None
+        nbr, sim = row
+        delta = self.delta
+        if delta is not None:
+            # The table is the base's: drop the neighbours changed or removed since, and merge in
+            # the delta's (exact) ones. What is left of the row is still the base's best, in order.
+            if delta.changed(image_id):
+                return None  # its own row describes its old vector, or it has none
+            live = ~delta.hidden(nbr)
+            nbr, sim = nbr[live], sim[live]
+            if len(nbr) < want:
+                return None
+            extra_sim, extra = delta.exact(self.vectors.get(np.array([image_id], dtype=np.int64))[0], want)
+            both = sorted(
+                zip(nbr[:want].tolist() + extra.tolist(), sim[:want].tolist() + extra_sim.tolist(), strict=True),
+                key=lambda p: -p[1],
+            )
+            return both[:want]
+        # A short row is complete only if it lists every other image.
+        if len(nbr) < want and len(nbr) < self.manifest.count - 1:
+            return None
+        return list(zip(nbr[:want].tolist(), sim[:want].tolist(), strict=True))
 
 
 def open_current(
