@@ -1,7 +1,8 @@
 """The shipped base model against training from scratch and the baselines, on every labelled corpus (issue 18).
 
     .venv/bin/python bench/base_model_eval.py [--corpora tuxpaint,wallpapers,mnist,oxygen,gnome,elementary]
-        [--seeds 0] [--arms frozen,finetune,scratch] [--base DIR] [--out bench/results/base_model]
+        [--seeds 0] [--arms frozen,finetune,scratch] [--base DIR] [--set KEY=VALUE ...]
+        [--out bench/results/base_model]
 
 Per corpus and seed, in one ``evaluate`` run (so raw pixels, PCA and HOG + colour are measured
 beside the models, on the same images):
@@ -15,6 +16,9 @@ beside the models, on the same images):
   the training budget;
 - ``scratch``: the default training from random weights (``init_from=None``: what lookalike did
   before the base model).
+
+``--set KEY=VALUE`` (repeatable) changes one ``TrainConfig`` field of the fine-tune arms (for
+example ``--set augment=strong``); the arms keep their names, so give such a run its own ``--out``.
 
 Prints a markdown table (mAP@10 by label, self excluded; each arm's ratio to HOG + colour and to
 PCA) and writes ``<out>/summary.json``. Trained models are reused when already there.
@@ -80,7 +84,9 @@ def frozen_model(base: Path, folder: Path, paths: list[Path], out: Path) -> Path
     return out
 
 
-def run_one(name: str, seed: int, arms: list[str], base: Path, out: Path) -> dict[str, Any]:
+def run_one(
+    name: str, seed: int, arms: list[str], base: Path, out: Path, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from search.evaluation import evaluate, write_report
     from search.evaluation.corpus import read_labelled_folder
     from search.evaluation.models import ModelSpec
@@ -96,7 +102,11 @@ def run_one(name: str, seed: int, arms: list[str], base: Path, out: Path) -> dic
         # "finetune": the default budget; "finetune@N": N steps (TrainConfig.min_steps) instead
         if arm == "finetune" or arm.startswith("finetune@"):
             steps = arm.partition("@")[2]
-            over: dict[str, Any] = {"init_from": str(base), **({"min_steps": int(steps)} if steps else {})}
+            over: dict[str, Any] = {
+                "init_from": str(base),
+                **({"min_steps": int(steps)} if steps else {}),
+                **(overrides or {}),
+            }
             spec_name = "base-finetune" + (f"-{steps}" if steps else "")
             specs.append(ModelSpec(name=spec_name, kind="conv", train_overrides=over))
     if "scratch" in arms:
@@ -123,19 +133,27 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--arms", default="frozen,finetune")
     ap.add_argument("--base", type=Path, default=None, help="base model directory [default: the shipped one]")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field of the fine-tunes"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "base_model")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from encoder.base import base_model_dir
+    from search.evaluation.models import spec_from_arg
 
     base = args.base or base_model_dir()
+    spec = spec_from_arg("conv:" + ",".join(args.set))  # the same KEY=VALUE parsing as `evaluate --model`
+    if spec.overrides:
+        raise SystemExit(f"--set takes TrainConfig fields only, not {sorted(spec.overrides)}")
+    overrides = spec.train_overrides
     arms = args.arms.split(",")
     rows = []
     summary_path = args.out / "summary.json"
     done = json.loads(summary_path.read_text()) if summary_path.exists() else []
     for name in args.corpora.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            row = run_one(name, seed, arms, base, args.out)
+            row = run_one(name, seed, arms, base, args.out, overrides)
             rows.append(row)
             done = [r for r in done if (r["corpus"], r["seed"]) != (name, seed)] + [row]
             args.out.mkdir(parents=True, exist_ok=True)
