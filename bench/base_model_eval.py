@@ -84,6 +84,17 @@ def frozen_model(base: Path, folder: Path, paths: list[Path], out: Path) -> Path
     return out
 
 
+def fine_tune_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as TrainConfig fields (the KEY=VALUE parsing of ``evaluate --model``);
+    a model field or a malformed item stops the run before any training."""
+    from search.evaluation.models import spec_from_arg
+
+    spec = spec_from_arg("conv:" + ",".join(items))
+    if spec.overrides:
+        raise SystemExit(f"--set takes TrainConfig fields only, not {sorted(spec.overrides)}")
+    return spec.train_overrides
+
+
 def run_one(
     name: str, seed: int, arms: list[str], base: Path, out: Path, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -140,13 +151,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from encoder.base import base_model_dir
-    from search.evaluation.models import spec_from_arg
 
     base = args.base or base_model_dir()
-    spec = spec_from_arg("conv:" + ",".join(args.set))  # the same KEY=VALUE parsing as `evaluate --model`
-    if spec.overrides:
-        raise SystemExit(f"--set takes TrainConfig fields only, not {sorted(spec.overrides)}")
-    overrides = spec.train_overrides
+    overrides = fine_tune_overrides(args.set)
     arms = args.arms.split(",")
     rows = []
     summary_path = args.out / "summary.json"

@@ -1,0 +1,50 @@
+"""The options of this stop's quality benches do what their docs say: ``base_model_eval.py --set``
+changes TrainConfig fields and nothing else, and ``combined_features.py``'s projection keeps a
+vector set whole when it has room for it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import bench_module
+
+from encoder.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def bme():
+    yield from bench_module("base_model_eval")
+
+
+@pytest.fixture(scope="module")
+def cf():
+    yield from bench_module("combined_features")
+
+
+def test_set_takes_training_fields_with_their_types(bme) -> None:
+    assert bme.fine_tune_overrides([]) == {}
+    assert bme.fine_tune_overrides(["augment=strong", "min_steps=300", "lr=0.001"]) == {
+        "augment": "strong",
+        "min_steps": 300,
+        "lr": 0.001,
+    }
+
+
+def test_set_refuses_a_model_field_and_a_malformed_item(bme) -> None:
+    with pytest.raises(SystemExit, match="latent_dim"):
+        bme.fine_tune_overrides(["latent_dim=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        bme.fine_tune_overrides(["augment"])
+
+
+def test_the_projection_is_centred_and_keeps_distances_when_the_rank_fits(cf) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 5)) @ rng.standard_normal((5, 40)) + 3.0  # rank 5 in 40 dims
+    y = cf._project(x, 8)
+    assert y.shape == (20, 8)
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-9)
+    d = lambda a: np.linalg.norm(a[:, None] - a[None], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(d(y), d(x), atol=1e-8)
+    # too few axes: distances shrink, the leading axis carries the most variance
+    z = cf._project(x, 2)
+    assert z.shape == (20, 2) and z[:, 0].var() >= z[:, 1].var() and (d(z) <= d(x) + 1e-9).all()
