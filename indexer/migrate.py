@@ -15,15 +15,14 @@ import numpy as np
 
 from .generations import kill_point
 from .segment_file import next_name, write_list, write_segment
-from .segments import CHUNK_ROWS
+from .segments import row_chunks
 
 log = logging.getLogger(__name__)
 
 
 def migrate_store(faiss_path: Path, directory: Path, *, seq: int) -> None:
-    """Turn a single-file store (``vectors.faiss``, before segments) into a first segment holding
-    saves 0..`seq`, then write the list: until then the old file stays the store (kill points
-    ``migrate:ids`` ... ``migrate:header``, ``migrate:list``)."""
+    """Turn the single-file store at `faiss_path` into a first segment in `directory` holding saves
+    0..`seq`, then write the list naming it (the module doc says why that order)."""
     index = faiss.read_index(os.fspath(faiss_path))
     dim, n = index.d, int(index.ntotal)
     ids = faiss.vector_to_array(index.id_map).astype(np.int64) if n else np.empty(0, np.int64)
@@ -33,8 +32,9 @@ def migrate_store(faiss_path: Path, directory: Path, *, seq: int) -> None:
     rows = np.sort(n - 1 - last)
     directory.mkdir(parents=True, exist_ok=True)
     name = next_name(directory)
-    chunks = (vectors[rows[i : i + CHUNK_ROWS]] for i in range(0, len(rows), CHUNK_ROWS))
-    write_segment(directory, name, dim, ids[rows], chunks, np.empty(0, np.int64), (0, seq), "migrate")
+    write_segment(
+        directory, name, dim, ids[rows], row_chunks(vectors, rows), np.empty(0, np.int64), (0, seq), "migrate"
+    )
     write_list(directory, dim, [name])
     kill_point("migrate:list")
     log.info("moved %d vectors from %s into segment %s", len(rows), faiss_path.name, name)

@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 MAX_SEGMENTS = 16
 #: More of the stored rows dead than this: merge everything.
 MAX_DEAD_FRACTION = 0.25
-CHUNK_ROWS = 65_536  # rows copied at a time by a merge or migration: bounded memory at any size
+_CHUNK_ROWS = 65_536  # rows copied at a time by a merge or migration: bounded memory at any size
 
 
 def plan_merge(rows: list[int], live: int) -> int | None:
@@ -97,10 +97,11 @@ def plan_merge(rows: list[int], live: int) -> int | None:
     return len(rows) - 2
 
 
-def _rows(segment: Segment, rows: np.ndarray) -> Iterator[np.ndarray]:
-    """The vectors at `rows` (sorted) of `segment`, a block at a time."""
-    for start in range(0, len(rows), CHUNK_ROWS):
-        yield segment.vectors[rows[start : start + CHUNK_ROWS]]
+def row_chunks(vectors: np.ndarray, rows: np.ndarray) -> Iterator[np.ndarray]:
+    """The rows `rows` of `vectors`, _CHUNK_ROWS at a time: what a checkpoint, a merge or a migration
+    streams into a new segment, in bounded memory."""
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        yield vectors[rows[start : start + _CHUNK_ROWS]]
 
 
 # ---------------------------------------------------------------- the store
@@ -373,8 +374,8 @@ class SegmentStore:
         use after a change: what flat search, neighbour tables and recall measurements search."""
         if self._index is None:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-            for start in range(0, len(self._ids), CHUNK_ROWS * 4):
-                ids = self._ids[start : start + CHUNK_ROWS * 4]
+            for start in range(0, len(self._ids), _CHUNK_ROWS * 4):
+                ids = self._ids[start : start + _CHUNK_ROWS * 4]
                 index.add_with_ids(self.get(ids), ids)
             self._index = index
         return self._index
@@ -405,7 +406,7 @@ class SegmentStore:
             pos = pos[np.argsort(self._where[pos])]  # in the order they were added
             rows = self._where[pos] - self._saved_rows
             name = next_name(self.directory)
-            chunks = (self._pending_vectors()[rows[i : i + CHUNK_ROWS]] for i in range(0, len(rows), CHUNK_ROWS))
+            chunks = row_chunks(self._pending_vectors(), rows)
             write_segment(self.directory, name, self.dim, self._ids[pos], chunks, tombs, (seq, seq), "segment")
             segment = read_segment(self.directory, name, self.dim, verify=False)
             names.append(name)
@@ -445,7 +446,7 @@ class SegmentStore:
 
         def chunks() -> Iterator[np.ndarray]:
             for k in range(start, len(self.segments)):
-                yield from _rows(self.segments[k], where[seg_of == k] - self._offsets[k])
+                yield from row_chunks(self.segments[k].vectors, where[seg_of == k] - self._offsets[k])
 
         older = self.segments[:start]
         tombs = np.empty(0, np.int64)
