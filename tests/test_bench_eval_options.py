@@ -48,3 +48,16 @@ def test_the_projection_is_centred_and_keeps_distances_when_the_rank_fits(cf) ->
     # too few axes: distances shrink, the leading axis carries the most variance
     z = cf._project(x, 2)
     assert z.shape == (20, 2) and z[:, 0].var() >= z[:, 1].var() and (d(z) <= d(x) + 1e-9).all()
+
+
+@pytest.fixture(scope="module")
+def ce():
+    yield from bench_module("calibration_eval")
+
+
+def test_random_pairs_never_pair_an_image_with_itself(ce) -> None:
+    # two orthogonal vectors: every pair of distinct rows has cosine 0; a self-pair would read 1
+    assert ce.median_random_cosine(np.eye(2, dtype=np.float32), seed=0, pairs=1000) == 0.0
+    # four copies of one vector and one opposite: most distinct pairs read 1
+    v = np.array([[1.0, 0], [1, 0], [1, 0], [1, 0], [-1, 0]], dtype=np.float32)
+    assert ce.median_random_cosine(v, seed=1, pairs=1000) == 1.0
