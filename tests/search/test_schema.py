@@ -91,16 +91,40 @@ def test_the_server_serves_this_schema(api: Server) -> None:
     assert status == 200 and json.loads(body) == SPEC
 
 
+#: A parametrization of pytest's own on each schemathesis test, so that every operation's test gets
+#: its own id: on pytest 9, schemathesis 4 names all of a test's operations alike
+#: ("test_x" for "test_x[GET /stats]", "test_x[POST /search]", ...), and pytest-xdist, which
+#: schedules tests by id, then ran only one operation of each test. With a parametrization of its own,
+#: schemathesis puts the operation into the id ("test_x[GET /stats][served]").
+SERVED = pytest.mark.parametrize("served", ["served"])
+
+
 @with_token.parametrize()
+@SERVED
 @HYPOTHESIS
-def test_every_answer_with_the_token_is_documented(case: schemathesis.Case, api: Server) -> None:
+def test_every_answer_with_the_token_is_documented(case: schemathesis.Case, api: Server, served: str) -> None:
     case.call_and_validate(base_url=api.url)
 
 
 @without_token.parametrize()
+@SERVED
 @HYPOTHESIS
-def test_every_answer_without_the_token_is_documented(case: schemathesis.Case, api: Server) -> None:
+def test_every_answer_without_the_token_is_documented(case: schemathesis.Case, api: Server, served: str) -> None:
     case.call_and_validate(base_url=api.url)
+
+
+def test_every_operation_has_its_own_test_id(request: pytest.FixtureRequest) -> None:
+    """Every test of this module has a unique id (see ``SERVED``), so a runner that schedules tests by
+    id (pytest-xdist) runs each operation's test, and both tests cover every operation of the schema."""
+    module = request.node.getparent(pytest.Module)
+    assert module is not None
+    items = [f for c in module.collect() for f in (c.collect() if isinstance(c, pytest.Collector) else [c])]
+    ids = [i.nodeid for i in items]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)[:3]
+    operations = {f"{r.ok().method.upper()} {r.ok().path}" for r in with_token.get_all_operations()}
+    for name in ("with", "without"):
+        tested = {i.nodeid.split("[")[1].rstrip("]") for i in items if f"_{name}_the_token_" in i.nodeid}
+        assert tested == operations, name
 
 
 def test_the_tier_names_are_the_reports_tiers() -> None:
