@@ -66,12 +66,23 @@ TINY_CONFIG = dict(image_size=32, channels=(8, 16), latent_dim=16)
 
 
 def train_tiny(tmp_path_factory: pytest.TempPathFactory, name: str, seed: int = 0) -> Path:
-    """A tiny model trained for one epoch on 9 sample images (for session fixtures)."""
+    """A tiny model trained for one epoch on 9 sample images (for session fixtures).
+
+    Always on one thread: the weights then do not depend on which test first asked for the fixture
+    (inside `torch_one_thread` or not), nor on the runner (pytest-xdist workers order tests
+    differently); a float sum's order changes with the thread count, and with it the model."""
+    import torch
+
     from encoder import ModelConfig, TrainConfig, train
 
     folder = fill_folder(tmp_path_factory.mktemp(f"{name}-train"), 3)
     out = tmp_path_factory.mktemp(name)
-    train(folder, out, ModelConfig(**TINY_CONFIG), TrainConfig(epochs=1, batch_size=4, seed=seed), progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(folder, out, ModelConfig(**TINY_CONFIG), TrainConfig(epochs=1, batch_size=4, seed=seed), progress=False)
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
