@@ -61,3 +61,35 @@ def test_random_pairs_never_pair_an_image_with_itself(ce) -> None:
     # four copies of one vector and one opposite: most distinct pairs read 1
     v = np.array([[1.0, 0], [1, 0], [1, 0], [1, 0], [-1, 0]], dtype=np.float32)
     assert ce.median_random_cosine(v, seed=1, pairs=1000) == 1.0
+
+
+@pytest.fixture(scope="module")
+def ms():
+    yield from bench_module("multiscale_eval")
+
+
+def test_one_scale_is_the_products_vlad_and_more_scales_pool_their_locations(ms) -> None:
+    import torch
+
+    from encoder import ModelConfig
+    from encoder.registry import create_model
+    from encoder.vlad import Vlad, local_descriptors, stage_maps
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(image_size=32, channels=(8, 16), latent_dim=16)).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        own = stage_maps(x, model.trunk.maps(x), colour=True)
+        one = ms.multiscale_maps(model.trunk, x, (32,))
+        two = ms.multiscale_maps(model.trunk, x, (32, 16))
+        small = stage_maps(ms.scaled(x, 16), model.trunk.maps(ms.scaled(x, 16)), colour=True)
+    assert len(one) == len(two) == len(own)
+    words = tuple(torch.rand(4, m.shape[1]) for m in own)
+    vlad = Vlad(words, torch.zeros(sum(4 * m.shape[1] for m in own)), torch.eye(sum(4 * m.shape[1] for m in own)))
+    # one scale: the same VLAD as the product's maps give
+    torch.testing.assert_close(vlad.raw(one), vlad.raw(own))
+    # two scales: each stage's descriptors are the two scales' descriptors, side by side
+    for j in range(len(own)):
+        both = torch.cat([local_descriptors(own[j]), local_descriptors(small[j])], dim=1)
+        torch.testing.assert_close(local_descriptors(two[j]), both)
+    assert not torch.allclose(vlad.raw(two), vlad.raw(one))
