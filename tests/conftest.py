@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import sys
@@ -41,15 +42,24 @@ def sample_images(n_per_class: int = 4, classes: tuple[str, ...] = ("birds", "le
     return out
 
 
-@pytest.fixture
-def torch_one_thread():
-    """Tiny models run fastest on one thread, and do not thrash a shared CPU."""
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside, the thread count as it was after."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models run fastest on one thread, and do not thrash a shared CPU."""
+    with one_torch_thread():
+        yield
 
 
 def fill_folder(root: Path, n_per_class: int = 4, classes: tuple[str, ...] = ("birds", "letters", "chess")) -> Path:
@@ -71,18 +81,12 @@ def train_tiny(tmp_path_factory: pytest.TempPathFactory, name: str, seed: int = 
     Always on one thread: the weights then do not depend on which test first asked for the fixture
     (inside `torch_one_thread` or not), nor on the runner (pytest-xdist workers order tests
     differently); a float sum's order changes with the thread count, and with it the model."""
-    import torch
-
     from encoder import ModelConfig, TrainConfig, train
 
     folder = fill_folder(tmp_path_factory.mktemp(f"{name}-train"), 3)
     out = tmp_path_factory.mktemp(name)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         train(folder, out, ModelConfig(**TINY_CONFIG), TrainConfig(epochs=1, batch_size=4, seed=seed), progress=False)
-    finally:
-        torch.set_num_threads(before)
     return out
 
 
