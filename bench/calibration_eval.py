@@ -22,7 +22,6 @@ measured before only on the mean-pooled vector (docs/benchmarks.md, issue 18's f
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from base_model_eval import CORPORA, corpus_runs  # noqa: E402
+from common import command_line, machine, table, write_json  # noqa: E402
 
 #: The calibrations compared; the first is the default.
 ARMS = ("centre", "whiten")
@@ -117,18 +117,29 @@ def main() -> None:
             f"{f['centre']['median_random_cosine']:+.3f} / {f['whiten']['median_random_cosine']:+.3f}",
             flush=True,
         )
-    print("\n| corpus | seed | centre (default) | whiten | change | shrinkage | whiten / HOG+colour | whiten / PCA |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    header = [
+        "corpus",
+        "seed",
+        "centre (default)",
+        "whiten",
+        "change",
+        "shrinkage",
+        "whiten / HOG+colour",
+        "whiten / PCA",
+    ]
+    cells = []
     for r in rows:
         m, f = r["map_at_10"], r["facts"]
-        print(
-            f"| {r['corpus']} | {r['seed']} | {m['centre']:.3f} | {m['whiten']:.3f} | "
-            f"{m['whiten'] - m['centre']:+.3f} | {f['whiten']['shrinkage']:.3f} | "
-            f"{m['whiten'] / m['hog']:.2f} | {m['whiten'] / m['pca']:.2f} |"
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps({"models": args.models, "rows": rows}, indent=2) + "\n")
-    print(f"\nwrote {args.out / 'summary.json'}")
+        cells.append(
+            [r["corpus"], r["seed"], f"{m['centre']:.3f}", f"{m['whiten']:.3f}", f"{m['whiten'] - m['centre']:+.3f}",
+             f"{f['whiten']['shrinkage']:.3f}", f"{m['whiten'] / m['hog']:.2f}", f"{m['whiten'] / m['pca']:.2f}"]
+        )  # fmt: skip
+    print("\n" + table(cells, header, markdown=True))
+    path = write_json(
+        args.out / "summary.json",
+        {"command": command_line(), "machine": machine(), "models": args.models, "rows": rows},
+    )
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

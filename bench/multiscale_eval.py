@@ -23,7 +23,6 @@ finetune``); mAP@10 by label, self excluded (``search.evaluation.metrics.retriev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from base_model_eval import CORPORA, corpus_runs  # noqa: E402
+from common import command_line, machine, table, write_json  # noqa: E402
 
 
 def scaled(x: Any, size: int) -> Any:
@@ -134,22 +134,21 @@ def main() -> None:
             f"| embed {t['single']} s / {t['multi']} s",
             flush=True,
         )
-    print(
-        f"\n| corpus | seed | single scale ({scales[0]} px) | scales {args.scales} | change "
-        "| embedding time, multi / single |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
+    header = ["corpus", "seed", f"single scale ({scales[0]} px)", f"scales {args.scales}", "change",
+              "embedding time, multi / single"]  # fmt: skip
+    cells = []
     for r in rows:
         m, t = r["map_at_10"], r["embed_s"]
-        print(
-            f"| {r['corpus']} | {r['seed']} | {m['single']:.3f} | {m['multi']:.3f} | {m['multi'] - m['single']:+.3f} "
-            f"| {t['multi'] / t['single']:.2f}x |"
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(
-        json.dumps({"models": args.models, "scales": scales, "rows": rows}, indent=2) + "\n"
+        cells.append(
+            [r["corpus"], r["seed"], f"{m['single']:.3f}", f"{m['multi']:.3f}", f"{m['multi'] - m['single']:+.3f}",
+             f"{t['multi'] / t['single']:.2f}x"]
+        )  # fmt: skip
+    print("\n" + table(cells, header, markdown=True))
+    path = write_json(
+        args.out / "summary.json",
+        {"command": command_line(), "machine": machine(), "models": args.models, "scales": scales, "rows": rows},
     )
-    print(f"\nwrote {args.out / 'summary.json'}")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
