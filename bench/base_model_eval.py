@@ -95,6 +95,20 @@ def fine_tune_overrides(items: list[str]) -> dict[str, Any]:
     return spec.train_overrides
 
 
+def base_shape(base: Path) -> dict[str, Any]:
+    """The fields of `base`'s model configuration that differ from the default one (a wider
+    trunk, say): the fine-tune must ask for that model, since training refuses to start a model
+    of one shape from weights of another."""
+    from dataclasses import fields
+
+    from encoder import ModelConfig
+    from encoder.checkpoint import read_config
+
+    given, default = read_config(base)[0], ModelConfig()
+    names = [f.name for f in fields(ModelConfig) if f.name != "kind"]
+    return {n: getattr(given, n) for n in names if getattr(given, n) != getattr(default, n)}
+
+
 def run_one(
     name: str, seed: int, arms: list[str], base: Path, out: Path, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -119,7 +133,7 @@ def run_one(
                 **(overrides or {}),
             }
             spec_name = "base-finetune" + (f"-{steps}" if steps else "")
-            specs.append(ModelSpec(name=spec_name, kind="conv", train_overrides=over))
+            specs.append(ModelSpec(name=spec_name, kind="conv", overrides=base_shape(base), train_overrides=over))
     if "scratch" in arms:
         specs.append(ModelSpec(name="scratch", kind="conv", train_overrides={"init_from": None}))
     t0 = time.perf_counter()

@@ -37,6 +37,23 @@ def test_set_refuses_a_model_field_and_a_malformed_item(bme) -> None:
         bme.fine_tune_overrides(["augment"])
 
 
+def test_a_fine_tune_asks_for_the_shape_of_the_model_it_starts_from(bme, tmp_path) -> None:
+    from encoder import ModelConfig, create_model
+    from encoder.base import start_config
+    from encoder.checkpoint import save_model
+
+    wide = ModelConfig(channels=(32, 64, 128, 256))
+    save_model(create_model(wide), tmp_path / "wide")
+    save_model(create_model(ModelConfig()), tmp_path / "default")
+    assert bme.base_shape(tmp_path / "default") == {}
+    shape = bme.base_shape(tmp_path / "wide")
+    assert shape == {"channels": (32, 64, 128, 256)}
+    # the configuration the evaluation builds from the spec is the one training accepts for that start
+    assert start_config(ModelConfig(kind="conv", **shape), tmp_path / "wide") == wide
+    with pytest.raises(ConfigError, match="asked for"):
+        start_config(ModelConfig(kind="conv"), tmp_path / "wide")
+
+
 def test_the_projection_is_centred_and_keeps_distances_when_the_rank_fits(cf) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20, 5)) @ rng.standard_normal((5, 40)) + 3.0  # rank 5 in 40 dims
