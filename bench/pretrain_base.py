@@ -1,10 +1,11 @@
 """Pretrain the base model that ships in the package (issue 18 item 2), and install it.
 
     .venv/bin/python bench/pretrain_base.py [--corpus bench/results/corpora/pretrain] [--epochs 6]
-        [--siamese 0.01] [--seed 0] [--channels 16,32,64,128] [--init-from none|base|DIR] [--out bench/results/base_model/pretrained]
-        [--install]
+        [--siamese 0.01] [--seed 0] [--channels 16,32,64,128] [--init-from none|base|DIR]
+        [--out bench/results/base_model/pretrained] [--install]
 
-Trains the default model (``ModelConfig()``; ``--channels`` widens its trunk, an experiment) with the product's own training code on the corpus
+Trains the default model (``ModelConfig()``; ``--channels`` widens its trunk, an experiment) with
+the product's own training code on the corpus
 that ``bench/pretrain_corpus.py`` assembles from Debian game and icon packages: reconstruction plus
 the siamese (VICReg) term at the weight tuned on Tux Paint, the default "invariant" augmentation,
 a fixed number of epochs (no early stop), from random weights unless ``--init-from`` names a start
@@ -123,7 +124,8 @@ def main() -> None:
         )
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / START).write_text(json.dumps({"init_from": args.init_from, "what": describe_start(args.init_from)}))
-        shape = ModelConfig(channels=tuple(int(c) for c in args.channels.split(","))) if args.channels else ModelConfig()
+        channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
+        shape = ModelConfig(channels=channels) if channels else ModelConfig()
         result = train(args.corpus, args.out, shape, cfg, progress=True)
         print(f"trained {result.epochs_run} epochs on {result.images} images in {time.perf_counter() - t0:.0f} s")
     if args.install:
