@@ -106,6 +106,7 @@ def main() -> None:
         help="none (random weights), base (the base model installed now: train it further) or a model directory",
     )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "base_model" / "pretrained")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar (a log, or a remote machine's output)")
     ap.add_argument("--install", action="store_true", help="copy the model into encoder/base_model/")
     ap.add_argument("--skip-training", action="store_true", help="install a model already trained into --out")
     args = ap.parse_args()
@@ -126,7 +127,7 @@ def main() -> None:
         (args.out / START).write_text(json.dumps({"init_from": args.init_from, "what": describe_start(args.init_from)}))
         channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
         shape = ModelConfig(channels=channels) if channels else ModelConfig()
-        result = train(args.corpus, args.out, shape, cfg, progress=True)
+        result = train(args.corpus, args.out, shape, cfg, progress=not args.quiet)
         print(f"trained {result.epochs_run} epochs on {result.images} images in {time.perf_counter() - t0:.0f} s")
     if args.install:
         BASE_DIR.mkdir(exist_ok=True)
