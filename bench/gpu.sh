@@ -45,18 +45,9 @@ if [[ $QUICK == 1 ]]; then
 else
     BUDGET=${GPU_BENCH_BUDGET_S:-420}
 fi
-if [[ -n ${PYTHON:-} ]]; then
-    PY=$PYTHON
-elif [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
-mkdir -p "$OUT_DIR"
-LOG=$OUT_DIR/gpu.log
-: >"$LOG"
-
-say() { echo "gpu.sh: $*" | tee -a "$LOG"; }
+# shellcheck source=bench/device_lib.sh
+source bench/device_lib.sh
+device_log "$OUT_DIR" gpu
 
 say "python: $PY ($("$PY" -V 2>&1)); repo $REPO; output $OUT_DIR; budget ${BUDGET} s; quick=$QUICK"
 if ! "$PY" -c 'import torch, torchvision' 2>>"$LOG"; then

@@ -50,17 +50,9 @@ EPOCHS=${GPU_PRETRAIN_EPOCHS:-24}
 ARMS=${GPU_PRETRAIN_ARMS:-"ctrl:16,32,64,128 wide:32,64,128,256"}
 DEVICE=${GPU_PRETRAIN_DEVICE:-cuda}
 BUDGET=${GPU_PRETRAIN_BUDGET_S:-200}
-if [[ -n ${PYTHON:-} ]]; then
-    PY=$PYTHON
-elif [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
-mkdir -p "$OUT_DIR"
-LOG=$OUT_DIR/gpu_pretrain.log
-: >"$LOG"
-say() { echo "gpu_pretrain.sh: $*" | tee -a "$LOG"; }
+# shellcheck source=bench/device_lib.sh
+source bench/device_lib.sh
+device_log "$OUT_DIR" gpu_pretrain
 
 if [[ ! -f $CORPUS/pack.json ]]; then
     say "FATAL: no packed corpus at $CORPUS (make it with bench/pretrain_pack.py and carry it)"
