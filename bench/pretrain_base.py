@@ -5,8 +5,8 @@
         [--out bench/results/base_model/pretrained] [--install]
 
 Trains the default model (``ModelConfig()``; ``--channels`` widens its trunk, an experiment) with
-the product's own training code on the corpus
-that ``bench/pretrain_corpus.py`` assembles from Debian game and icon packages: reconstruction plus
+the product's own training code on the corpus that ``bench/pretrain_corpus.py`` assembles from
+Debian game and icon packages (or its packed copy, ``bench/pretrain_pack.py``): reconstruction plus
 the siamese (VICReg) term at the weight tuned on Tux Paint, the default "invariant" augmentation,
 a fixed number of epochs (no early stop), from random weights unless ``--init-from`` names a start
 (``base``: the base model installed now, to train it further; the start is recorded in ``--out``'s
