@@ -5,7 +5,7 @@
 # The fine-tunes and the verdict run afterwards on the development machine, with the rule in
 # docs/benchmarks.md ("A trunk twice as wide"):
 #
-#   .venv/bin/python bench/pretrain_pack.py          # once: bench/results/corpora/pretrain64, ~39 MB
+#   .venv/bin/python bench/pretrain_pack.py          # once: bench/results/corpora/pretrain64, 37.0 MiB
 #   run(command="bash bench/gpu_pretrain.sh", carry=["bench/results/corpora/pretrain64"], timeout_s=480)
 #   bash bench/gpu_pretrain.sh --unpack DIR          # DIR: where the run's files came back; each
 #                                                    # model goes to bench/results/base_model/gpu-ARM
