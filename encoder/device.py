@@ -20,3 +20,19 @@ def pick_device(preference: str | None = None) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+#: Convolutions run on channels-last (NHWC) activations on CPUs and CUDA: oneDNN's CPU kernels
+#: and cuDNN's tensor-core ones both want that layout. On the 2-core CPU, measured side by side
+#: (bench/layout_speed.py; docs/benchmarks.md, "Channels-last on the CPU"): a training step
+#: 1.3x, a first run's training 1.14x on data/. A module constant, so that the benchmark can
+#: time the plain layout beside it.
+CHANNELS_LAST = True
+
+
+def conv_layout(device: torch.device) -> torch.memory_format:
+    """The memory format for `device`'s image batches and conv weights (see ``CHANNELS_LAST``);
+    the plain layout elsewhere (MPS: not measured)."""
+    if CHANNELS_LAST and device.type in ("cpu", "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -11,7 +11,7 @@ import torch
 
 from .calibration import load_calibration
 from .checkpoint import load_model, model_id, read_config
-from .device import pick_device
+from .device import conv_layout, pick_device
 from .fuse import fold_batchnorm
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .search_vector import encode
@@ -53,8 +53,8 @@ class Encoder:
         #: memory layout the convolutions want, about twice the fp32 speed on the bench's GPUs; the
         #: vectors stay float32, unit length, within ~1e-2 in cosine of fp32's. Elsewhere fp32 as ever.
         self.fast_cuda = self.device.type == "cuda"
-        if self.fast_cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.layout = conv_layout(self.device)
+        self.model = self.model.to(memory_format=self.layout)
 
     @property
     def image_size(self) -> int:
@@ -70,7 +70,8 @@ class Encoder:
             if not chunk.flags.writeable or not chunk.flags.c_contiguous:  # torch wants its own writable memory
                 chunk = np.array(chunk, copy=True, order="C")
             x = torch.from_numpy(chunk)
-            yield x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            # (B, S, S, 3) permuted is already channels-last, the layout the convolutions want
+            yield x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=self.layout)
 
     @torch.inference_mode()
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -90,7 +91,7 @@ class Encoder:
     def _encode_fast(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) on CUDA -> (B, D) float32: bf16 autocast, channels-last (see ``fast_cuda``)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=self.layout)
             if self.vlad is None:
                 return self.model.encode(x).float()
             maps = self.model.trunk.maps(x)

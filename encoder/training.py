@@ -28,7 +28,7 @@ from .base import load_start_weights, resolve_init, start_config, start_record
 from .checkpoint import save_model
 from .config import ModelConfig
 from .decoding import decode_to_array
-from .device import pick_device
+from .device import conv_layout, pick_device
 from .errors import ConfigError, TrainError
 from .image_files import find_images
 from .model import Autoencoder
@@ -212,8 +212,7 @@ class _Run:
         """Images (B, 3, S, S) float in [0, 1] and their label ids (B,), on the device."""
         i = torch.from_numpy(idx).to(self.data.cache.device)
         x = self.data.cache[i].to(self.device, non_blocking=True).float().div_(255.0)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=conv_layout(self.device))
         return x, self.data.labels[i].to(self.device, non_blocking=True)
 
     def evaluate(self, idx: np.ndarray) -> float:
@@ -316,9 +315,7 @@ class _Run:
 
 def _start_run(mcfg: ModelConfig, cfg: TrainConfig, data: _Data, device: torch.device) -> _Run:
     """The model and AdamW; the epoch budget (:func:`planned_steps` unless `epochs` is set); warm-up + cosine."""
-    model = create_model(mcfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = create_model(mcfg).to(device).to(memory_format=conv_layout(device))
     # The siamese term's projector trains with the model; on --resume it starts afresh.
     projector = Projector(model.embedding_dim).to(device) if cfg.siamese > 0 else None
     params = [*model.parameters(), *(projector.parameters() if projector is not None else ())]
