@@ -96,3 +96,37 @@ def test_another_distributor_builds_the_same_index(tmp_path: Path, tiny_model: P
     assert other.embedded == local.embedded == 12 and other.added == local.added == 12
     assert other.failed == local.failed == [("notes.png", "not a recognised image format")]
     assert assert_same_index(tmp_path / "local", tmp_path / "other") == 12
+
+
+def test_two_embedders_give_one_embedders_results_in_order(tmp_path: Path, tiny_model: Path, torch_one_thread) -> None:
+    folder = fill_folder(tmp_path / "pics", 3)
+    paths = sorted(str(p) for p in folder.rglob("*.png"))
+    (tmp_path / "bad.png").write_text("not an image")
+    paths.insert(4, str(tmp_path / "bad.png"))
+    encoder = Encoder(tiny_model, "cpu")
+    shards = make_shards(paths, 2)
+    one = list(ThreadDistributor(workers=2, embedders=1).embed(encoder, shards, 10_000_000))
+    two = list(ThreadDistributor(workers=2, embedders=2).embed(encoder, shards, 10_000_000))
+    assert (
+        [r.indexes for r in two]
+        == [r.indexes for r in one]
+        == [list(range(s.start, s.start + len(s.paths))) for s in shards]
+    )
+    assert [r.errors for r in two] == [r.errors for r in one]
+    np.testing.assert_array_equal(np.concatenate([r.vectors for r in two]), np.concatenate([r.vectors for r in one]))
+
+
+def test_two_shards_embed_at_once_only_where_torch_has_one_cpu_thread(tiny_model: Path, torch_one_thread) -> None:
+    import os
+
+    import torch
+
+    from encoder.decoding import default_backend
+    from indexer.distribute import default_embedders
+
+    encoder = Encoder(tiny_model, "cpu")
+    many_threads = default_backend() == "thread" and (os.cpu_count() or 1) >= 2
+    assert default_embedders(encoder, gpu_decode=False) == (2 if many_threads else 1)
+    assert default_embedders(encoder, gpu_decode=True) == 1
+    torch.set_num_threads(2)  # the fixture puts the count back
+    assert default_embedders(encoder, gpu_decode=False) == 1
