@@ -168,7 +168,7 @@ def default_embedders(encoder: Encoder, gpu_decode: bool) -> int:
     3 cores, which decode in threads): a second shard then embeds on the other core while the
     decoders wait on a full queue, instead of one core idling. A single-threaded torch op runs
     in its calling thread and releases the GIL, so two shards really do run at once, and nothing
-    spins. Measured on 2 cores, 3,000 JPEGs: 1.08-1.23x end to end (docs/benchmarks.md,
+    spins. Measured on 2 cores, 3,000 JPEGs: 1.10-1.16x end to end (docs/benchmarks.md,
     "Two shards embedding at once"). One elsewhere: more cores give torch more threads of its
     own, and the GPU batches already keep it busy."""
     import torch

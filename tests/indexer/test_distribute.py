@@ -39,11 +39,17 @@ def test_a_result_must_have_one_vector_per_decoded_file() -> None:
         ShardResult([0], [None, None], [None, None], np.zeros((2, 4), np.float32))
 
 
-def test_threads_cover_every_file_once_with_its_error(tmp_path: Path, tiny_model: Path, torch_one_thread) -> None:
-    folder = fill_folder(tmp_path / "pics", 2)
+def _paths_with_a_bad_file(tmp_path: Path, per_class: int, bad_at: int) -> list[str]:
+    """Sample images, `per_class` of each class, and a file that is not an image at `bad_at`."""
+    folder = fill_folder(tmp_path / "pics", per_class)
     paths = sorted(str(p) for p in folder.rglob("*.png"))
     (tmp_path / "bad.png").write_text("not an image")
-    paths.insert(3, str(tmp_path / "bad.png"))
+    paths.insert(bad_at, str(tmp_path / "bad.png"))
+    return paths
+
+
+def test_threads_cover_every_file_once_with_its_error(tmp_path: Path, tiny_model: Path, torch_one_thread) -> None:
+    paths = _paths_with_a_bad_file(tmp_path, 2, 3)
     encoder = Encoder(tiny_model, "cpu")
     results = list(ThreadDistributor(workers=2).embed(encoder, make_shards(paths, 3), 10_000_000))
     assert [len(r.indexes) for r in results] == [3, 3, 1]
@@ -99,10 +105,7 @@ def test_another_distributor_builds_the_same_index(tmp_path: Path, tiny_model: P
 
 
 def test_two_embedders_give_one_embedders_results_in_order(tmp_path: Path, tiny_model: Path, torch_one_thread) -> None:
-    folder = fill_folder(tmp_path / "pics", 3)
-    paths = sorted(str(p) for p in folder.rglob("*.png"))
-    (tmp_path / "bad.png").write_text("not an image")
-    paths.insert(4, str(tmp_path / "bad.png"))
+    paths = _paths_with_a_bad_file(tmp_path, 3, 4)
     encoder = Encoder(tiny_model, "cpu")
     shards = make_shards(paths, 2)
     one = list(ThreadDistributor(workers=2, embedders=1).embed(encoder, shards, 10_000_000))
