@@ -315,7 +315,7 @@ class _Run:
 
 def _start_run(mcfg: ModelConfig, cfg: TrainConfig, data: _Data, device: torch.device) -> _Run:
     """The model and AdamW; the epoch budget (:func:`planned_steps` unless `epochs` is set); warm-up + cosine."""
-    model = create_model(mcfg).to(device).to(memory_format=conv_layout(device))
+    model = create_model(mcfg).to(device, memory_format=conv_layout(device))
     # The siamese term's projector trains with the model; on --resume it starts afresh.
     projector = Projector(model.embedding_dim).to(device) if cfg.siamese > 0 else None
     params = [*model.parameters(), *(projector.parameters() if projector is not None else ())]

@@ -140,20 +140,22 @@ class ThreadDistributor:
             n_workers = self.workers if self.workers is not None else default_decode_workers(encoder, len(paths))
             # One decoder stream across every shard, so the decoders never drain at a shard's end.
             decoded = decode_many(paths, encoder.image_size, workers=n_workers, max_pixels=max_pixels)
+        # Each shard's decoded files, in order, with their positions in the to-decode list.
+        batches = (
+            ([next(decoded) for _ in shard.paths], [shard.start + k for k in range(len(shard.paths))])
+            for shard in shards
+        )
         with cpu_thread_budget(encoder, n_workers):
             embedders = self.embedders or default_embedders(encoder, gpu)
             if embedders == 1:
-                for shard in shards:
-                    batch = [next(decoded) for _ in shard.paths]
-                    yield ShardResult.from_decoded(encoder, batch, [shard.start + k for k in range(len(batch))])
+                for batch, indexes in batches:
+                    yield ShardResult.from_decoded(encoder, batch, indexes)
                 return
             # Shards embed side by side; results still come out in shard order. At most
             # `embedders` shards are in flight, so memory stays bounded as before.
             with ThreadPoolExecutor(embedders, thread_name_prefix="lookalike-embed") as pool:
                 pending: deque[Future[ShardResult]] = deque()
-                for shard in shards:
-                    batch = [next(decoded) for _ in shard.paths]
-                    indexes = [shard.start + k for k in range(len(batch))]
+                for batch, indexes in batches:
                     pending.append(pool.submit(ShardResult.from_decoded, encoder, batch, indexes))
                     if len(pending) >= embedders:
                         yield pending.popleft().result()
