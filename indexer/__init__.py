@@ -13,6 +13,7 @@ from .layout import MODEL_DIR, default_index_dir
 
 _LAZY = {
     "IndexBuildError": "index_model",
+    "IndexLockedError": "index_model",
     "IndexSummary": "build",
     "build_index": "build",
     "SCHEMA_VERSION": "catalog",

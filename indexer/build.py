@@ -44,7 +44,7 @@ from .embed import add_copies, cpu_thread_budget, default_decode_workers, embed_
 from .exact import generation_has_vectors
 from .generations import tidy_generations
 from .hit_rows import read_hit_rows
-from .index_model import IndexBuildError, prepare_model
+from .index_model import IndexBuildError, IndexLockedError, prepare_model
 from .layout import HIT_ROWS, LOCK, MODEL_DIR, NEIGHBOURS, NEIGHBOURS_K, SEGMENTS, SHARDS, STORE, default_index_dir
 from .manifest import Manifest
 from .migrate import migrate_store
@@ -71,7 +71,7 @@ def index_lock(index_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise IndexBuildError(f"{index_dir}: another `lookalike index` is running on this index") from None
+            raise IndexLockedError(f"{index_dir}: another `lookalike index` is running on this index") from None
         yield
     finally:
         fh.close()

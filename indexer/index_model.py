@@ -28,6 +28,10 @@ class IndexBuildError(LookalikeError):
     """The index cannot be built as asked (locked, model mismatch, bad folder...)."""
 
 
+class IndexLockedError(IndexBuildError):
+    """Another writer holds the index (a second `lookalike index`, `dedupe --apply`): try later."""
+
+
 @dataclass
 class ModelChoice:
     encoder: Encoder
