@@ -27,6 +27,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -153,6 +154,8 @@ def kind(cmd: Command) -> str:
     program = cmd.argv[0]
     if program in ("lookalike", ".venv/bin/lookalike"):
         sub = cmd.argv[1] if len(cmd.argv) > 1 else ""
+        if sub == "index" and "--watch" in cmd.argv:
+            return "watching"
         return "serving" if sub in SERVING and "--no-serve" not in cmd.argv else "lookalike"
     if program == "curl":
         return "curl"
@@ -197,6 +200,7 @@ def test_the_parser_reads_blocks_as_a_shell_would() -> None:
     ]
     assert kind(Command(1, (".venv/bin/lookalike", "serve"))) == "serving"
     assert kind(Command(1, ("lookalike", "up", "data", "--no-serve"))) == "lookalike"
+    assert kind(Command(1, ("lookalike", "index", "data", "--watch"))) == "watching"
     assert kind(Command(1, ("pip", "install", "lookalike"))) == ""  # unknown: fails the first test
 
 
@@ -406,6 +410,42 @@ def run_serving(cmd: Command, ws: Workspace) -> None:
     assert server.process.returncode in (0, -15), server.log.read_text(errors="replace")
 
 
+def run_watching(cmd: Command, ws: Workspace) -> None:
+    """`index --watch` runs until Ctrl+C: in a subprocess, an image added to the folder must be indexed
+    and its removal noticed (leaving the session's index as it was), then Ctrl+C ends it with status 0."""
+    args = ws.argv(cmd)
+    folder = ws.root / args[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", LOOKALIKE_DEVICE="cpu")
+    log = ws.root / "watch.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ws.root, env=env, stdout=out, stderr=out)
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 120
+        while text not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"README.md:{cmd.line}: no {text!r} from `{cmd.text}`:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)
+
+    new = folder / "readme-watch.jpg"
+    try:
+        wait_for("watching")
+        with Image.open(folder / "birds" / "blackbird.png") as im:
+            im.convert("RGB").save(new, quality=80)
+        wait_for("1 added")
+        new.unlink()
+        wait_for("1 removed")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        new.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(15)
+    assert proc.returncode == 0, log.read_text(errors="replace")
+
+
 def run_curl(cmd: Command, ws: Workspace, api: Served) -> None:
     assert shutil.which("curl"), "curl is not installed, and the README uses it"
     args = [re.sub(r"https?://(127\.0\.0\.1|localhost)(:\d+)?", api.url, a) for a in ws.argv(cmd)]
@@ -427,6 +467,7 @@ def test_readme_command(cmd: Command, request: pytest.FixtureRequest, monkeypatc
     runners: dict[str, Callable[[], None]] = {
         "lookalike": lambda: run_lookalike(cmd, ws, monkeypatch),
         "serving": lambda: run_serving(cmd, ws),
+        "watching": lambda: run_watching(cmd, ws),
         "curl": lambda: run_curl(cmd, ws, request.getfixturevalue("api")),
     }
     runners[how]()

@@ -52,6 +52,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.WARNING)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # "Loading faiss." on every command
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected": the watch loop says more
 
 
 def index_for(folder_or_index: Path | None) -> Path:

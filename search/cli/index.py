@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +165,19 @@ def index(
     ),
     pooling: str | None = typer.Option(None, help=POOLING_HELP + " Used when this run trains the model."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Then keep watching FOLDER and index it again whenever images are added, changed, moved or "
+        "deleted, a line a run, until Ctrl+C.",
+    ),
 ) -> None:
     """Index a folder: add new images, re-embed changed ones, follow moves, drop deleted ones."""
     from encoder import TrainConfig
     from indexer import build_index
     from indexer.distribute import use_distributor
     from indexer.layout import default_index_dir
+    from indexer.watch import FolderChanges, keep_current
 
     from ..review import recover
 
@@ -179,28 +188,64 @@ def index(
     if target.is_dir():
         for line in recover(target, catalog):
             typer.echo(f"recovered an interrupted review operation: {line}", err=True)
-    with use_distributor(ray_distributor(ray_address) if ray or ray_address else None):
-        summary = build_index(
-            folder,
-            index_dir,
-            model,
-            index_type=index_type,
-            reembed=reembed,
-            catalog_url=catalog,
-            workers=workers,
-            device=device,
-            batch_size=batch_size,
-            checkpoint_every_s=checkpoint_every,
-            neighbours=neighbours,
-            merge=merge,
-            train_config=TrainConfig(pooling=pooling, device=device) if pooling else None,
-        )
-    if as_json:
-        import json
+    options = dict(
+        index_type=index_type,
+        catalog_url=catalog,
+        workers=workers,
+        device=device,
+        batch_size=batch_size,
+        checkpoint_every_s=checkpoint_every,
+        neighbours=neighbours,
+    )
+    # watching starts before the first run, so that nothing that changes while it runs is missed
+    changes = FolderChanges(folder, index_dir).start() if watch else None
+    try:
+        with use_distributor(ray_distributor(ray_address) if ray or ray_address else None):
+            summary = build_index(
+                folder,
+                index_dir,
+                model,
+                reembed=reembed,
+                merge=merge,
+                train_config=TrainConfig(pooling=pooling, device=device) if pooling else None,
+                **options,
+            )
+            if as_json:
+                import json
 
-        typer.echo(json.dumps(summary.as_dict(), indent=2))
-        return
-    print_index_summary(summary)
+                typer.echo(json.dumps(summary.as_dict(), indent=2))
+            else:
+                print_index_summary(summary)
+            if changes is not None:
+                typer.echo(f"watching {folder} for changes (Ctrl+C stops) ...", err=True)
+                try:
+                    keep_current(folder, index_dir, changes=changes, on_run=echo_watch_run, **options)
+                except KeyboardInterrupt:
+                    typer.echo("stopped watching; a run cut short is finished by the next one", err=True)
+    finally:
+        if changes is not None:
+            changes.close()
+
+
+def echo_watch_run(run: Any) -> None:
+    """One line on stderr for each run of the watch loop (indexer/watch.py ``WatchRun``)."""
+    typer.echo(watch_line(run), err=True)
+
+
+def watch_line(run: Any) -> str:
+    """What one run of the watch loop did, in a line, with the time of day."""
+    now = time.strftime("%H:%M:%S")
+    if run.error is not None:
+        again = "; trying again shortly" if run.retry else ""
+        return f"{now} {run.changes} change(s) seen, not indexed: {run.error}{again}"
+    s = run.summary
+    counts = (("added", s.added), ("updated", s.updated), ("moved", s.moved), ("removed", s.removed))
+    counts += (("failed", len(s.failed)),)
+    done = ", ".join(f"{n} {what}" for what, n in counts if n) or "nothing to do"
+    failed = "".join(f"\n  failed {path}: {why}" for path, why in s.failed[:10])
+    if len(s.failed) > 10:
+        failed += f"\n  ... and {len(s.failed) - 10} more failed"
+    return f"{now} {run.changes} change(s) seen: {done}; {s.total} indexed ({s.duration_s:.1f} s){failed}"
 
 
 def ray_distributor(address: str | None) -> Any:
@@ -256,23 +301,54 @@ def up(
     port: int | None = typer.Option(None, help="Port to serve on [default: 8000]."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Train and index only."),
     pooling: str = typer.Option("auto", help=POOLING_HELP + " Used when this run trains the model."),
+    watch: bool = typer.Option(
+        True,
+        "--watch/--no-watch",
+        help="While serving, index FOLDER again whenever images are added, changed, moved or deleted; "
+        "the server switches to each new index as a whole.",
+    ),
 ) -> None:
     """The main job: train a model on FOLDER (if it has none yet), index it and serve it."""
     from encoder import TrainConfig
     from indexer import build_index
+    from indexer.watch import FolderChanges
 
-    sock = settings = None
+    sock = settings = changes = None
     if not no_serve:  # the port first: a busy one is said before minutes of training, not after
         settings = server_settings(default_index_dir(folder), None, port, device)
         sock = bind(settings.host, settings.port)
     typer.echo(f"indexing {folder} (the first run trains a model on it first) ...")
     try:
+        # watching starts before the first run, so that nothing that changes while it trains is missed
+        changes = FolderChanges(folder).start() if watch and settings is not None else None
         train_config = TrainConfig(seed=seed, device=device, pooling=pooling)
         summary = build_index(folder, device=device, train_config=train_config)
     except BaseException:
         if sock is not None:
             sock.close()
+        if changes is not None:
+            changes.close()
         raise
     print_index_summary(summary)
-    if settings is not None:
+    if settings is None:
+        return
+    if changes is not None:
+        loop = threading.Thread(target=_keep_current, args=(folder, changes, device), name="lookalike-reindex")
+        loop.daemon = True  # a run cut short by the exit is finished by the next one (crash-safe)
+        loop.start()
+        typer.echo(f"watching {folder}: changed images are indexed as they change (--no-watch: off)")
+    try:
         serve_index(settings, sock)
+    finally:
+        if changes is not None:
+            changes.close()
+
+
+def _keep_current(folder: Path, changes: Any, device: str | None) -> None:
+    """`up`'s watch loop, beside the server: a failure of the watch itself ends it with a line, not a traceback."""
+    from indexer.watch import WatchError, keep_current
+
+    try:
+        keep_current(folder, changes=changes, on_run=echo_watch_run, device=device)
+    except WatchError as exc:
+        typer.echo(f"error: {exc}; the index is no longer kept current (run `lookalike index` to update it)", err=True)

@@ -1,0 +1,104 @@
+"""`lookalike up` keeps the index it serves current, and `lookalike index --watch` runs until Ctrl+C:
+both as real processes, on a real folder, the server over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import REPO, fill_folder, sample_images, train_tiny
+
+from indexer import build_index
+
+from .conftest import Server, _stop, free_port
+
+WAIT_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory, "watch-model")
+
+
+@pytest.fixture
+def folder(tmp_path: Path, model: Path) -> Path:
+    """Six sample images, indexed with the tiny model (so `up` finds a model and trains none)."""
+    root = fill_folder(tmp_path / "pics", 2, ("birds", "letters", "chess"))
+    build_index(root, model_dir=model, progress=False)
+    return root
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "search", *args], cwd=REPO, env=env, stdout=out, stderr=out)
+
+
+def wait_for(pred: Callable[[], bool], what: str, log: Path, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; output:\n{log.read_text(errors='replace')}")
+
+
+def test_up_serves_what_the_folder_holds_now(folder: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "up.log"
+    proc = start(["up", str(folder), "--port", str(port), "--device", "cpu"], log)
+    server = Server(f"http://127.0.0.1:{port}", port, proc)
+
+    def stats() -> dict:
+        status, body = server.get("/stats", timeout=5)
+        assert status == 200
+        return json.loads(body)
+
+    try:
+        wait_for(lambda: server.get("/healthz", timeout=2)[0] == 200, "the server", log)
+        assert "watching" in log.read_text()
+        first = stats()
+        assert first["count"] == 6
+        new = sample_images(1, ("planets",))[0]
+        shutil.copy(new, folder / new.name)
+        wait_for(lambda: stats()["count"] == 7, "the added image to be served", log)
+        after = stats()
+        assert after["vectors"] == 7 and after["generation"] > first["generation"]
+        status, body = server.get("/images?limit=50")
+        assert status == 200 and new.name in body.decode()
+        (folder / "letters").rename(folder / "letters-renamed")  # a folder renamed: its images move
+        wait_for(lambda: b"letters-renamed/" in server.get("/images?limit=50")[1], "the moved images", log)
+        assert stats()["count"] == 7
+    finally:
+        _stop(proc)
+    out = log.read_text()
+    assert proc.returncode in (0, -signal.SIGTERM), out  # uvicorn raises the signal again once it stopped
+    assert "2 moved" in out and "Traceback" not in out
+
+
+def test_index_watch_until_ctrl_c(folder: Path, tmp_path: Path) -> None:
+    log = tmp_path / "index.log"
+    proc = start(["index", str(folder), "--watch"], log)
+    try:
+        wait_for(lambda: "watching" in log.read_text(), "the watch to start", log)
+        shutil.copy(sample_images(1, ("planets",))[0], folder / "new.png")
+        wait_for(lambda: "1 added; 7 indexed" in log.read_text(), "the run after the change", log)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        _stop(proc)
+    out = log.read_text()
+    assert proc.returncode == 0, out
+    assert "stopped watching" in out and "Traceback" not in out
