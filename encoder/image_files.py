@@ -18,7 +18,9 @@ IMAGE_EXTENSIONS = frozenset(
 
 def is_image_name(path: str | os.PathLike) -> bool:
     """True when the file name ends like an image we can try to decode."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    # os.path, not pathlib: this runs once a file on every walk, and the answer is the same
+    # (".png" alone is a hidden name with no ending in both)
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def iter_image_files(
@@ -30,8 +32,17 @@ def iter_image_files(
     are not followed, so symlink loops cannot trap the walk. Unreadable folders
     are skipped silently (their files cannot be indexed anyway).
     """
+    for path, st in iter_image_paths(folder, skip_dirs=skip_dirs):
+        yield Path(path), st
+
+
+def iter_image_paths(
+    folder: str | os.PathLike, *, skip_dirs: tuple[str, ...] = ()
+) -> Iterator[tuple[str, os.stat_result]]:
+    """:func:`iter_image_files` with the paths as strings (each joined to `folder` as given): the
+    indexer's walk, where a Path a file cost a third of a no-change run at 10,000 images."""
     skip = {os.path.realpath(d) for d in skip_dirs}
-    stack = [Path(folder)]
+    stack = [os.fspath(folder)]
     while stack:
         current = stack.pop()
         try:
@@ -45,9 +56,9 @@ def iter_image_files(
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if os.path.realpath(entry.path) not in skip:
-                        stack.append(Path(entry.path))
+                        stack.append(entry.path)
                 elif is_image_name(entry.name) and entry.is_file(follow_symlinks=True):
-                    yield Path(entry.path), entry.stat(follow_symlinks=True)
+                    yield entry.path, entry.stat(follow_symlinks=True)
             except OSError:
                 continue
 

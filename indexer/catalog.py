@@ -44,6 +44,7 @@ from .schema import (
     STATUS_FAILED,
     STATUS_OK,
     Base,
+    CatalogRow,
     ImageRecord,
     Meta,
     ModelRecord,
@@ -339,7 +340,7 @@ class Catalog:
             return int(conn.execute(text("SELECT COUNT(*) FROM images WHERE duplicate_of IS NOT NULL")).scalar() or 0)
 
 
-def upsert_failed(s: Session, row: ImageRecord | None, rel: str, st: os.stat_result, reason: str) -> None:
+def upsert_failed(s: Session, row: ImageRecord | CatalogRow | None, rel: str, st: os.stat_result, reason: str) -> None:
     """Record that the file at `rel` (`row`: its current row, if any) could not be indexed, and why."""
     values = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, status=STATUS_FAILED, error=reason)
     values.update(width=None, height=None, format=None)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from encoder import Encoder
 
-from .catalog import Catalog, ImageRecord, utcnow
+from .catalog import Catalog, utcnow
 from .layout import SHARDS
+from .schema import CatalogRow
 from .segments import SegmentStore
 
 
@@ -75,9 +76,9 @@ class IndexRun:
     #: True once the store or the catalog's set of indexed images differs from the last publish.
     changed: bool = False
     #: Every image file found, by relative '/'-separated path, in path order.
-    seen: dict[str, tuple[Path, os.stat_result]] = field(default_factory=dict)
+    seen: dict[str, tuple[str, os.stat_result]] = field(default_factory=dict)  # relative path -> (path, stat)
     #: The catalog's rows as the run found them, by path.
-    rows: dict[str, ImageRecord] = field(default_factory=dict)
+    rows: dict[str, CatalogRow] = field(default_factory=dict)  # the catalog as the walk found it
     #: (content hash, None) or (None, why unreadable) of each new or changed file.
     hashes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     #: embedded_at of every row this run embeds.

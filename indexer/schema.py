@@ -6,6 +6,7 @@ key/value metadata; and the image statuses. How they are opened, migrated and qu
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -42,6 +43,17 @@ class ModelRecord(Base):
     kind: Mapped[str] = mapped_column(String(32))
     config_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CatalogRow(NamedTuple):
+    """What the indexer's walk needs of an :class:`ImageRecord`, read as a plain tuple."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    content_hash: str | None
 
 
 class ImageRecord(Base):
@@ -84,6 +96,17 @@ class ImageRecord(Base):
             "embedded_at": self.embedded_at.isoformat() if self.embedded_at else None,
             "model_id": self.model_id,
         }
+
+
+#: :class:`CatalogRow`'s columns, in its fields' order: ``select(*CATALOG_ROW_COLUMNS)``.
+CATALOG_ROW_COLUMNS = (
+    ImageRecord.id,
+    ImageRecord.path,
+    ImageRecord.size,
+    ImageRecord.mtime_ns,
+    ImageRecord.status,
+    ImageRecord.content_hash,
+)
 
 
 def utcnow() -> datetime:

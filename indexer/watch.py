@@ -140,7 +140,9 @@ class FolderChanges:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise WatchError(f"stopped watching {self.root}: {self._error}") from self._error
+            # the usual cause on Linux is running out of inotify watches (one a folder)
+            hint = "; WATCHFILES_FORCE_POLLING=1 polls the folder instead of asking the OS to notify"
+            raise WatchError(f"stopped watching {self.root}: {self._error}{hint}") from self._error
 
     def wait(self, timeout_s: float | None = None) -> int:
         """Block until something changed (or `timeout_s` passed, or the watch stopped); return how
