@@ -161,3 +161,14 @@ def test_what_matters(folder: Path, tmp_path: Path) -> None:
 def test_a_folder_that_is_not_there(tmp_path: Path) -> None:
     with pytest.raises(WatchError, match="not a folder"):
         FolderChanges(tmp_path / "nope").start()
+
+
+def test_polling_sees_changes_too(folder: Path) -> None:
+    """Where the OS does not notify (network file systems): WATCHFILES_FORCE_POLLING=1, or force_polling."""
+    changes = FolderChanges(folder, force_polling=True, settle_ms=100).start()
+    try:
+        assert changes.wait(0.5) == 0
+        shutil.copy(sample_images(1, ("chess",))[0], folder / "new.png")
+        assert changes.wait(WAIT_S) >= 1
+    finally:
+        changes.close()
