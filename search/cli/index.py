@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
 from .common import UsageError, user_errors
 from .serve import bind, serve_index, server_settings
+from .watching import echo_watch_run, watch_beside_server
 
 _MODEL = ModelConfig()  # the defaults the help shows
 
@@ -227,27 +226,6 @@ def index(
             changes.close()
 
 
-def echo_watch_run(run: Any) -> None:
-    """One line on stderr for each run of the watch loop (indexer/watch.py ``WatchRun``)."""
-    typer.echo(watch_line(run), err=True)
-
-
-def watch_line(run: Any) -> str:
-    """What one run of the watch loop did, in a line, with the time of day."""
-    now = time.strftime("%H:%M:%S")
-    if run.error is not None:
-        again = "; trying again shortly" if run.retry else ""
-        return f"{now} {run.changes} change(s) seen, not indexed: {run.error}{again}"
-    s = run.summary
-    counts = (("added", s.added), ("updated", s.updated), ("moved", s.moved), ("removed", s.removed))
-    counts += (("failed", len(s.failed)),)
-    done = ", ".join(f"{n} {what}" for what, n in counts if n) or "nothing to do"
-    failed = "".join(f"\n  failed {path}: {why}" for path, why in s.failed[:10])
-    if len(s.failed) > 10:
-        failed += f"\n  ... and {len(s.failed) - 10} more failed"
-    return f"{now} {run.changes} change(s) seen: {done}; {s.total} indexed ({s.duration_s:.1f} s){failed}"
-
-
 def ray_distributor(address: str | None) -> Any:
     """The distributor of `--ray [--ray-address ADDRESS]`; says how to install Ray, before any
     work, when it is missing."""
@@ -333,22 +311,10 @@ def up(
     if settings is None:
         return
     if changes is not None:
-        loop = threading.Thread(target=_keep_current, args=(folder, changes, device), name="lookalike-reindex")
-        loop.daemon = True  # a run cut short by the exit is finished by the next one (crash-safe)
-        loop.start()
+        watch_beside_server(folder, None, changes, device)
         typer.echo(f"watching {folder}: changed images are indexed as they change (--no-watch: off)")
     try:
         serve_index(settings, sock)
     finally:
         if changes is not None:
             changes.close()
-
-
-def _keep_current(folder: Path, changes: Any, device: str | None) -> None:
-    """`up`'s watch loop, beside the server: a failure of the watch itself ends it with a line, not a traceback."""
-    from indexer.watch import WatchError, keep_current
-
-    try:
-        keep_current(folder, changes=changes, on_run=echo_watch_run, device=device)
-    except WatchError as exc:
-        typer.echo(f"error: {exc}; the index is no longer kept current (run `lookalike index` to update it)", err=True)

@@ -37,10 +37,50 @@ def serve(
         help="Server processes on the one port, each opening the index itself (memory-mapped, so they "
         "share its pages) [default: 1, or LOOKALIKE_WORKERS].",
     ),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Also keep the index current, as `lookalike up` does: index the folder it was made from again "
+        "whenever images there are added, changed, moved or deleted.",
+    ),
 ) -> None:
     """Serve the search API and web page (LOOKALIKE_* environment variables set the defaults)."""
-    settings = server_settings(index_for(index_dir), host, port, device, allow_writes=allow_writes, workers=workers)
-    serve_index(settings)
+    index = index_for(index_dir)
+    settings = server_settings(index, host, port, device, allow_writes=allow_writes, workers=workers)
+    if not watch:
+        serve_index(settings)
+        return
+    from indexer.watch import FolderChanges
+
+    from .watching import watch_beside_server
+
+    sock = bind(settings.host, settings.port)
+    folder = indexed_folder(index)
+    try:
+        changes = FolderChanges(folder, index).start()
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        watch_beside_server(folder, index, changes, device)
+        typer.echo(f"watching {folder}: changed images are indexed as they change")
+        serve_index(settings, sock)
+    finally:
+        changes.close()
+
+
+def indexed_folder(index: Path) -> Path:
+    """The folder `index` was made from (its catalog records it), which must still be there."""
+    from indexer import Catalog
+
+    catalog = Catalog.for_directory(index, read_only=True)
+    try:
+        root = catalog.get_meta("root")
+    finally:
+        catalog.close()
+    if not root or not Path(root).is_dir():
+        raise UsageError(f"--watch: the folder {index} was made from ({root or 'not recorded'}) is not a folder here")
+    return Path(root)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -102,3 +102,35 @@ def test_index_watch_until_ctrl_c(folder: Path, tmp_path: Path) -> None:
     out = log.read_text()
     assert proc.returncode == 0, out
     assert "stopped watching" in out and "Traceback" not in out
+
+
+def test_serve_watch_keeps_an_index_kept_elsewhere_current(tmp_path: Path, model: Path) -> None:
+    """`serve --watch` finds the folder in the index's catalog; here the index lives outside it."""
+    folder = fill_folder(tmp_path / "pics", 2, ("birds", "letters"))
+    index = tmp_path / "index"
+    build_index(folder, index, model_dir=model, progress=False)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = start(["serve", "--index", str(index), "--port", str(port), "--device", "cpu", "--watch"], log)
+    server = Server(f"http://127.0.0.1:{port}", port, proc)
+    try:
+        wait_for(lambda: server.get("/healthz", timeout=2)[0] == 200, "the server", log)
+        assert json.loads(server.get("/stats")[1])["count"] == 4
+        (folder / "birds" / sorted(p.name for p in (folder / "birds").iterdir())[0]).unlink()
+        wait_for(lambda: json.loads(server.get("/stats")[1])["count"] == 3, "the deleted image to go", log)
+    finally:
+        _stop(proc)
+    assert "1 removed; 3 indexed" in log.read_text()
+
+
+def test_serve_watch_needs_the_folder(tmp_path: Path, model: Path) -> None:
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    folder = fill_folder(tmp_path / "pics", 1, ("birds", "letters"))
+    index = tmp_path / "index"
+    build_index(folder, index, model_dir=model, progress=False)
+    shutil.rmtree(folder)
+    res = CliRunner().invoke(app, ["serve", "--index", str(index), "--port", str(free_port()), "--watch"])
+    assert res.exit_code == 2 and "--watch: the folder" in res.output and str(folder) in res.output
