@@ -226,6 +226,17 @@ def index(
             changes.close()
 
 
+def start_watching(folder: Path) -> Any:
+    """`up`'s watch, on by default: where the folder cannot be watched, it serves all the same, and says so."""
+    from indexer.watch import FolderChanges, WatchError
+
+    try:
+        return FolderChanges(folder).start()
+    except WatchError as exc:
+        typer.echo(f"warning: {exc}; serving without keeping the index current (--no-watch: no warning)", err=True)
+        return None
+
+
 def ray_distributor(address: str | None) -> Any:
     """The distributor of `--ray [--ray-address ADDRESS]`; says how to install Ray, before any
     work, when it is missing."""
@@ -289,7 +300,6 @@ def up(
     """The main job: train a model on FOLDER (if it has none yet), index it and serve it."""
     from encoder import TrainConfig
     from indexer import build_index
-    from indexer.watch import FolderChanges
 
     sock = settings = changes = None
     if not no_serve:  # the port first: a busy one is said before minutes of training, not after
@@ -298,7 +308,7 @@ def up(
     typer.echo(f"indexing {folder} (the first run trains a model on it first) ...")
     try:
         # watching starts before the first run, so that nothing that changes while it trains is missed
-        changes = FolderChanges(folder).start() if watch and settings is not None else None
+        changes = start_watching(folder) if watch and settings is not None else None
         train_config = TrainConfig(seed=seed, device=device, pooling=pooling)
         summary = build_index(folder, device=device, train_config=train_config)
     except BaseException:

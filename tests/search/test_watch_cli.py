@@ -134,3 +134,12 @@ def test_serve_watch_needs_the_folder(tmp_path: Path, model: Path) -> None:
     shutil.rmtree(folder)
     res = CliRunner().invoke(app, ["serve", "--index", str(index), "--port", str(free_port()), "--watch"])
     assert res.exit_code == 2 and "--watch: the folder" in res.output and str(folder) in res.output
+
+
+def test_up_serves_unwatched_where_the_folder_cannot_be_watched(tmp_path: Path, capsys) -> None:
+    """`up` watches by default; where that fails it still serves, with a warning (not an error)."""
+    from search.cli.index import start_watching
+
+    assert start_watching(tmp_path / "not-there") is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "not a folder" in err and "serving without keeping" in err
