@@ -419,7 +419,16 @@ def run_watching(cmd: Command, ws: Workspace) -> None:
     env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", LOOKALIKE_DEVICE="cpu")
     log = ws.root / "watch.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ws.root, env=env, stdout=out, stderr=out)
+        # SIGINT as a terminal delivers it, even where this runner was started in the background
+        # (which makes its children ignore SIGINT, and Python then installs no Ctrl+C handler)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "search", *args],
+            cwd=ws.root,
+            env=env,
+            stdout=out,
+            stderr=out,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
     def wait_for(text: str) -> None:
         deadline = time.monotonic() + 120

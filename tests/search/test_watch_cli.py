@@ -40,7 +40,15 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "search", *args], cwd=REPO, env=env, stdout=out, stderr=out)
+        argv = [sys.executable, "-m", "search", *args]
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=out, preexec_fn=ctrl_c_default)
+
+
+def ctrl_c_default() -> None:
+    """In the child before it runs: SIGINT as a terminal delivers it. A runner started in the
+    background (`cmd &` in a script) ignores SIGINT, its children inherit that, and Python then
+    installs no KeyboardInterrupt handler: Ctrl+C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(pred: Callable[[], bool], what: str, log: Path, timeout: float = WAIT_S) -> None:
