@@ -132,6 +132,7 @@ def build_index(
             choice = prepare_model(root, idx, model_dir, reembed, model_config, train_config, device)
             encoder = choice.encoder
             summary.trained, summary.train_s = choice.trained_s is not None, choice.trained_s or 0.0
+            summary.model_images = int(encoder.meta.get("images") or 0)
             encoder.max_pixels = max_pixels
             options = RunOptions(
                 index_type=index_type,

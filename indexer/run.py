@@ -14,6 +14,11 @@ from .layout import SHARDS
 from .schema import CatalogRow
 from .segments import SegmentStore
 
+#: A model is outgrown when its folder holds this many times the images it was fitted to: three in four
+#: indexed images were then never seen by its training, its VLAD words, projection or centring
+#: (the same 4x at which the on-disk index retrains its quantiser, indexer/ondisk.py).
+OUTGROWN = 4
+
 
 @dataclass
 class IndexSummary:
@@ -38,6 +43,17 @@ class IndexSummary:
     merged: str = ""  # the on-demand merge of the vector segments, in words ("" if none was asked for)
     trained: bool = False
     train_s: float = 0.0  # part of duration_s spent training a model first (images_per_second excludes it)
+    model_images: int = 0  # images the model and its search vector were fitted to (0: not recorded)
+
+    @property
+    def outgrown(self) -> bool:
+        """The folder has outgrown the model: at most 1/OUTGROWN of the indexed images were in its fit."""
+        return self.model_images > 0 and self.total >= OUTGROWN * self.model_images
+
+    @property
+    def outgrown_now(self) -> bool:
+        """This run is the one that crossed :attr:`outgrown` (what a watch loop says once)."""
+        return self.outgrown and self.total - self.added < OUTGROWN * self.model_images
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)

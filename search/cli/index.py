@@ -12,7 +12,7 @@ from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
 from .common import UsageError, user_errors
 from .serve import bind, serve_index, server_settings
-from .watching import echo_watch_run, watch_beside_server
+from .watching import echo_watch_run, outgrown_note, watch_beside_server
 
 _MODEL = ModelConfig()  # the defaults the help shows
 
@@ -279,6 +279,8 @@ def print_index_summary(summary: Any) -> None:
     if summary.trained:
         model_dir = Path(summary.index_dir) / MODEL_DIR
         typer.echo(f"model pictures: {model_dir / 'loss.png'}, {model_dir / 'reconstructions.png'}")
+    if summary.outgrown:
+        typer.echo(outgrown_note(summary))
     typer.echo(f"index: {summary.index_dir}")
 
 

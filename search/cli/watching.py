@@ -29,7 +29,17 @@ def watch_line(run: Any) -> str:
     failed = "".join(f"\n  failed {path}: {why}" for path, why in s.failed[:10])
     if len(s.failed) > 10:
         failed += f"\n  ... and {len(s.failed) - 10} more failed"
-    return f"{now} {run.changes} change(s) seen: {done}; {s.total} indexed ({s.duration_s:.1f} s){failed}"
+    note = f"\n{outgrown_note(s)}" if s.outgrown_now else ""  # once, on the run that crosses the line
+    return f"{now} {run.changes} change(s) seen: {done}; {s.total} indexed ({s.duration_s:.1f} s){failed}{note}"
+
+
+def outgrown_note(summary: Any) -> str:
+    """What to do when the folder has outgrown its model (IndexSummary.outgrown)."""
+    return (
+        f"note: the model was fitted to {summary.model_images:,} images and the index now holds {summary.total:,}; "
+        f"to fit one to all of them: `lookalike train {summary.root} --out NEWMODEL`, then "
+        f"`lookalike index {summary.root} --model NEWMODEL --reembed`"
+    )
 
 
 def watch_beside_server(folder: Path, index_dir: Path | None, changes: Any, device: str | None) -> threading.Thread:

@@ -153,3 +153,39 @@ def test_up_serves_unwatched_where_the_folder_cannot_be_watched(tmp_path: Path, 
     assert start_watching(tmp_path / "not-there") is None
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "not a folder" in err and "serving without keeping" in err
+
+
+def test_a_folder_that_outgrows_its_model_is_told_once(tmp_path: Path, model: Path) -> None:
+    """The tiny model was fitted to 9 images: at 36 (4x) the index says so, and a watch line says it once,
+    on the run that crossed the line."""
+    from indexer.run import OUTGROWN, IndexSummary
+    from indexer.watch import WatchRun
+    from search.cli.watching import watch_line
+
+    fitted = json.loads((model / "config.json").read_text())["meta"]["images"]
+    root = tmp_path / "pics"
+    srcs = sample_images(
+        4, ("birds", "letters", "chess", "clothes", "fish", "flowers", "roadsigns", "vegetables", "planets")
+    )
+    assert len(srcs) >= OUTGROWN * fitted
+    for src in srcs[: OUTGROWN * fitted - 1]:
+        (root / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / src.parent.name / src.name)
+    first = build_index(root, model_dir=model, progress=False)
+    assert first.model_images == fitted and first.total == OUTGROWN * fitted - 1 and not first.outgrown
+    last = srcs[OUTGROWN * fitted - 1]
+    shutil.copy(last, root / last.name)
+    crossed = build_index(root, progress=False)
+    assert crossed.outgrown and crossed.outgrown_now
+    again = build_index(root, progress=False)
+    assert again.outgrown and not again.outgrown_now
+    line = watch_line(WatchRun(1, summary=crossed))
+    assert f"note: the model was fitted to {fitted} images and the index now holds {OUTGROWN * fitted}" in line
+    assert "--reembed" in line and "note:" not in watch_line(WatchRun(1, summary=again))
+    assert not IndexSummary(root="r", index_dir="i", total=10**6).outgrown  # a model with no record: no note
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    res = CliRunner().invoke(app, ["index", str(root)])  # a manual run says it every time
+    assert res.exit_code == 0 and f"note: the model was fitted to {fitted} images" in res.output
