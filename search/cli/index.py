@@ -12,7 +12,7 @@ from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
 from .common import UsageError, user_errors
 from .serve import bind, serve_index, server_settings
-from .watching import echo_watch_run, outgrown_note, watch_beside_server
+from .watching import echo_watch_run, outgrown_note, start_watching, watch_beside_server
 
 _MODEL = ModelConfig()  # the defaults the help shows
 
@@ -224,17 +224,6 @@ def index(
     finally:
         if changes is not None:
             changes.close()
-
-
-def start_watching(folder: Path) -> Any:
-    """`up`'s watch, on by default: where the folder cannot be watched, it serves all the same, and says so."""
-    from indexer.watch import FolderChanges, WatchError
-
-    try:
-        return FolderChanges(folder).start()
-    except WatchError as exc:
-        typer.echo(f"warning: {exc}; serving without keeping the index current (--no-watch: no warning)", err=True)
-        return None
 
 
 def ray_distributor(address: str | None) -> Any:

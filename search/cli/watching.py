@@ -1,5 +1,5 @@
-"""What `index --watch`, `up` and `serve --watch` share: a line a run of the watch loop, and the loop
-run beside a server (indexer/watch.py does the watching)."""
+"""What `index --watch`, `up` and `serve --watch` share: a line a run of the watch loop, `up`'s
+forgiving start, and the loop run beside a server (indexer/watch.py does the watching)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def outgrown_note(summary: Any) -> str:
         f"to fit one to all of them: `lookalike train {summary.root} --out NEWMODEL`, then "
         f"`lookalike index {summary.root} --model NEWMODEL --reembed`"
     )
+
+
+def start_watching(folder: Path) -> Any:
+    """`up`'s watch, on by default: where the folder cannot be watched, it serves all the same, and says so."""
+    from indexer.watch import FolderChanges, WatchError
+
+    try:
+        return FolderChanges(folder).start()
+    except WatchError as exc:
+        typer.echo(f"warning: {exc}; serving without keeping the index current (--no-watch: no warning)", err=True)
+        return None
 
 
 def watch_beside_server(folder: Path, index_dir: Path | None, changes: Any, device: str | None) -> threading.Thread:

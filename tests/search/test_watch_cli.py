@@ -148,7 +148,7 @@ def test_serve_watch_needs_the_folder(tmp_path: Path, model: Path) -> None:
 
 def test_up_serves_unwatched_where_the_folder_cannot_be_watched(tmp_path: Path, capsys) -> None:
     """`up` watches by default; where that fails it still serves, with a warning (not an error)."""
-    from search.cli.index import start_watching
+    from search.cli.watching import start_watching
 
     assert start_watching(tmp_path / "not-there") is None
     err = capsys.readouterr().err
