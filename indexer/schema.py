@@ -99,14 +99,7 @@ class ImageRecord(Base):
 
 
 #: :class:`CatalogRow`'s columns, in its fields' order: ``select(*CATALOG_ROW_COLUMNS)``.
-CATALOG_ROW_COLUMNS = (
-    ImageRecord.id,
-    ImageRecord.path,
-    ImageRecord.size,
-    ImageRecord.mtime_ns,
-    ImageRecord.status,
-    ImageRecord.content_hash,
-)
+CATALOG_ROW_COLUMNS = tuple(getattr(ImageRecord, name) for name in CatalogRow._fields)
 
 
 def utcnow() -> datetime:

@@ -11,8 +11,8 @@ from encoder.config import ModelConfig
 from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
 from .common import UsageError, user_errors
-from .serve import bind, serve_index, server_settings
-from .watching import echo_watch_run, outgrown_note, start_watching, watch_beside_server
+from .serve import bind, server_settings
+from .watching import echo_watch_run, outgrown_note, serve_watching, start_watching
 
 _MODEL = ModelConfig()  # the defaults the help shows
 
@@ -309,13 +309,5 @@ def up(
             changes.close()
         raise
     print_index_summary(summary)
-    if settings is None:
-        return
-    if changes is not None:
-        watch_beside_server(folder, None, changes, device)
-        typer.echo(f"watching {folder}: changed images are indexed as they change (--no-watch: off)")
-    try:
-        serve_index(settings, sock)
-    finally:
-        if changes is not None:
-            changes.close()
+    if settings is not None:
+        serve_watching(settings, sock, folder, None, changes, device, off=" (--no-watch: off)")

@@ -52,21 +52,16 @@ def serve(
         return
     from indexer.watch import FolderChanges
 
-    from .watching import watch_beside_server
+    from .watching import serve_watching
 
-    sock = bind(settings.host, settings.port)
     folder = indexed_folder(index)
+    sock = bind(settings.host, settings.port)
     try:
         changes = FolderChanges(folder, index).start()
     except BaseException:
         sock.close()
         raise
-    try:
-        watch_beside_server(folder, index, changes, device)
-        typer.echo(f"watching {folder}: changed images are indexed as they change")
-        serve_index(settings, sock)
-    finally:
-        changes.close()
+    serve_watching(settings, sock, folder, index, changes, device)
 
 
 def indexed_folder(index: Path) -> Path:
