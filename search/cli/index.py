@@ -11,8 +11,8 @@ from encoder.config import ModelConfig
 from indexer.layout import MODEL_DIR, NEIGHBOURS_K, default_index_dir
 
 from .common import UsageError, user_errors
-from .serve import bind, server_settings
-from .watching import echo_watch_run, outgrown_note, serve_watching, start_watching
+from .serve import bind, serve_watching, server_settings
+from .watching import echo_watch_run, outgrown_note, start_watching
 
 _MODEL = ModelConfig()  # the defaults the help shows
 

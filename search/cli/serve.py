@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -52,8 +52,6 @@ def serve(
         return
     from indexer.watch import FolderChanges
 
-    from .watching import serve_watching
-
     folder = indexed_folder(index)
     sock = bind(settings.host, settings.port)
     try:
@@ -62,6 +60,30 @@ def serve(
         sock.close()
         raise
     serve_watching(settings, sock, folder, index, changes, device)
+
+
+def serve_watching(
+    settings: Settings,
+    sock: socket.socket,
+    folder: Path,
+    index_dir: Path | None,
+    changes: Any,
+    device: str | None,
+    off: str = "",
+) -> None:
+    """:func:`serve_index` with the watch loop beside the server (when `changes` is not None, a
+    started indexer.watch ``FolderChanges``); the watch stops with the server. `off`: how to turn
+    the watch off, for its line."""
+    from .watching import watch_beside_server
+
+    try:
+        if changes is not None:
+            watch_beside_server(folder, index_dir, changes, device)
+            typer.echo(f"watching {folder}: changed images are indexed as they change{off}")
+        serve_index(settings, sock)
+    finally:
+        if changes is not None:
+            changes.close()
 
 
 def indexed_folder(index: Path) -> Path:

@@ -53,25 +53,12 @@ def start_watching(folder: Path) -> Any:
         return None
 
 
-def serve_watching(
-    settings: Any, sock: Any, folder: Path, index_dir: Path | None, changes: Any, device: str | None, off: str = ""
-) -> None:
-    """Serve until Ctrl+C with the watch loop (when `changes` is not None) beside the server, in a
-    daemon thread; the watch stops with the server. A run cut short then is finished by the next
-    one (a kill at any point is safe). `off`: how to turn the watch off, for its line."""
-    from .serve import serve_index
-
-    try:
-        if changes is not None:
-            loop = threading.Thread(
-                target=_keep_current, args=(folder, index_dir, changes, device), name="lookalike-reindex", daemon=True
-            )
-            loop.start()
-            typer.echo(f"watching {folder}: changed images are indexed as they change{off}")
-        serve_index(settings, sock)
-    finally:
-        if changes is not None:
-            changes.close()
+def watch_beside_server(folder: Path, index_dir: Path | None, changes: Any, device: str | None) -> None:
+    """Run the watch loop in a daemon thread while the server runs in this one. A run cut short
+    when the server stops is finished by the next one (a kill at any point is safe)."""
+    loop = threading.Thread(target=_keep_current, args=(folder, index_dir, changes, device), name="lookalike-reindex")
+    loop.daemon = True
+    loop.start()
 
 
 def _keep_current(folder: Path, index_dir: Path | None, changes: Any, device: str | None) -> None:
