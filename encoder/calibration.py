@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 #: Vectors are accumulated in float64 this many rows at a time: no n x d float64 copy.
 _CHUNK = 65536
@@ -33,12 +35,16 @@ class Whitening:
     shrinkage: float  # the Ledoit-Wolf weight a of the identity, in [0, 1]
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.asarray(vectors, dtype=np.float32)
-        out = np.empty((len(x), self.projection.shape[1]), dtype=np.float32)
+        # In torch, not NumPy: NumPy's OpenBLAS starts a thread per core for the product and leaves
+        # them spinning after it; called on every embedded batch, they took ~6% of the CPU from the
+        # indexing's decoders and embedders on 2 cores. torch keeps to its own thread budget.
+        x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        mean = torch.tensor(self.mean, dtype=torch.float32)  # copies: 0.2 MB, and no warning for read-only arrays
+        projection = torch.tensor(self.projection, dtype=torch.float32)
+        out = torch.empty((len(x), projection.shape[1]), dtype=torch.float32)
         for s in range(0, len(x), _CHUNK):
-            w = (x[s : s + _CHUNK] - self.mean) @ self.projection
-            out[s : s + _CHUNK] = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
-        return out
+            out[s : s + _CHUNK] = F.normalize((x[s : s + _CHUNK] - mean) @ projection, dim=1, eps=1e-12)
+        return out.numpy()
 
 
 def fit_whitening(vectors: np.ndarray) -> Whitening:

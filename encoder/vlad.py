@@ -51,6 +51,8 @@ SAMPLE_DESCRIPTORS = 200_000
 WORD_IMAGES = 8192
 #: At most this many images for the projection's fit (its cost grows as the cube: 2,048 take ~3 s).
 SAMPLE_IMAGES = 2048
+#: Descriptors assigned to their words at once on a CPU (:func:`aggregate`): 4,096 x 64 distances, 1 MB.
+ROWS_AT_ONCE = 4096
 
 
 def local_descriptors(fmap: Tensor) -> Tensor:
@@ -60,26 +62,48 @@ def local_descriptors(fmap: Tensor) -> Tensor:
     sum(x)), in the maps' own layout, where the sum over channels is a strided reduction instead
     of one over a transposed view: half the time of the first stage's descriptors."""
     x = fmap.float().clamp_min(0).flatten(2)  # (B, C, L)
-    return (x / x.sum(1, keepdim=True).clamp_min(1e-12)).sqrt().transpose(1, 2)
+    return sqrt_(x / x.sum(1, keepdim=True).clamp_min(1e-12)).transpose(1, 2)
+
+
+def sqrt_(x: Tensor) -> Tensor:
+    """`x`'s square root, in place. On a CPU through NumPy: torch's float32 square root there takes
+    about 7x as long on zeros as on other values (AVX2, torch 2.14), and most of a ReLU's outputs
+    are zeros; NumPy's takes the same time for all, and is correctly rounded where torch's is one
+    unit in the last place off for about a sixth of all values (docs/benchmarks.md, "The VLAD's
+    assignment in cache-sized pieces, and its square roots")."""
+    if x.device.type == "cpu" and not x.requires_grad:
+        a = x.numpy()
+        np.sqrt(a, out=a)
+        return x
+    return x.sqrt_()
 
 
 def aggregate(desc: Tensor, words: Tensor) -> Tensor:
     """VLAD of (B, L, C) descriptors against (K, C) words -> (B, K*C), unit length."""
-    b, _, c = desc.shape
+    b, length, c = desc.shape
     k = words.shape[0]
-    flat = desc.reshape(-1, c)  # (B*L, C), contiguous
-    # nearest word by Euclidean distance: |w|^2 - 2 d.w (|d|^2 is the same for every word)
-    dist = torch.addmm((words * words).sum(1), flat, words.T, alpha=-2)
-    # NumPy's argmin along rows is ~1.7x torch's on a CPU, and this is the first stage's largest cost
-    nearest = torch.from_numpy(dist.numpy().argmin(1)) if dist.device.type == "cpu" else dist.argmin(1)
-    # residuals summed per (image, word). Each descriptor's residual is taken before the sum: the
-    # sum of a word's descriptors less count x word loses the small residual of a flat area to
-    # float32 cancellation, and the intra-normalisation below blew that rounding up to a unit block
-    slot = (nearest.view(b, -1) + torch.arange(b, device=desc.device).unsqueeze(1) * k).flatten()
-    residuals = flat - words.index_select(0, nearest.to(desc.device))
-    v = torch.zeros(b * k, c, dtype=desc.dtype, device=desc.device).index_add_(0, slot, residuals)
+    sq_words = (words * words).sum(1)
+    v = torch.zeros(b * k, c, dtype=desc.dtype, device=desc.device)
+    # On a CPU, a few images at a time: a batch's distances at once are (B*L, K) floats, 67 MB for
+    # 256 images' first-stage descriptors, and such a buffer is fresh memory (page faults) on every
+    # call; ~4,096 rows stay in cache. 2x faster for the whole aggregation, the same result
+    # (docs/benchmarks.md, "The VLAD's assignment in cache-sized pieces"). A GPU takes the batch whole.
+    step = max(1, ROWS_AT_ONCE // length) if desc.device.type == "cpu" else b
+    for i in range(0, b, step):
+        flat = desc[i : i + step].reshape(-1, c)  # (n*L, C), contiguous
+        n = flat.shape[0] // length
+        # nearest word by Euclidean distance: |w|^2 - 2 d.w (|d|^2 is the same for every word)
+        dist = torch.addmm(sq_words, flat, words.T, alpha=-2)
+        # NumPy's argmin along rows is ~3x torch's on a CPU
+        nearest = torch.from_numpy(dist.numpy().argmin(1)) if dist.device.type == "cpu" else dist.argmin(1)
+        # residuals summed per (image, word). Each descriptor's residual is taken before the sum: the
+        # sum of a word's descriptors less count x word loses the small residual of a flat area to
+        # float32 cancellation, and the intra-normalisation below blew that rounding up to a unit block
+        first = torch.arange(i, i + n, device=desc.device).unsqueeze(1) * k
+        slot = (nearest.view(n, length) + first).flatten()
+        v.index_add_(0, slot, flat - words.index_select(0, nearest))
     v = v.view(b, k, c)
-    v = v.sign() * v.abs().sqrt()
+    v = v.sign() * sqrt_(v.abs())
     v = F.normalize(v, dim=2, eps=1e-6)
     return F.normalize(v.reshape(b, k * c), dim=1, eps=1e-6)
 

@@ -39,6 +39,38 @@ def test_aggregate_is_vlad_term_by_term() -> None:
         assert np.allclose(got[i], _reference_vlad(desc[i].numpy().astype(np.float64), words.numpy()), atol=1e-5)
 
 
+def test_a_batch_assigned_in_pieces_is_each_image_on_its_own() -> None:
+    """On a CPU the assignment goes a few images at a time (ROWS_AT_ONCE descriptors); a batch that
+    spans several pieces, the last one short, must give every image its own VLAD, no slot shifted."""
+    from encoder.vlad import ROWS_AT_ONCE
+
+    rng = np.random.default_rng(1)
+    side = 32  # 1,024 descriptors an image: several images a piece, several pieces a batch
+    per_piece = ROWS_AT_ONCE // side**2
+    n = 2 * per_piece + 1
+    fmap = torch.from_numpy(rng.random((n, 4, side, side), dtype=np.float32))
+    desc = local_descriptors(fmap)
+    words = torch.from_numpy(rng.random((8, 4), dtype=np.float32))
+    got = aggregate(desc, words).numpy()
+    for i in (0, per_piece - 1, per_piece, n - 1):
+        assert np.allclose(got[i], _reference_vlad(desc[i].numpy().astype(np.float64), words.numpy()), atol=1e-5)
+    alone = torch.cat([aggregate(desc[i : i + 1], words) for i in range(n)]).numpy()
+    assert np.array_equal(got, alone)
+
+
+def test_the_square_roots_are_correctly_rounded_in_place() -> None:
+    """The descriptors' square roots are IEEE's correctly rounded ones on a CPU (torch's own float32
+    sqrt is a last-bit approximation there for about a sixth of all values), zeros included."""
+    from encoder.vlad import sqrt_
+
+    x = np.random.default_rng(2).random(200_000, dtype=np.float32) ** 4
+    x[::7] = 0.0
+    t = torch.from_numpy(x.copy())
+    out = sqrt_(t)
+    assert out.data_ptr() == t.data_ptr()  # in place: no second buffer the size of a batch's maps
+    assert np.array_equal(out.numpy(), np.sqrt(x.astype(np.float64)).astype(np.float32))
+
+
 def test_a_flat_area_keeps_its_small_residual_exact() -> None:
     """A white background is a thousand identical descriptors next to a word a rounding away from
     them (k-means centres are fitted in float64, stored in float32). Their residuals sum to ~1e-4;
