@@ -51,13 +51,17 @@ def iter_image_paths(
         except OSError:
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if os.path.realpath(entry.path) not in skip:
                         stack.append(entry.path)
-                elif is_image_name(entry.name) and entry.is_file(follow_symlinks=True):
+                # is_image_name, inlined: for a name that does not start with a dot, the ending from
+                # its last dot is what os.path.splitext gives (no dot: the last character, never an
+                # ending); splitext was a third of the walk's Python at 100,000 files
+                elif name[name.rfind(".") :].lower() in IMAGE_EXTENSIONS and entry.is_file(follow_symlinks=True):
                     yield entry.path, entry.stat(follow_symlinks=True)
             except OSError:
                 continue

@@ -187,6 +187,20 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_image(path, S)
 
 
+def test_the_walk_takes_the_names_is_image_name_takes(tmp_path: Path) -> None:
+    """The walk decides by name without os.path.splitext; it must agree with is_image_name on every
+    name it does not skip as hidden."""
+    from encoder.image_files import is_image_name, iter_image_paths
+
+    names = ["a.JPG", "b.jpeg.txt", "c.", "d", "jpg", "e.tar.png", "f..png", "g.Png", "h.tiff", "i.ico.bak",
+             "j png", "k.webp", "l.j", "m.jpe", "n..", "o.GiF", ".p.png", "..q.png"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    walked = {Path(p).name for p, _ in iter_image_paths(tmp_path)}
+    assert walked == {n for n in names if not n.startswith(".") and is_image_name(n)}
+    assert walked == {"a.JPG", "e.tar.png", "f..png", "g.Png", "h.tiff", "k.webp", "m.jpe", "o.GiF"}
+
+
 def test_find_images_skips_hidden_and_loops(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / ".hidden").mkdir()
