@@ -88,7 +88,7 @@ def aggregate(desc: Tensor, words: Tensor) -> Tensor:
     # 256 images' first-stage descriptors, and such a buffer is fresh memory (page faults) on every
     # call; ~4,096 rows stay in cache. 2x faster for the whole aggregation, the same result
     # (docs/benchmarks.md, "The VLAD's assignment in cache-sized pieces"). A GPU takes the batch whole.
-    step = max(1, ROWS_AT_ONCE // length) if desc.device.type == "cpu" else b
+    step = max(1, ROWS_AT_ONCE // length if desc.device.type == "cpu" else b)  # never 0 (an empty batch)
     for i in range(0, b, step):
         flat = desc[i : i + step].reshape(-1, c)  # (n*L, C), contiguous
         n = flat.shape[0] // length
