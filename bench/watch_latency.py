@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, command_line, describe_machine, machine, table, write_json
-from index_speed import _make_image, ensure_corpus, ensure_model
+from index_speed import PER_FOLDER, _make_image, ensure_corpus, ensure_model
 
 POLL_S = 0.01
 TIMEOUT_S = 300.0
@@ -58,7 +58,6 @@ def arrive(src: Path, dst: Path) -> None:
 
 
 SMALL = (96, 72)
-PER_FOLDER = 500
 
 
 def ensure_small_corpus(folder: Path, n: int) -> None:

@@ -188,14 +188,16 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_the_walk_takes_the_names_is_image_name_takes(tmp_path: Path) -> None:
-    """The walk decides by name without os.path.splitext; it must agree with is_image_name on every
-    name it does not skip as hidden."""
-    from encoder.image_files import is_image_name, iter_image_paths
+    """is_image_name finds the ending without os.path.splitext; it must give splitext's answer, paths
+    and leading dots included, and the walk must take exactly the names it takes (hidden ones skipped)."""
+    from encoder.image_files import IMAGE_EXTENSIONS, is_image_name, iter_image_paths
 
     names = ["a.JPG", "b.jpeg.txt", "c.", "d", "jpg", "e.tar.png", "f..png", "g.Png", "h.tiff", "i.ico.bak",
              "j png", "k.webp", "l.j", "m.jpe", "n..", "o.GiF", ".p.png", "..q.png"]  # fmt: skip
     for name in names:
         (tmp_path / name).write_bytes(b"x")
+    for name in [*names, "x/.png", "x/..png", "x.d/.a.png", "x.png/y", "x.d/y.JPEG"]:
+        assert is_image_name(name) == (os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS), name
     walked = {Path(p).name for p, _ in iter_image_paths(tmp_path)}
     assert walked == {n for n in names if not n.startswith(".") and is_image_name(n)}
     assert walked == {"a.JPG", "e.tar.png", "f..png", "g.Png", "h.tiff", "k.webp", "m.jpe", "o.GiF"}
